@@ -1,0 +1,300 @@
+//! In-process backends: the embedded single-node default (no `redis.url`).
+//!
+//! A [`MemoryBus`] stands in for the shared pub/sub server: every pod made from the same
+//! bus sees the others, which is how the conformance suite exercises several "pods" in one
+//! process. A single-node gateway simply makes one bus and one pod.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Weak};
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+
+use super::{
+    BackendError, Broker, Channel, Envelope, Inbox, PodRecord, Registry, SessionRecord,
+};
+use crate::ids::SessionId;
+
+/// The in-process pub/sub "server" shared by the [`MemoryBroker`]s made from it.
+#[derive(Default)]
+pub struct MemoryBus {
+    /// channel → (pod id → inbox). Weak, so a dropped pod stops receiving by itself.
+    channels: RwLock<HashMap<Channel, HashMap<String, Weak<dyn Inbox>>>>,
+}
+
+impl MemoryBus {
+    /// An empty bus.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The broker of one pod on this bus. Envelopes for the pod go to `inbox`.
+    pub fn broker(self: &Arc<Self>, pod_id: impl Into<String>, inbox: Arc<dyn Inbox>) -> MemoryBroker {
+        MemoryBroker {
+            bus: self.clone(),
+            pod_id: pod_id.into(),
+            inbox: Arc::downgrade(&inbox),
+        }
+    }
+
+    /// How many pods are subscribed to `channel` (for tests of the routing property).
+    pub fn subscribers(&self, channel: &Channel) -> usize {
+        self.channels.read().get(channel).map_or(0, HashMap::len)
+    }
+}
+
+/// One pod's view of a [`MemoryBus`].
+pub struct MemoryBroker {
+    bus: Arc<MemoryBus>,
+    pod_id: String,
+    inbox: Weak<dyn Inbox>,
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn subscribe(&self, channel: &Channel) -> Result<(), BackendError> {
+        self.bus
+            .channels
+            .write()
+            .entry(channel.clone())
+            .or_default()
+            .insert(self.pod_id.clone(), self.inbox.clone());
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, channel: &Channel) -> Result<(), BackendError> {
+        let mut channels = self.bus.channels.write();
+        if let Some(pods) = channels.get_mut(channel) {
+            pods.remove(&self.pod_id);
+            if pods.is_empty() {
+                channels.remove(channel);
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, channel: &Channel, envelope: Arc<Envelope>) -> Result<(), BackendError> {
+        // Collect first: an inbox must never run under the bus lock.
+        let inboxes: Vec<Arc<dyn Inbox>> = self
+            .bus
+            .channels
+            .read()
+            .get(channel)
+            .map(|pods| pods.values().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default();
+        for inbox in inboxes {
+            inbox.deliver(envelope.clone());
+        }
+        Ok(())
+    }
+
+    async fn healthy(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+impl Drop for MemoryBroker {
+    fn drop(&mut self) {
+        let mut channels = self.bus.channels.write();
+        channels.retain(|_, pods| {
+            pods.remove(&self.pod_id);
+            !pods.is_empty()
+        });
+    }
+}
+
+#[derive(Default)]
+struct RegistryState {
+    sessions: HashMap<SessionId, SessionRecord>,
+    /// user → session ids, ordered by id (ULIDs sort by creation time).
+    users: HashMap<String, BTreeMap<SessionId, ()>>,
+    /// topic → session ids.
+    topics: HashMap<String, HashSet<SessionId>>,
+    /// session → topics, to release memberships when the session goes.
+    session_topics: HashMap<SessionId, HashSet<String>>,
+    pods: BTreeMap<String, ()>,
+}
+
+impl RegistryState {
+    fn drop_session(&mut self, id: &SessionId) {
+        let Some(record) = self.sessions.remove(id) else {
+            return;
+        };
+        if let Some(sessions) = self.users.get_mut(&record.user_id) {
+            sessions.remove(id);
+            if sessions.is_empty() {
+                self.users.remove(&record.user_id);
+            }
+        }
+        for topic in self.session_topics.remove(id).unwrap_or_default() {
+            if let Some(members) = self.topics.get_mut(&topic) {
+                members.remove(id);
+                if members.is_empty() {
+                    self.topics.remove(&topic);
+                }
+            }
+        }
+    }
+}
+
+/// The in-process registry. Pods are always alive: they share the process.
+#[derive(Default)]
+pub struct MemoryRegistry {
+    state: RwLock<RegistryState>,
+}
+
+impl MemoryRegistry {
+    /// An empty registry.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+}
+
+#[async_trait]
+impl Registry for MemoryRegistry {
+    async fn heartbeat_pod(&self, pod_id: &str) -> Result<(), BackendError> {
+        self.state.write().pods.insert(pod_id.to_owned(), ());
+        Ok(())
+    }
+
+    async fn remove_pod(&self, pod_id: &str) -> Result<(), BackendError> {
+        let mut state = self.state.write();
+        state.pods.remove(pod_id);
+        let gone: Vec<SessionId> = state
+            .sessions
+            .values()
+            .filter(|s| s.pod_id == pod_id)
+            .map(|s| s.session_id.clone())
+            .collect();
+        for id in gone {
+            state.drop_session(&id);
+        }
+        Ok(())
+    }
+
+    async fn add_session(&self, record: &SessionRecord) -> Result<(), BackendError> {
+        let mut state = self.state.write();
+        state
+            .users
+            .entry(record.user_id.clone())
+            .or_default()
+            .insert(record.session_id.clone(), ());
+        state
+            .sessions
+            .insert(record.session_id.clone(), record.clone());
+        Ok(())
+    }
+
+    async fn remove_session(&self, record: &SessionRecord) -> Result<(), BackendError> {
+        self.state.write().drop_session(&record.session_id);
+        Ok(())
+    }
+
+    async fn add_subscription(
+        &self,
+        record: &SessionRecord,
+        topic: &str,
+    ) -> Result<(), BackendError> {
+        let mut state = self.state.write();
+        if !state.sessions.contains_key(&record.session_id) {
+            // A subscription can only outlive its session through a race with the
+            // session's removal; recording it would leak the membership.
+            return Ok(());
+        }
+        state
+            .topics
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(record.session_id.clone());
+        state
+            .session_topics
+            .entry(record.session_id.clone())
+            .or_default()
+            .insert(topic.to_owned());
+        Ok(())
+    }
+
+    async fn remove_subscription(
+        &self,
+        record: &SessionRecord,
+        topic: &str,
+    ) -> Result<(), BackendError> {
+        let mut state = self.state.write();
+        if let Some(members) = state.topics.get_mut(topic) {
+            members.remove(&record.session_id);
+            if members.is_empty() {
+                state.topics.remove(topic);
+            }
+        }
+        if let Some(topics) = state.session_topics.get_mut(&record.session_id) {
+            topics.remove(topic);
+        }
+        Ok(())
+    }
+
+    async fn session(&self, session_id: &SessionId) -> Result<Option<SessionRecord>, BackendError> {
+        Ok(self.state.read().sessions.get(session_id).cloned())
+    }
+
+    async fn user_sessions(&self, user_id: &str) -> Result<Vec<SessionRecord>, BackendError> {
+        let state = self.state.read();
+        Ok(state
+            .users
+            .get(user_id)
+            .map(|ids| {
+                ids.keys()
+                    .filter_map(|id| state.sessions.get(id).cloned())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn count_user_sessions(&self, user_id: &str) -> Result<usize, BackendError> {
+        Ok(self.state.read().users.get(user_id).map_or(0, BTreeMap::len))
+    }
+
+    async fn count_topic_subscribers(&self, topic: &str) -> Result<usize, BackendError> {
+        Ok(self.state.read().topics.get(topic).map_or(0, HashSet::len))
+    }
+
+    async fn count_sessions(&self) -> Result<usize, BackendError> {
+        Ok(self.state.read().sessions.len())
+    }
+
+    async fn pods(&self) -> Result<Vec<PodRecord>, BackendError> {
+        let state = self.state.read();
+        let mut counts: BTreeMap<&str, u64> = state.pods.keys().map(|p| (p.as_str(), 0)).collect();
+        for s in state.sessions.values() {
+            *counts.entry(s.pod_id.as_str()).or_default() += 1;
+        }
+        Ok(counts
+            .into_iter()
+            .map(|(pod_id, connections)| PodRecord {
+                pod_id: pod_id.to_owned(),
+                connections,
+                alive: state.pods.contains_key(pod_id),
+            })
+            .collect())
+    }
+
+    async fn healthy(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_backends_pass_the_conformance_suite() {
+        let bus = MemoryBus::new();
+        crate::conformance::broker_suite(|pod, inbox| {
+            let bus = bus.clone();
+            async move { Arc::new(bus.broker(pod, inbox)) as Arc<dyn Broker> }
+        })
+        .await;
+        crate::conformance::registry_suite(|| async { MemoryRegistry::new() as Arc<dyn Registry> })
+            .await;
+    }
+}

@@ -1,0 +1,210 @@
+//! The two backend roles and the messages that cross them.
+//!
+//! - [`Broker`] routes envelopes between pods: a pod subscribes to the channels its local
+//!   sockets need (a user, a topic, its own pod channel, the broadcast channel) and every
+//!   envelope published on a channel reaches exactly the pods subscribed to it.
+//! - [`Registry`] is the shared record of sessions, topic memberships and pods, answering
+//!   presence, stats and "how many sessions did this send target".
+//!
+//! `memory` implements both in process (the embedded single-node default); `wsgate-redis`
+//! implements them over Redis. Both pass [`crate::conformance`].
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::ids::SessionId;
+use crate::protocol::Payload;
+
+/// A backend failure. Callers map `Unavailable` to gRPC `UNAVAILABLE` and fail readiness.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The backend cannot be reached right now; retrying later may work.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered with something this version does not understand.
+    #[error("backend protocol error: {0}")]
+    Protocol(String),
+}
+
+/// A pub/sub channel. Each pod subscribes only to the channels its sockets need, so a
+/// message reaches only pods that will deliver it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Channel {
+    /// Every pod holding a session of this user.
+    User(String),
+    /// Every pod holding a subscriber of this topic.
+    Topic(String),
+    /// One pod: used for session-addressed sends (the registry tells which pod).
+    Pod(String),
+    /// Every pod holding any session.
+    Broadcast,
+}
+
+/// Which local sessions an envelope is for, once it reaches a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// All sessions of a user.
+    User(String),
+    /// One session.
+    Session(SessionId),
+    /// All sessions subscribed to a topic; the push names the topic.
+    Topic(String),
+    /// Every session.
+    Broadcast,
+}
+
+impl Target {
+    /// The channel an envelope with this target travels on. A session target needs the
+    /// pod that holds the session, which only the registry knows.
+    pub fn channel(&self, session_pod: Option<&str>) -> Option<Channel> {
+        Some(match self {
+            Target::User(u) => Channel::User(u.clone()),
+            Target::Topic(t) => Channel::Topic(t.clone()),
+            Target::Broadcast => Channel::Broadcast,
+            Target::Session(_) => Channel::Pod(session_pod?.to_owned()),
+        })
+    }
+}
+
+/// What to do with the target sessions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Push a payload to each target session.
+    Deliver(Payload),
+    /// Close each target session with this code and reason.
+    Disconnect {
+        /// WebSocket close code.
+        code: u16,
+        /// Close reason (at most 123 bytes on the wire; longer is cut at a char boundary).
+        reason: String,
+    },
+}
+
+/// One message crossing the broker: published once, decoded once per receiving pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// Unique message id (a ULID).
+    pub id: String,
+    /// The pod that published it.
+    pub origin: String,
+    /// Which sessions it is for.
+    pub target: Target,
+    /// What to do with them.
+    pub command: Command,
+    /// W3C trace context (`traceparent`) of the sending call, when traced.
+    pub trace_context: Option<String>,
+}
+
+impl Envelope {
+    /// A new envelope with a fresh id.
+    pub fn new(origin: impl Into<String>, target: Target, command: Command) -> Self {
+        Self {
+            id: crate::ids::message_id(),
+            origin: origin.into(),
+            target,
+            command,
+            trace_context: None,
+        }
+    }
+}
+
+/// Where a broker hands the envelopes that arrive for this pod. Called from the broker's
+/// receive path, so it must not block: the gateway's implementation only `try_send`s.
+pub trait Inbox: Send + Sync + 'static {
+    /// An envelope arrived on a channel this pod subscribes to.
+    fn deliver(&self, envelope: Arc<Envelope>);
+}
+
+/// Routes envelopes between pods.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Subscribes this pod to `channel`. Idempotent. When it returns `Ok`, envelopes
+    /// published on the channel afterwards reach this pod's inbox.
+    async fn subscribe(&self, channel: &Channel) -> Result<(), BackendError>;
+
+    /// Unsubscribes this pod from `channel`. Idempotent.
+    async fn unsubscribe(&self, channel: &Channel) -> Result<(), BackendError>;
+
+    /// Publishes once; every pod subscribed to `channel` receives it once.
+    async fn publish(&self, channel: &Channel, envelope: Arc<Envelope>) -> Result<(), BackendError>;
+
+    /// Whether the broker can publish and receive right now (readiness).
+    async fn healthy(&self) -> Result<(), BackendError>;
+}
+
+/// A session as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The session's id.
+    pub session_id: SessionId,
+    /// The user it belongs to.
+    pub user_id: String,
+    /// The pod holding its socket.
+    pub pod_id: String,
+    /// When it connected, in milliseconds since the Unix epoch.
+    pub connected_at_ms: u64,
+    /// The client's address as the gateway saw it (after trusted proxies).
+    pub remote_addr: String,
+}
+
+/// A pod as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRecord {
+    /// The pod's id.
+    pub pod_id: String,
+    /// Sessions registered on it.
+    pub connections: u64,
+    /// Whether its liveness is current.
+    pub alive: bool,
+}
+
+/// The shared record of sessions, topic memberships and pods.
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// Announces a pod (or refreshes its liveness). Called at start and every interval.
+    async fn heartbeat_pod(&self, pod_id: &str) -> Result<(), BackendError>;
+
+    /// Removes a pod that shuts down cleanly, with every session it still has.
+    async fn remove_pod(&self, pod_id: &str) -> Result<(), BackendError>;
+
+    /// Records a session. Idempotent (re-registration after a backend restart).
+    async fn add_session(&self, record: &SessionRecord) -> Result<(), BackendError>;
+
+    /// Forgets a session and its topic memberships. Idempotent.
+    async fn remove_session(&self, record: &SessionRecord) -> Result<(), BackendError>;
+
+    /// Records that a session subscribed to a topic. Idempotent.
+    async fn add_subscription(&self, record: &SessionRecord, topic: &str)
+    -> Result<(), BackendError>;
+
+    /// Records that a session left a topic. Idempotent.
+    async fn remove_subscription(
+        &self,
+        record: &SessionRecord,
+        topic: &str,
+    ) -> Result<(), BackendError>;
+
+    /// A session by id, if it is live.
+    async fn session(&self, session_id: &SessionId) -> Result<Option<SessionRecord>, BackendError>;
+
+    /// The live sessions of a user, oldest first.
+    async fn user_sessions(&self, user_id: &str) -> Result<Vec<SessionRecord>, BackendError>;
+
+    /// How many live sessions a user has (the `max_sessions_per_user` limit).
+    async fn count_user_sessions(&self, user_id: &str) -> Result<usize, BackendError>;
+
+    /// How many live sessions are subscribed to a topic.
+    async fn count_topic_subscribers(&self, topic: &str) -> Result<usize, BackendError>;
+
+    /// How many live sessions there are in all (the targets of a broadcast).
+    async fn count_sessions(&self) -> Result<usize, BackendError>;
+
+    /// Every known pod with its session count and liveness.
+    async fn pods(&self) -> Result<Vec<PodRecord>, BackendError>;
+
+    /// Whether the registry can be read and written right now (readiness).
+    async fn healthy(&self) -> Result<(), BackendError>;
+}

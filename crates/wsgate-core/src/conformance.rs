@@ -1,0 +1,289 @@
+//! The conformance suite every backend must pass, unchanged (feature `test-util`).
+//!
+//! A backend's own test calls [`broker_suite`] and [`registry_suite`] with a factory. The
+//! suite names its channels, users and pods uniquely per call, so suites for one backend may
+//! share a server; a Redis backend should still hand each test its own namespace.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::backend::{
+    Broker, Channel, Command, Envelope, Inbox, Registry, SessionRecord, Target,
+};
+use crate::ids::SessionId;
+use crate::protocol::Payload;
+
+/// How long the suite waits for an envelope that must arrive.
+const ARRIVAL: Duration = Duration::from_secs(5);
+
+/// An inbox that records what arrives, for assertions.
+pub struct RecordingInbox {
+    tx: mpsc::UnboundedSender<Arc<Envelope>>,
+}
+
+impl Inbox for RecordingInbox {
+    fn deliver(&self, envelope: Arc<Envelope>) {
+        let _ = self.tx.send(envelope);
+    }
+}
+
+/// One simulated pod: its broker and what its inbox received.
+pub struct TestPod {
+    /// The pod's id.
+    pub id: String,
+    /// Its broker.
+    pub broker: Arc<dyn Broker>,
+    /// Envelopes received, in order.
+    pub received: mpsc::UnboundedReceiver<Arc<Envelope>>,
+    _inbox: Arc<RecordingInbox>,
+}
+
+impl TestPod {
+    /// Waits for the next envelope; fails the test after [`ARRIVAL`].
+    pub async fn next(&mut self) -> Arc<Envelope> {
+        tokio::time::timeout(ARRIVAL, self.received.recv())
+            .await
+            .unwrap_or_else(|_| panic!("pod {} received nothing within {ARRIVAL:?}", self.id))
+            .expect("inbox closed")
+    }
+
+    /// Proves nothing else arrived: subscribes a private barrier channel, publishes a
+    /// marker on it and requires the marker to be the very next envelope. Pub/sub keeps
+    /// order per subscriber connection, so anything stray would arrive first.
+    pub async fn assert_nothing_else(&mut self, tag: &str) {
+        let barrier = Channel::Pod(format!("barrier-{}-{tag}", self.id));
+        self.broker.subscribe(&barrier).await.unwrap();
+        let marker = Arc::new(Envelope::new(
+            "suite",
+            Target::Broadcast,
+            Command::Deliver(Payload::Text(format!("barrier {tag}"))),
+        ));
+        self.broker.publish(&barrier, marker.clone()).await.unwrap();
+        let next = self.next().await;
+        assert_eq!(
+            next.id, marker.id,
+            "pod {} received an envelope it should not have ({tag}): {next:?}",
+            self.id
+        );
+        self.broker.unsubscribe(&barrier).await.unwrap();
+    }
+}
+
+async fn pod<F, Fut>(make: &F, id: String) -> TestPod
+where
+    F: Fn(String, Arc<dyn Inbox>) -> Fut,
+    Fut: Future<Output = Arc<dyn Broker>>,
+{
+    let (tx, received) = mpsc::unbounded_channel();
+    let inbox = Arc::new(RecordingInbox { tx });
+    let broker = make(id.clone(), inbox.clone()).await;
+    TestPod {
+        id,
+        broker,
+        received,
+        _inbox: inbox,
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", crate::ids::message_id().to_lowercase())
+}
+
+fn text(origin: &str, target: Target, text: &str) -> Arc<Envelope> {
+    Arc::new(Envelope::new(
+        origin,
+        target,
+        Command::Deliver(Payload::Text(text.to_owned())),
+    ))
+}
+
+/// Runs every broker check. `make(pod_id, inbox)` returns a broker for a new pod; all pods
+/// of one call must share the same pub/sub server.
+pub async fn broker_suite<F, Fut>(make: F)
+where
+    F: Fn(String, Arc<dyn Inbox>) -> Fut,
+    Fut: Future<Output = Arc<dyn Broker>>,
+{
+    let run = unique("run");
+    let mut a = pod(&make, format!("{run}-a")).await;
+    let mut b = pod(&make, format!("{run}-b")).await;
+    let mut c = pod(&make, format!("{run}-c")).await;
+
+    // A user channel reaches exactly the pods subscribed to it, once each, even when the
+    // subscription was requested twice.
+    let user = Channel::User(unique("user"));
+    a.broker.subscribe(&user).await.unwrap();
+    a.broker.subscribe(&user).await.unwrap();
+    b.broker.subscribe(&user).await.unwrap();
+    let sent = text(&c.id, Target::User("u".into()), "to user");
+    c.broker.publish(&user, sent.clone()).await.unwrap();
+    assert_eq!(*a.next().await, *sent);
+    assert_eq!(*b.next().await, *sent);
+    a.assert_nothing_else("user-a").await;
+    b.assert_nothing_else("user-b").await;
+    c.assert_nothing_else("user-c").await;
+
+    // After unsubscribe nothing more arrives; the other subscriber is unaffected.
+    b.broker.unsubscribe(&user).await.unwrap();
+    b.broker.unsubscribe(&user).await.unwrap();
+    let second = text(&c.id, Target::User("u".into()), "after unsubscribe");
+    c.broker.publish(&user, second.clone()).await.unwrap();
+    assert_eq!(*a.next().await, *second);
+    a.assert_nothing_else("unsub-a").await;
+    b.assert_nothing_else("unsub-b").await;
+
+    // Topic, pod and broadcast channels route the same way; a publisher subscribed to the
+    // channel hears its own message too.
+    let topic = Channel::Topic(unique("topic"));
+    for p in [&a, &c] {
+        p.broker.subscribe(&topic).await.unwrap();
+    }
+    let t = text(&a.id, Target::Topic("t".into()), "topic");
+    a.broker.publish(&topic, t.clone()).await.unwrap();
+    assert_eq!(*a.next().await, *t);
+    assert_eq!(*c.next().await, *t);
+    b.assert_nothing_else("topic-b").await;
+
+    let pod_channel = Channel::Pod(b.id.clone());
+    b.broker.subscribe(&pod_channel).await.unwrap();
+    let s = text(
+        &a.id,
+        Target::Session(SessionId::from_string("01ARZ3NDEKTSV4RRFFQ69G5FAV")),
+        "session",
+    );
+    a.broker.publish(&pod_channel, s.clone()).await.unwrap();
+    assert_eq!(*b.next().await, *s);
+    a.assert_nothing_else("pod-a").await;
+    c.assert_nothing_else("pod-c").await;
+
+    // Every envelope field survives the trip: each payload kind, byte-exact binary,
+    // disconnect commands, trace context.
+    let mut full = Envelope::new(
+        &a.id,
+        Target::Broadcast,
+        Command::Deliver(Payload::Binary(Bytes::from_static(&[0, 1, 2, 255, 254, 0]))),
+    );
+    full.trace_context = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+    let kinds = [
+        full.clone(),
+        Envelope::new(
+            &a.id,
+            Target::Topic("orders.7".into()),
+            Command::Deliver(Payload::json(r#"{"n":1,"s":"é\u0000"}"#).unwrap()),
+        ),
+        Envelope::new(
+            &a.id,
+            Target::User("ünïcode user".into()),
+            Command::Deliver(Payload::Text(String::new())),
+        ),
+        Envelope::new(
+            &a.id,
+            Target::Session(SessionId::from_string("01ARZ3NDEKTSV4RRFFQ69G5FAV")),
+            Command::Disconnect {
+                code: 4001,
+                reason: "bye".into(),
+            },
+        ),
+    ];
+    let everyone = Channel::Broadcast;
+    b.broker.subscribe(&everyone).await.unwrap();
+    for envelope in kinds {
+        let envelope = Arc::new(envelope);
+        a.broker.publish(&everyone, envelope.clone()).await.unwrap();
+        assert_eq!(*b.next().await, *envelope);
+    }
+    b.broker.unsubscribe(&everyone).await.unwrap();
+    b.assert_nothing_else("fidelity").await;
+
+    for p in [&a, &b, &c] {
+        p.broker.healthy().await.unwrap();
+    }
+}
+
+fn record(pod: &str, user: &str) -> SessionRecord {
+    SessionRecord {
+        session_id: SessionId::generate(),
+        user_id: user.to_owned(),
+        pod_id: pod.to_owned(),
+        connected_at_ms: 1_700_000_000_000,
+        remote_addr: "127.0.0.1".to_owned(),
+    }
+}
+
+/// Runs every registry check against a fresh registry from `make`.
+pub async fn registry_suite<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Registry>>,
+{
+    let reg = make().await;
+    let pod_a = unique("pod-a");
+    let pod_b = unique("pod-b");
+    reg.heartbeat_pod(&pod_a).await.unwrap();
+    reg.heartbeat_pod(&pod_b).await.unwrap();
+    let user = unique("user");
+    let other = unique("other");
+
+    let s1 = record(&pod_a, &user);
+    let s2 = record(&pod_b, &user);
+    let s3 = record(&pod_b, &other);
+    for s in [&s1, &s2, &s3] {
+        reg.add_session(s).await.unwrap();
+    }
+    // Re-registration (after a backend restart) must not double-count.
+    reg.add_session(&s1).await.unwrap();
+
+    assert_eq!(reg.session(&s1.session_id).await.unwrap(), Some(s1.clone()));
+    assert_eq!(
+        reg.session(&SessionId::generate()).await.unwrap(),
+        None,
+        "unknown session"
+    );
+    assert_eq!(reg.user_sessions(&user).await.unwrap(), vec![s1.clone(), s2.clone()]);
+    assert_eq!(reg.count_user_sessions(&user).await.unwrap(), 2);
+    assert_eq!(reg.count_user_sessions(&unique("nobody")).await.unwrap(), 0);
+    assert!(reg.user_sessions(&unique("nobody")).await.unwrap().is_empty());
+
+    let pods = reg.pods().await.unwrap();
+    let find = |id: &str| pods.iter().find(|p| p.pod_id == id).cloned();
+    let a = find(&pod_a).expect("pod a listed");
+    let b = find(&pod_b).expect("pod b listed");
+    assert_eq!((a.connections, a.alive), (1, true));
+    assert_eq!((b.connections, b.alive), (2, true));
+
+    // Topic memberships count per session, idempotently, and go with the session.
+    let topic = unique("topic");
+    reg.add_subscription(&s1, &topic).await.unwrap();
+    reg.add_subscription(&s1, &topic).await.unwrap();
+    reg.add_subscription(&s3, &topic).await.unwrap();
+    assert_eq!(reg.count_topic_subscribers(&topic).await.unwrap(), 2);
+    reg.remove_subscription(&s3, &topic).await.unwrap();
+    reg.remove_subscription(&s3, &topic).await.unwrap();
+    assert_eq!(reg.count_topic_subscribers(&topic).await.unwrap(), 1);
+    let total_before = reg.count_sessions().await.unwrap();
+    assert!(total_before >= 3, "at least this suite's sessions: {total_before}");
+
+    reg.remove_session(&s1).await.unwrap();
+    reg.remove_session(&s1).await.unwrap();
+    assert_eq!(reg.session(&s1.session_id).await.unwrap(), None);
+    assert_eq!(reg.count_topic_subscribers(&topic).await.unwrap(), 0);
+    assert_eq!(reg.user_sessions(&user).await.unwrap(), vec![s2.clone()]);
+    assert_eq!(reg.count_sessions().await.unwrap(), total_before - 1);
+
+    // A pod that leaves takes its sessions with it.
+    reg.remove_pod(&pod_b).await.unwrap();
+    assert_eq!(reg.count_user_sessions(&user).await.unwrap(), 0);
+    assert_eq!(reg.session(&s3.session_id).await.unwrap(), None);
+    let pods = reg.pods().await.unwrap();
+    assert!(
+        pods.iter().all(|p| p.pod_id != pod_b || !p.alive),
+        "removed pod still alive: {pods:?}"
+    );
+    assert_eq!(reg.count_sessions().await.unwrap(), total_before - 3);
+    reg.healthy().await.unwrap();
+}

@@ -1,0 +1,351 @@
+//! The client protocol `wsgate.v1`: JSON text frames in both directions, plus binary
+//! frames for binary pushes. See `docs/protocol.md` for the user-facing description.
+//!
+//! Server frames are encoded here once per message and shared as [`OutFrame`] (a cheap
+//! clone of reference-counted bytes) across every recipient.
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tungstenite::Utf8Bytes;
+
+/// The subprotocol name negotiated when a client offers it.
+pub const SUBPROTOCOL: &str = "wsgate.v1";
+
+/// The body of a push, as given to the control plane.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// Arrives as a JSON string in `data`.
+    Text(String),
+    /// Already-validated JSON, embedded in `data` as the value itself.
+    Json(Box<RawValue>),
+    /// Arrives as one binary frame holding exactly these bytes.
+    Binary(Bytes),
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Payload::Text(a), Payload::Text(b)) => a == b,
+            (Payload::Json(a), Payload::Json(b)) => a.get() == b.get(),
+            (Payload::Binary(a), Payload::Binary(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Payload {
+    /// Validates `json` and wraps it. The error names what is wrong, for the caller.
+    pub fn json(json: &str) -> Result<Self, String> {
+        RawValue::from_string(json.to_owned())
+            .map(Payload::Json)
+            .map_err(|e| format!("payload.json is not valid JSON: {e}"))
+    }
+
+    /// Size of the body in bytes (for limits and metrics).
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Text(t) => t.len(),
+            Payload::Json(j) => j.get().len(),
+            Payload::Binary(b) => b.len(),
+        }
+    }
+
+    /// Whether the body is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A frame ready for the socket, shared across recipients without copying.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutFrame {
+    /// A text frame (valid UTF-8 by construction).
+    Text(Utf8Bytes),
+    /// A binary frame.
+    Binary(Bytes),
+}
+
+impl OutFrame {
+    /// Bytes on the wire, not counting the frame header.
+    pub fn len(&self) -> usize {
+        match self {
+            OutFrame::Text(t) => t.len(),
+            OutFrame::Binary(b) => b.len(),
+        }
+    }
+
+    /// Whether the frame has no payload.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn json(value: &impl Serialize) -> Self {
+        // Serializing our own frame types cannot fail: they hold only strings, numbers
+        // and already-validated raw JSON.
+        let text = serde_json::to_string(value).unwrap_or_else(|_| String::from("{}"));
+        OutFrame::Text(Utf8Bytes::from(text))
+    }
+}
+
+/// Encodes a push once, for every local recipient.
+pub fn encode_push(payload: &Payload, topic: Option<&str>) -> OutFrame {
+    #[derive(Serialize)]
+    struct Push<'a, T: Serialize> {
+        op: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<&'a str>,
+        data: T,
+    }
+    match payload {
+        Payload::Binary(bytes) => OutFrame::Binary(bytes.clone()),
+        Payload::Text(text) => OutFrame::json(&Push {
+            op: "message",
+            topic,
+            data: text,
+        }),
+        Payload::Json(raw) => OutFrame::json(&Push {
+            op: "message",
+            topic,
+            data: raw,
+        }),
+    }
+}
+
+/// The first frame of every session.
+pub fn encode_welcome(session_id: &str, user_id: &str, heartbeat_s: u64) -> OutFrame {
+    #[derive(Serialize)]
+    struct Welcome<'a> {
+        op: &'static str,
+        session_id: &'a str,
+        user_id: &'a str,
+        heartbeat_s: u64,
+    }
+    OutFrame::json(&Welcome {
+        op: "welcome",
+        session_id,
+        user_id,
+        heartbeat_s,
+    })
+}
+
+/// A request id a client may put on an op; echoed in the reply. Strings and numbers only.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum RequestId {
+    /// `"id":"abc"`
+    Text(String),
+    /// `"id":7`
+    Number(serde_json::Number),
+}
+
+/// A client op, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientOp {
+    /// `{"op":"subscribe","topic":"T"}`
+    Subscribe {
+        /// The topic.
+        topic: String,
+    },
+    /// `{"op":"unsubscribe","topic":"T"}`
+    Unsubscribe {
+        /// The topic.
+        topic: String,
+    },
+    /// `{"op":"ping"}`: the app-level ping browsers need.
+    Ping,
+}
+
+/// A decoded client frame: the op and its request id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientRequest {
+    /// What the client asks for.
+    pub op: ClientOp,
+    /// Echoed in the reply.
+    pub id: Option<RequestId>,
+}
+
+/// Why a client frame was refused; becomes an `{"op":"error"}` reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProtocolError {
+    /// Machine-readable code (`bad_request`, `forbidden_topic`, …).
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The request id, when the frame had a readable one.
+    pub id: Option<RequestId>,
+}
+
+impl ProtocolError {
+    fn bad_request(message: impl Into<String>, id: Option<RequestId>) -> Self {
+        Self {
+            code: "bad_request",
+            message: message.into(),
+            id,
+        }
+    }
+}
+
+/// Decodes one client text frame. Never panics; anything unexpected is a `bad_request`.
+pub fn decode_client(text: &str) -> Result<ClientRequest, ProtocolError> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|_| ProtocolError::bad_request("frame is not valid JSON", None))?;
+    let serde_json::Value::Object(mut obj) = value else {
+        return Err(ProtocolError::bad_request("frame must be a JSON object", None));
+    };
+    let id = match obj.remove("id") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) if s.len() <= 128 => Some(RequestId::Text(s)),
+        Some(serde_json::Value::Number(n)) => Some(RequestId::Number(n)),
+        Some(_) => {
+            return Err(ProtocolError::bad_request(
+                "\"id\" must be a string of at most 128 bytes or a number",
+                None,
+            ));
+        }
+    };
+    let op = match obj.get("op").and_then(|v| v.as_str()) {
+        Some(op) => op,
+        None => return Err(ProtocolError::bad_request("missing \"op\"", id)),
+    };
+    let topic = || -> Result<String, ProtocolError> {
+        match obj.get("topic").and_then(|v| v.as_str()) {
+            Some(t) if crate::auth::valid_topic(t) => Ok(t.to_owned()),
+            Some(_) => Err(ProtocolError::bad_request(
+                "\"topic\" must be 1 to 200 characters of A-Z a-z 0-9 . _ : -",
+                id.clone(),
+            )),
+            None => Err(ProtocolError::bad_request("missing \"topic\"", id.clone())),
+        }
+    };
+    let op = match op {
+        "subscribe" => ClientOp::Subscribe { topic: topic()? },
+        "unsubscribe" => ClientOp::Unsubscribe { topic: topic()? },
+        "ping" => ClientOp::Ping,
+        _ => {
+            return Err(ProtocolError::bad_request(
+                "unknown op: expected subscribe, unsubscribe or ping",
+                id,
+            ));
+        }
+    };
+    Ok(ClientRequest { op, id })
+}
+
+/// A reply to a client op.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// The subscription is active: pushes to the topic published from now on arrive.
+    Subscribed(String),
+    /// The subscription is gone.
+    Unsubscribed(String),
+    /// Answer to the app-level ping.
+    Pong,
+    /// The op was refused.
+    Error {
+        /// Machine-readable code.
+        code: &'static str,
+        /// Human-readable explanation.
+        message: String,
+    },
+}
+
+/// Encodes a reply, echoing the request id when there was one.
+pub fn encode_reply(reply: &Reply, id: Option<&RequestId>) -> OutFrame {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        op: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        code: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+    }
+    let (op, topic, code, message) = match reply {
+        Reply::Subscribed(t) => ("subscribed", Some(t.as_str()), None, None),
+        Reply::Unsubscribed(t) => ("unsubscribed", Some(t.as_str()), None, None),
+        Reply::Pong => ("pong", None, None, None),
+        Reply::Error { code, message } => ("error", None, Some(*code), Some(message.as_str())),
+    };
+    OutFrame::json(&Out {
+        op,
+        topic,
+        code,
+        message,
+        id,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn text(frame: &OutFrame) -> serde_json::Value {
+        match frame {
+            OutFrame::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
+            OutFrame::Binary(_) => panic!("expected text"),
+        }
+    }
+
+    #[test]
+    fn pushes_embed_json_and_quote_text() {
+        let j = encode_push(&Payload::json(r#"{"a":[1,2]}"#).unwrap(), Some("news"));
+        assert_eq!(
+            text(&j),
+            serde_json::json!({"op":"message","topic":"news","data":{"a":[1,2]}})
+        );
+        let t = encode_push(&Payload::Text("hi \"there\"".into()), None);
+        assert_eq!(text(&t), serde_json::json!({"op":"message","data":"hi \"there\""}));
+        let b = encode_push(&Payload::Binary(Bytes::from_static(&[0, 255, 1])), None);
+        assert_eq!(b, OutFrame::Binary(Bytes::from_static(&[0, 255, 1])));
+    }
+
+    #[test]
+    fn invalid_json_payload_is_refused() {
+        assert!(Payload::json("{nope").is_err());
+        assert!(Payload::json("").is_err());
+    }
+
+    #[test]
+    fn decodes_ops_and_echoes_ids() {
+        let r = decode_client(r#"{"op":"subscribe","topic":"chat.1","id":"x1"}"#).unwrap();
+        assert_eq!(r.op, ClientOp::Subscribe { topic: "chat.1".into() });
+        let reply = encode_reply(&Reply::Subscribed("chat.1".into()), r.id.as_ref());
+        assert_eq!(
+            text(&reply),
+            serde_json::json!({"op":"subscribed","topic":"chat.1","id":"x1"})
+        );
+        let p = decode_client(r#"{"op":"ping","id":7}"#).unwrap();
+        assert_eq!(p.op, ClientOp::Ping);
+        assert_eq!(
+            text(&encode_reply(&Reply::Pong, p.id.as_ref())),
+            serde_json::json!({"op":"pong","id":7})
+        );
+    }
+
+    #[test]
+    fn garbage_is_a_bad_request_with_the_id_when_readable() {
+        for bad in [
+            "",
+            "not json",
+            "[]",
+            "42",
+            "{}",
+            r#"{"op":5}"#,
+            r#"{"op":"dance"}"#,
+            r#"{"op":"subscribe"}"#,
+            r#"{"op":"subscribe","topic":""}"#,
+            r#"{"op":"subscribe","topic":"a b"}"#,
+            r#"{"op":"ping","id":{"x":1}}"#,
+        ] {
+            let err = decode_client(bad).unwrap_err();
+            assert_eq!(err.code, "bad_request", "{bad}");
+        }
+        let err = decode_client(r#"{"op":"dance","id":"q"}"#).unwrap_err();
+        assert_eq!(err.id, Some(RequestId::Text("q".into())));
+    }
+}
