@@ -1,1 +1,1213 @@
-//! placeholder until the preflight lands
+//! The handshake preflight as pure functions over request parts.
+//!
+//! Each function answers one row of the preflight table in DESIGN §2 and returns a
+//! [`Rejection`] that the HTTP edge (`wsgate-server`'s `http::preflight`) turns into a JSON
+//! response. Nothing here touches a socket or a web framework, so every rule is tested
+//! directly. The order in which the checks run is the edge's business: cheap header
+//! checks first, then Host and Origin, then the per-IP rate limit and the pod's capacity,
+//! and only then the token (see [`crate::auth`]) and the per-user session limit.
+//!
+//! Messages are written for a developer reading a failed handshake in the browser's
+//! network tab. They never echo a client-controlled value beyond [`ECHO_LIMIT`] bytes.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::str::FromStr;
+
+use base64::Engine as _;
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::uri::Authority;
+use http::{Method, StatusCode, Version};
+use ipnet::IpNet;
+
+use crate::admission::ConnectionGauge;
+
+/// How many bytes of a client-supplied value a message may quote.
+pub const ECHO_LIMIT: usize = 64;
+
+/// `Retry-After` for 503s and the session limit: long enough for a reconnect loop not to
+/// hammer a full or draining pod, short enough for a rolling update.
+const RETRY_AFTER_BUSY_S: u64 = 5;
+
+/// Why a handshake is refused: the status, a stable machine-readable `code`, a human
+/// `message` and any headers the status calls for (`Allow`, `Retry-After`, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// HTTP status of the response.
+    pub status: StatusCode,
+    /// Stable error code, the `error` field of the JSON body.
+    pub code: &'static str,
+    /// Human-readable explanation, the `message` field of the JSON body.
+    pub message: String,
+    /// Extra response headers required by the status.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Rejection {
+    /// A rejection without extra headers.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Adds a response header.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// Adds `Retry-After: seconds`.
+    pub fn with_retry_after(self, seconds: u64) -> Self {
+        self.with_header(header::RETRY_AFTER, HeaderValue::from(seconds))
+    }
+
+    /// The response body: `{"error":code,"message":message}`.
+    pub fn json_body(&self) -> String {
+        serde_json::json!({ "error": self.code, "message": self.message }).to_string()
+    }
+
+    /// The value of `name` among [`Rejection::headers`], if set.
+    pub fn header(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// A client-supplied value made safe to quote in a message: at most [`ECHO_LIMIT`] bytes
+/// (cut at a char boundary), control characters escaped.
+pub fn quote(value: &[u8]) -> String {
+    let text = String::from_utf8_lossy(value);
+    let mut end = text.len().min(ECHO_LIMIT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out: String = text[..end].escape_debug().collect();
+    if end < text.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// Whether the request is an RFC 8441 WebSocket bootstrap over HTTP/2 (extended CONNECT).
+///
+/// Such a request has no `Upgrade`, `Connection` or `Sec-WebSocket-Key` headers (HTTP/2
+/// forbids connection-specific headers and the key/accept dance is not used), so those
+/// checks pass it through. Whether `:protocol` really is `websocket` is settled by the
+/// upgrade itself, which refuses anything else.
+pub fn is_extended_connect(parts: &Parts) -> bool {
+    parts.method == Method::CONNECT && parts.version >= Version::HTTP_2
+}
+
+/// The method must be `GET` (or an HTTP/2 extended CONNECT): else 405 with `Allow: GET`.
+pub fn check_method(parts: &Parts) -> Result<(), Rejection> {
+    if parts.method == Method::GET || is_extended_connect(parts) {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "a WebSocket handshake must use GET, not {}",
+            quote(parts.method.as_str().as_bytes())
+        ),
+    )
+    .with_header(header::ALLOW, HeaderValue::from_static("GET")))
+}
+
+/// The request must be HTTP/1.1 or later: HTTP/1.0 and 0.9 cannot upgrade (400).
+pub fn check_http_version(parts: &Parts) -> Result<(), Rejection> {
+    if parts.version >= Version::HTTP_11 {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        StatusCode::BAD_REQUEST,
+        "http_version",
+        "a WebSocket handshake needs HTTP/1.1 or later",
+    ))
+}
+
+/// Whether any of the `name` headers, read as comma-separated token lists, holds `token`
+/// (ASCII case-insensitive).
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// `Upgrade` must list the token `websocket`, case-insensitively (400 otherwise).
+pub fn check_upgrade_header(parts: &Parts) -> Result<(), Rejection> {
+    if is_extended_connect(parts) || has_token(&parts.headers, &header::UPGRADE, "websocket") {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        StatusCode::BAD_REQUEST,
+        "upgrade_required",
+        "the Upgrade header must contain \"websocket\"",
+    ))
+}
+
+/// `Connection` (possibly several headers) must list the token `upgrade` (400 otherwise).
+pub fn check_connection_header(parts: &Parts) -> Result<(), Rejection> {
+    if is_extended_connect(parts) || has_token(&parts.headers, &header::CONNECTION, "upgrade") {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        StatusCode::BAD_REQUEST,
+        "connection_upgrade",
+        "the Connection header must contain \"Upgrade\"",
+    ))
+}
+
+/// `Sec-WebSocket-Version` must be `13`: missing is 400, any other value 426 with
+/// `Sec-WebSocket-Version: 13` so the client knows what to retry with (RFC 6455 §4.4).
+pub fn check_ws_version(parts: &Parts) -> Result<(), Rejection> {
+    let mut values = parts.headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
+    let Some(first) = values.next() else {
+        return Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "missing_version",
+            "the Sec-WebSocket-Version header is required and must be 13",
+        ));
+    };
+    if values.next().is_none() && first.as_bytes().trim_ascii() == b"13" {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        StatusCode::UPGRADE_REQUIRED,
+        "unsupported_version",
+        "only WebSocket version 13 is supported",
+    )
+    .with_header(
+        header::SEC_WEBSOCKET_VERSION,
+        HeaderValue::from_static("13"),
+    ))
+}
+
+/// `Sec-WebSocket-Key` must be present once and be the standard base64 encoding of
+/// exactly 16 bytes (400 otherwise).
+pub fn check_ws_key(parts: &Parts) -> Result<(), Rejection> {
+    if is_extended_connect(parts) {
+        return Ok(());
+    }
+    let bad = |message: &str| Err(Rejection::new(StatusCode::BAD_REQUEST, "bad_key", message));
+    let mut values = parts.headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    let Some(key) = values.next() else {
+        return bad("the Sec-WebSocket-Key header is required");
+    };
+    if values.next().is_some() {
+        return bad("send exactly one Sec-WebSocket-Key header");
+    }
+    let key = key.as_bytes().trim_ascii();
+    // 16 bytes encode to exactly 24 characters with padding; checking the length first
+    // keeps a huge header from being decoded at all.
+    let valid = key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|bytes| bytes.len() == 16);
+    if valid {
+        Ok(())
+    } else {
+        bad("Sec-WebSocket-Key must be the base64 encoding of 16 bytes")
+    }
+}
+
+/// A parsed `host[:port]`: lower-case host (IPv6 in brackets), optional port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HostPort {
+    host: String,
+    port: Option<u16>,
+}
+
+impl HostPort {
+    fn parse(value: &str) -> Option<Self> {
+        let value = value.trim();
+        if value.is_empty() || value.contains(['@', '/', '?', '#']) {
+            return None;
+        }
+        let authority = Authority::from_str(value).ok()?;
+        let host = authority.host();
+        // A fully qualified name may end with a dot; it names the same host.
+        let host = host.strip_suffix('.').unwrap_or(host);
+        if host.is_empty() {
+            return None;
+        }
+        let valid_host = if let Some(inner) = host.strip_prefix('[') {
+            inner
+                .strip_suffix(']')
+                .is_some_and(|ip| ip.parse::<Ipv6Addr>().is_ok())
+        } else {
+            host.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        };
+        // `Authority` accepts an empty port ("host:") and ports above 65535; `port()`
+        // then answers `None` as if there were no port at all.
+        let has_port = authority.as_str().len() > authority.host().len();
+        if !valid_host || has_port && authority.port_u16().is_none() {
+            return None;
+        }
+        Some(Self {
+            host: host.to_ascii_lowercase(),
+            port: authority.port_u16(),
+        })
+    }
+}
+
+/// `preflight.allowed_hosts`: which `Host` values this gateway answers to (DNS
+/// rebinding and misrouted-traffic protection).
+#[derive(Debug, Clone, Default)]
+pub struct HostPolicy {
+    allowed: Vec<HostPort>,
+}
+
+impl HostPolicy {
+    /// Builds the policy. An empty list allows every host; an entry with a port matches
+    /// only that port, one without matches any port. Names compare case-insensitively.
+    ///
+    /// Errors name the first entry that is not a `host` or `host:port`.
+    pub fn new(allowed: &[String]) -> Result<Self, String> {
+        let allowed = allowed
+            .iter()
+            .map(|entry| {
+                HostPort::parse(entry).ok_or_else(|| {
+                    format!(
+                        "allowed host {:?} is not a host name or host:port",
+                        quote(entry.as_bytes())
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { allowed })
+    }
+
+    /// Checks the request's host: the URI authority when the request target carries one
+    /// (absolute-form, or HTTP/2 `:authority`, which RFC 9112 §3.2.2 says wins over
+    /// `Host`), else the single `Host` header. Mismatch, absence or ambiguity is 421.
+    pub fn check(&self, parts: &Parts) -> Result<(), Rejection> {
+        if self.allowed.is_empty() {
+            return Ok(());
+        }
+        let misdirected = |message: String| {
+            Err(Rejection::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected_host",
+                message,
+            ))
+        };
+        let raw: &[u8] = if let Some(authority) = parts.uri.authority() {
+            authority.as_str().as_bytes()
+        } else {
+            let mut hosts = parts.headers.get_all(header::HOST).iter();
+            match (hosts.next(), hosts.next()) {
+                (Some(host), None) => host.as_bytes(),
+                (None, _) => return misdirected("the Host header is required".to_owned()),
+                (Some(_), Some(_)) => {
+                    return misdirected("send exactly one Host header".to_owned());
+                }
+            }
+        };
+        let parsed = std::str::from_utf8(raw).ok().and_then(HostPort::parse);
+        let allowed = parsed.is_some_and(|got| {
+            self.allowed.iter().any(|entry| {
+                entry.host == got.host && (entry.port.is_none() || entry.port == got.port)
+            })
+        });
+        if allowed {
+            Ok(())
+        } else {
+            misdirected(format!("this gateway does not serve host {}", quote(raw)))
+        }
+    }
+}
+
+/// The port a scheme implies when an origin leaves it out.
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" | "ws" => Some(80),
+        "https" | "wss" => Some(443),
+        _ => None,
+    }
+}
+
+/// A parsed origin (`scheme://host[:port]`) with the port made explicit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+}
+
+impl Origin {
+    /// Parses a serialized origin, or an allow-list entry whose host may start with `*.`.
+    fn parse(value: &str) -> Option<Self> {
+        let (scheme, rest) = value.split_once("://")?;
+        let valid_scheme = scheme
+            .as_bytes()
+            .first()
+            .is_some_and(u8::is_ascii_alphabetic)
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+        if !valid_scheme {
+            return None;
+        }
+        let scheme = scheme.to_ascii_lowercase();
+        // A wildcard is not a valid authority; parse the rest without it.
+        let (wildcard, rest) = match rest.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, rest),
+        };
+        let HostPort { host, port } = HostPort::parse(rest)?;
+        if wildcard && host.starts_with('[') {
+            return None;
+        }
+        let port = port.or_else(|| default_port(&scheme));
+        let host = if wildcard { format!("*.{host}") } else { host };
+        Some(Self { scheme, host, port })
+    }
+}
+
+#[derive(Debug, Clone)]
+enum OriginRule {
+    /// `*`: every well-formed origin.
+    Any,
+    /// `null`: the opaque origin of sandboxed frames, `file:` pages and some redirects.
+    Null,
+    /// One origin, port made explicit.
+    Exact(Origin),
+    /// `scheme://*.suffix[:port]`: any host strictly below `suffix`.
+    Subdomains {
+        scheme: String,
+        suffix: String,
+        port: Option<u16>,
+    },
+}
+
+impl OriginRule {
+    fn matches(&self, origin: Option<&Origin>) -> bool {
+        match (self, origin) {
+            (OriginRule::Null, None) => true,
+            (OriginRule::Null, Some(_)) | (_, None) => false,
+            (OriginRule::Any, Some(_)) => true,
+            (OriginRule::Exact(want), Some(got)) => want == got,
+            (
+                OriginRule::Subdomains {
+                    scheme,
+                    suffix,
+                    port,
+                },
+                Some(got),
+            ) => {
+                got.scheme == *scheme
+                    && got.port == *port
+                    && got
+                        .host
+                        .strip_suffix(suffix.as_str())
+                        .and_then(|label| label.strip_suffix('.'))
+                        .is_some_and(|label| !label.is_empty())
+            }
+        }
+    }
+}
+
+/// `preflight.allowed_origins` and `preflight.require_origin`: which pages may open a
+/// socket (cross-site WebSocket hijacking protection).
+#[derive(Debug, Clone, Default)]
+pub struct OriginPolicy {
+    rules: Vec<OriginRule>,
+    require_origin: bool,
+}
+
+impl OriginPolicy {
+    /// Builds the policy from entries `*`, `null`, `https://app.example.com[:port]` or
+    /// `https://*.example.com[:port]`.
+    ///
+    /// Schemes and hosts compare case-insensitively and a scheme's default port equals
+    /// the explicit one (`https://a.com` is `https://a.com:443`). A wildcard matches hosts
+    /// strictly below its suffix, with the same scheme and port. `*` allows every
+    /// well-formed origin but not `null`: the opaque origin is shared by every sandboxed
+    /// page, so it must be listed explicitly. An empty list allows every origin.
+    ///
+    /// A browser always sends `Origin` on a WebSocket handshake; non-browser clients often
+    /// do not. A missing `Origin` is allowed unless `require_origin`.
+    pub fn new(allowed: &[String], require_origin: bool) -> Result<Self, String> {
+        let rules = allowed
+            .iter()
+            .map(|entry| {
+                let trimmed = entry.trim();
+                if trimmed == "*" {
+                    return Ok(OriginRule::Any);
+                }
+                if trimmed.eq_ignore_ascii_case("null") {
+                    return Ok(OriginRule::Null);
+                }
+                let origin = Origin::parse(trimmed).ok_or_else(|| {
+                    format!(
+                        "allowed origin {:?} is not \"*\", \"null\", scheme://host[:port] or \
+                         scheme://*.domain[:port]",
+                        quote(entry.as_bytes())
+                    )
+                })?;
+                Ok(match origin.host.strip_prefix("*.") {
+                    Some(suffix) => OriginRule::Subdomains {
+                        suffix: suffix.to_owned(),
+                        scheme: origin.scheme,
+                        port: origin.port,
+                    },
+                    None => OriginRule::Exact(origin),
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Self {
+            rules,
+            require_origin,
+        })
+    }
+
+    /// Checks the `Origin` header: 403 `origin_required` when it is missing and required,
+    /// 403 `origin_forbidden` when it matches no entry (or is sent more than once).
+    pub fn check(&self, parts: &Parts) -> Result<(), Rejection> {
+        let mut values = parts.headers.get_all(header::ORIGIN).iter();
+        let Some(value) = values.next() else {
+            if self.require_origin {
+                return Err(Rejection::new(
+                    StatusCode::FORBIDDEN,
+                    "origin_required",
+                    "this gateway requires an Origin header",
+                ));
+            }
+            return Ok(());
+        };
+        if self.rules.is_empty() {
+            return Ok(());
+        }
+        let forbidden = || {
+            Err(Rejection::new(
+                StatusCode::FORBIDDEN,
+                "origin_forbidden",
+                format!("origin {} is not allowed", quote(value.as_bytes())),
+            ))
+        };
+        if values.next().is_some() {
+            return forbidden();
+        }
+        let Ok(text) = value.to_str() else {
+            return forbidden();
+        };
+        let text = text.trim();
+        let origin = if text.eq_ignore_ascii_case("null") {
+            None
+        } else {
+            match Origin::parse(text) {
+                // An origin never has a wildcard, a path or a trailing slash.
+                Some(origin) if !origin.host.starts_with('*') => Some(origin),
+                _ => return forbidden(),
+            }
+        };
+        if self.rules.iter().any(|rule| rule.matches(origin.as_ref())) {
+            Ok(())
+        } else {
+            forbidden()
+        }
+    }
+}
+
+/// The client's address: the peer's, unless the peer is a trusted proxy, in which case
+/// `X-Forwarded-For` is walked right to left past trusted hops and the first untrusted
+/// address is the client (the leftmost one if every hop is trusted).
+///
+/// Addresses to the left of the first untrusted hop were written by the client itself and
+/// are never believed. A malformed `X-Forwarded-For` yields the peer's address.
+/// IPv4-mapped IPv6 addresses (dual-stack sockets) are reported as IPv4.
+pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer_ip = peer.ip().to_canonical();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer_ip) {
+        return peer_ip;
+    }
+    let mut hops = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let Ok(value) = value.to_str() else {
+            return peer_ip;
+        };
+        for hop in value.split(',') {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) => hops.push(ip.to_canonical()),
+                Err(_) => return peer_ip,
+            }
+        }
+    }
+    hops.iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .or_else(|| hops.first())
+        .copied()
+        .unwrap_or(peer_ip)
+}
+
+/// Per-client-IP handshake rate limit (`limits.handshakes_per_ip_per_s`), a GCRA token
+/// bucket per address.
+///
+/// IPv6 clients are keyed by their /64: one host usually owns a whole /64 and could
+/// otherwise rotate addresses to dodge the limit.
+pub struct HandshakeLimiter {
+    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+}
+
+impl std::fmt::Debug for HandshakeLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandshakeLimiter")
+            .field("enabled", &self.limiter.is_some())
+            .field("keys", &self.len())
+            .finish()
+    }
+}
+
+impl HandshakeLimiter {
+    /// `per_second` handshakes per address on average, bursts of up to `burst` (a burst
+    /// of 0 means `per_second`). `per_second == 0` disables the limit.
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        let limiter = NonZeroU32::new(per_second).map(|rate| {
+            let burst = NonZeroU32::new(burst).unwrap_or(rate);
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        Self { limiter }
+    }
+
+    /// Whether the limit is enforced at all.
+    pub fn is_enabled(&self) -> bool {
+        self.limiter.is_some()
+    }
+
+    /// Takes one handshake token for `ip`: 429 `rate_limited` with `Retry-After` (whole
+    /// seconds, at least 1) when the address is over its rate.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Rejection> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        let key = match ip {
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(bits))
+            }
+            v4 => v4,
+        };
+        match limiter.check_key(&key) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                Err(Rejection::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many handshakes from this address; retry later",
+                )
+                .with_retry_after(seconds.max(1)))
+            }
+        }
+    }
+
+    /// Forgets addresses whose bucket is full again, bounding memory. Call it
+    /// periodically (every few seconds).
+    pub fn retain_recent(&self) {
+        if let Some(limiter) = &self.limiter {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+
+    /// How many addresses the limiter currently tracks.
+    pub fn len(&self) -> usize {
+        self.limiter.as_ref().map_or(0, |limiter| limiter.len())
+    }
+
+    /// Whether the limiter tracks no address.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The pod must be neither draining nor at `max` open connections: 503 `draining` or
+/// `at_capacity`, each with `Retry-After: 5`.
+///
+/// This is the cheap early answer; [`ConnectionGauge::try_acquire`] settles races.
+pub fn check_capacity(gauge: &ConnectionGauge, max: usize) -> Result<(), Rejection> {
+    if gauge.is_draining() {
+        return Err(Rejection::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this gateway is shutting down; reconnect to another one",
+        )
+        .with_retry_after(RETRY_AFTER_BUSY_S));
+    }
+    if gauge.open() >= max {
+        return Err(Rejection::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "at_capacity",
+            "this gateway is at its connection limit; retry later",
+        )
+        .with_retry_after(RETRY_AFTER_BUSY_S));
+    }
+    Ok(())
+}
+
+/// A user may hold at most `max` sessions (0 = unlimited): 429 `too_many_sessions` with
+/// `Retry-After: 5` when `current` already reaches it.
+pub fn check_user_sessions(current: usize, max: usize) -> Result<(), Rejection> {
+    if max == 0 || current < max {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_sessions",
+        format!("this user already has the maximum of {max} open sessions"),
+    )
+    .with_retry_after(RETRY_AFTER_BUSY_S))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn parts(build: http::request::Builder) -> Parts {
+        build.body(()).unwrap().into_parts().0
+    }
+
+    fn handshake() -> http::request::Builder {
+        http::Request::get("/ws")
+            .header("host", "gw.example.com")
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", KEY)
+    }
+
+    fn all_checks(p: &Parts) -> Result<(), Rejection> {
+        check_method(p)?;
+        check_http_version(p)?;
+        check_upgrade_header(p)?;
+        check_connection_header(p)?;
+        check_ws_version(p)?;
+        check_ws_key(p)
+    }
+
+    #[test]
+    fn a_valid_handshake_passes_every_header_check() {
+        assert_eq!(all_checks(&parts(handshake())), Ok(()));
+    }
+
+    #[test]
+    fn method() {
+        let p = parts(handshake().method("POST"));
+        let r = check_method(&p).unwrap_err();
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.code, "method_not_allowed");
+        assert_eq!(r.header(&header::ALLOW).unwrap(), "GET");
+        // HTTP/1.1 CONNECT is a proxy tunnel, not a WebSocket.
+        assert!(check_method(&parts(handshake().method("CONNECT"))).is_err());
+    }
+
+    #[test]
+    fn http2_extended_connect_skips_http1_only_headers() {
+        let p = parts(
+            http::Request::connect("https://gw.example.com/ws")
+                .version(Version::HTTP_2)
+                .header("sec-websocket-version", "13"),
+        );
+        assert_eq!(all_checks(&p), Ok(()));
+        // The version header is still required.
+        let p = parts(http::Request::connect("https://gw.example.com/ws").version(Version::HTTP_2));
+        assert_eq!(check_ws_version(&p).unwrap_err().code, "missing_version");
+    }
+
+    #[test]
+    fn http_version() {
+        for v in [Version::HTTP_10, Version::HTTP_09] {
+            let r = check_http_version(&parts(handshake().version(v))).unwrap_err();
+            assert_eq!(
+                (r.status, r.code),
+                (StatusCode::BAD_REQUEST, "http_version")
+            );
+        }
+        assert!(check_http_version(&parts(handshake().version(Version::HTTP_2))).is_ok());
+    }
+
+    #[test]
+    fn upgrade_header_is_a_case_insensitive_token_list() {
+        for ok in ["websocket", "WebSocket", "h2c, websocket", " WEBSOCKET "] {
+            let mut p = parts(handshake());
+            p.headers.insert("upgrade", HeaderValue::from_static(ok));
+            assert!(check_upgrade_header(&p).is_ok(), "{ok}");
+        }
+        for bad in ["websockets", "h2c", "", "web socket"] {
+            let mut p = parts(handshake());
+            p.headers.insert("upgrade", HeaderValue::from_static(bad));
+            let r = check_upgrade_header(&p).unwrap_err();
+            assert_eq!(
+                (r.status, r.code),
+                (StatusCode::BAD_REQUEST, "upgrade_required")
+            );
+        }
+        let mut p = parts(handshake());
+        p.headers.remove("upgrade");
+        assert!(check_upgrade_header(&p).is_err());
+    }
+
+    #[test]
+    fn connection_header_may_be_a_list_over_several_headers() {
+        for ok in ["keep-alive, Upgrade", "UPGRADE", "upgrade,keep-alive"] {
+            let mut p = parts(handshake());
+            p.headers.insert("connection", HeaderValue::from_static(ok));
+            assert!(check_connection_header(&p).is_ok(), "{ok}");
+        }
+        let mut p = parts(handshake());
+        p.headers
+            .insert("connection", HeaderValue::from_static("keep-alive"));
+        p.headers
+            .append("connection", HeaderValue::from_static("upgrade"));
+        assert!(check_connection_header(&p).is_ok());
+
+        for bad in ["keep-alive", "upgraded", "close"] {
+            let mut p = parts(handshake());
+            p.headers
+                .insert("connection", HeaderValue::from_static(bad));
+            let r = check_connection_header(&p).unwrap_err();
+            assert_eq!(
+                (r.status, r.code),
+                (StatusCode::BAD_REQUEST, "connection_upgrade")
+            );
+        }
+        let mut p = parts(handshake());
+        p.headers.remove("connection");
+        assert!(check_connection_header(&p).is_err());
+    }
+
+    #[test]
+    fn ws_version() {
+        let mut p = parts(handshake());
+        p.headers.remove("sec-websocket-version");
+        let r = check_ws_version(&p).unwrap_err();
+        assert_eq!(
+            (r.status, r.code),
+            (StatusCode::BAD_REQUEST, "missing_version")
+        );
+
+        for bad in ["8", "13, 8", "", "130"] {
+            let mut p = parts(handshake());
+            p.headers
+                .insert("sec-websocket-version", HeaderValue::from_static(bad));
+            let r = check_ws_version(&p).unwrap_err();
+            assert_eq!(r.status, StatusCode::UPGRADE_REQUIRED, "{bad}");
+            assert_eq!(r.code, "unsupported_version");
+            assert_eq!(r.header(&header::SEC_WEBSOCKET_VERSION).unwrap(), "13");
+        }
+        let mut p = parts(handshake());
+        p.headers
+            .append("sec-websocket-version", HeaderValue::from_static("13"));
+        assert!(check_ws_version(&p).is_err(), "two version headers");
+    }
+
+    #[test]
+    fn ws_key() {
+        use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE};
+        let key_of = |value: &str| {
+            let mut p = parts(handshake());
+            p.headers
+                .insert("sec-websocket-key", HeaderValue::from_str(value).unwrap());
+            check_ws_key(&p)
+        };
+        assert!(key_of(&STANDARD.encode([7u8; 16])).is_ok());
+        let mut bad = vec![
+            STANDARD.encode([7u8; 15]),
+            STANDARD.encode([7u8; 17]),
+            STANDARD_NO_PAD.encode([7u8; 16]),
+            "not base64 at all!!!!!!!".to_owned(),
+            "dGhlIHNhbXBsZSBub25jZQ=".to_owned(),
+            "dGhlIHNhbXBsZSBub25jZR==".to_owned(), // non-zero trailing bits
+            String::new(),
+            "A".repeat(10_000),
+        ];
+        // Bytes whose URL-safe encoding differs from the standard one.
+        bad.push(URL_SAFE.encode([0xfb_u8; 16]));
+        for value in bad {
+            let r = key_of(&value).unwrap_err();
+            assert_eq!(
+                (r.status, r.code),
+                (StatusCode::BAD_REQUEST, "bad_key"),
+                "{value}"
+            );
+            assert!(r.message.len() < 100);
+        }
+        let mut p = parts(handshake());
+        p.headers.remove("sec-websocket-key");
+        assert_eq!(check_ws_key(&p).unwrap_err().code, "bad_key");
+        let mut p = parts(handshake());
+        p.headers
+            .append("sec-websocket-key", HeaderValue::from_static(KEY));
+        assert_eq!(check_ws_key(&p).unwrap_err().code, "bad_key");
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn with_host(host: &str) -> Parts {
+        let mut p = parts(handshake());
+        p.headers
+            .insert("host", HeaderValue::from_str(host).unwrap());
+        p
+    }
+
+    #[test]
+    fn host_policy() {
+        let policy = HostPolicy::new(&strings(&[
+            "gw.example.com",
+            "Local.Test:8080",
+            "[::1]:9000",
+        ]))
+        .unwrap();
+        for ok in [
+            "gw.example.com",
+            "GW.Example.COM",
+            "gw.example.com:443",
+            "gw.example.com:1234",
+            "gw.example.com.",
+            "local.test:8080",
+            "[::1]:9000",
+        ] {
+            assert!(policy.check(&with_host(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "evil.com",
+            "local.test",
+            "local.test:8081",
+            "[::1]",
+            "gw.example.com.evil.com",
+            "user@gw.example.com",
+            "",
+        ] {
+            let r = policy.check(&with_host(bad)).unwrap_err();
+            assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST, "{bad}");
+            assert_eq!(r.code, "misdirected_host");
+        }
+        let mut p = parts(handshake());
+        p.headers.remove("host");
+        assert!(policy.check(&p).is_err());
+        let mut p = parts(handshake());
+        p.headers
+            .append("host", HeaderValue::from_static("evil.com"));
+        assert!(policy.check(&p).is_err(), "two Host headers");
+
+        // Absolute-form: the URI authority wins over the Host header.
+        let p = parts(handshake().uri("http://evil.com/ws"));
+        assert!(policy.check(&p).is_err());
+        let p = parts(
+            handshake()
+                .uri("http://gw.example.com/ws")
+                .header("host", "evil.com"),
+        );
+        assert!(policy.check(&p).is_ok());
+
+        // Empty list allows everything, even a missing Host.
+        let open = HostPolicy::new(&[]).unwrap();
+        assert!(open.check(&with_host("anything")).is_ok());
+
+        // A huge Host is quoted truncated.
+        let long = "a".repeat(5000);
+        let r = policy.check(&with_host(&long)).unwrap_err();
+        assert!(r.message.len() < 200);
+    }
+
+    #[test]
+    fn host_policy_rejects_bad_entries() {
+        for bad in [
+            "",
+            "http://a.com",
+            "a.com/x",
+            "a.com:99999",
+            "u@a.com",
+            "a.com:",
+        ] {
+            assert!(HostPolicy::new(&strings(&[bad])).is_err(), "{bad}");
+        }
+    }
+
+    fn with_origin(origin: Option<&str>) -> Parts {
+        let mut p = parts(handshake());
+        if let Some(origin) = origin {
+            p.headers
+                .insert("origin", HeaderValue::from_str(origin).unwrap());
+        }
+        p
+    }
+
+    #[test]
+    fn origin_policy_exact_and_wildcard() {
+        let policy = OriginPolicy::new(
+            &strings(&[
+                "https://app.com",
+                "http://Dev.Local:3000",
+                "https://*.example.org",
+            ]),
+            false,
+        )
+        .unwrap();
+        for ok in [
+            "https://app.com",
+            "HTTPS://APP.COM",
+            "https://app.com:443",
+            "http://dev.local:3000",
+            "https://x.example.org",
+            "https://a.b.example.org",
+            "https://a.b.example.org:443",
+        ] {
+            assert!(policy.check(&with_origin(Some(ok))).is_ok(), "{ok}");
+        }
+        for bad in [
+            "https://app.com:8443",
+            "http://app.com",
+            "https://app.com.evil.com",
+            "https://evilapp.com",
+            "http://dev.local",
+            "https://example.org",
+            "https://example.org.evil.com",
+            "https://evilexample.org",
+            "http://x.example.org",
+            "https://x.example.org:8443",
+            "https://.example.org",
+            "https://app.com/",
+            "https://app.com/path",
+            "https://*.example.org",
+            "null",
+            "garbage",
+            "",
+        ] {
+            let r = policy.check(&with_origin(Some(bad))).unwrap_err();
+            assert_eq!(
+                (r.status, r.code),
+                (StatusCode::FORBIDDEN, "origin_forbidden"),
+                "{bad}"
+            );
+        }
+        // Missing Origin is allowed unless required.
+        assert!(policy.check(&with_origin(None)).is_ok());
+        let mut p = with_origin(Some("https://app.com"));
+        p.headers
+            .append("origin", HeaderValue::from_static("https://app.com"));
+        assert!(policy.check(&p).is_err(), "two Origin headers");
+    }
+
+    #[test]
+    fn origin_policy_star_null_and_required() {
+        let star = OriginPolicy::new(&strings(&["*"]), false).unwrap();
+        assert!(
+            star.check(&with_origin(Some("https://anything.io:9")))
+                .is_ok()
+        );
+        assert!(star.check(&with_origin(Some("null"))).is_err());
+        let null = OriginPolicy::new(&strings(&["null"]), false).unwrap();
+        assert!(null.check(&with_origin(Some("null"))).is_ok());
+        assert!(null.check(&with_origin(Some("https://a.com"))).is_err());
+
+        let required = OriginPolicy::new(&strings(&["*"]), true).unwrap();
+        let r = required.check(&with_origin(None)).unwrap_err();
+        assert_eq!(
+            (r.status, r.code),
+            (StatusCode::FORBIDDEN, "origin_required")
+        );
+
+        let open = OriginPolicy::new(&[], false).unwrap();
+        assert!(open.check(&with_origin(None)).is_ok());
+        assert!(open.check(&with_origin(Some("whatever"))).is_ok());
+        let open_required = OriginPolicy::new(&[], true).unwrap();
+        assert!(open_required.check(&with_origin(None)).is_err());
+        assert!(
+            open_required
+                .check(&with_origin(Some("https://a.com")))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn origin_policy_rejects_bad_entries() {
+        for bad in [
+            "",
+            "app.com",
+            "https://",
+            "https://a.com/x",
+            "https://*",
+            "1http://a.com",
+        ] {
+            assert!(OriginPolicy::new(&strings(&[bad]), false).is_err(), "{bad}");
+        }
+    }
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn client_ip_trusts_only_trusted_hops() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        let proxy: SocketAddr = "10.1.1.1:5000".parse().unwrap();
+        let direct: SocketAddr = "203.0.113.9:5000".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+
+        // An untrusted peer's XFF is ignored.
+        assert_eq!(
+            client_ip(direct, &xff(&["1.2.3.4"]), &trusted),
+            ip("203.0.113.9")
+        );
+        // No XFF: the peer.
+        assert_eq!(
+            client_ip(proxy, &HeaderMap::new(), &trusted),
+            ip("10.1.1.1")
+        );
+        // Rightmost untrusted wins; spoofed entries to its left are ignored.
+        assert_eq!(
+            client_ip(proxy, &xff(&["6.6.6.6, 1.2.3.4, 10.2.2.2"]), &trusted),
+            ip("1.2.3.4")
+        );
+        // Several headers form one list.
+        assert_eq!(
+            client_ip(proxy, &xff(&["6.6.6.6", "1.2.3.4", "10.2.2.2"]), &trusted),
+            ip("1.2.3.4")
+        );
+        // Every hop trusted: the leftmost.
+        assert_eq!(
+            client_ip(proxy, &xff(&["10.9.9.9, 10.2.2.2"]), &trusted),
+            ip("10.9.9.9")
+        );
+        // Malformed: the peer.
+        assert_eq!(
+            client_ip(proxy, &xff(&["1.2.3.4, junk"]), &trusted),
+            ip("10.1.1.1")
+        );
+        assert_eq!(client_ip(proxy, &xff(&[""]), &trusted), ip("10.1.1.1"));
+        // IPv6 and IPv4-mapped peers.
+        let v6: SocketAddr = "[::1]:80".parse().unwrap();
+        assert_eq!(
+            client_ip(v6, &xff(&["2001:db8::1"]), &trusted),
+            ip("2001:db8::1")
+        );
+        let mapped: SocketAddr = "[::ffff:10.1.1.1]:80".parse().unwrap();
+        assert_eq!(
+            client_ip(mapped, &xff(&["1.2.3.4"]), &trusted),
+            ip("1.2.3.4")
+        );
+        // Nothing trusted: always the peer.
+        assert_eq!(client_ip(proxy, &xff(&["1.2.3.4"]), &[]), ip("10.1.1.1"));
+    }
+
+    #[test]
+    fn handshake_limiter() {
+        let limiter = HandshakeLimiter::new(1, 2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(limiter.check(a).is_ok());
+        assert!(limiter.check(a).is_ok());
+        let r = limiter.check(a).unwrap_err();
+        assert_eq!(
+            (r.status, r.code),
+            (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+        );
+        let retry: u64 = r
+            .header(&header::RETRY_AFTER)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=2).contains(&retry));
+        assert!(limiter.check(b).is_ok(), "keys are independent");
+        assert_eq!(limiter.len(), 2);
+        limiter.retain_recent();
+        assert!(limiter.len() <= 2);
+
+        // One IPv6 /64 is one key.
+        let limiter = HandshakeLimiter::new(1, 1);
+        assert!(limiter.check("2001:db8::1".parse().unwrap()).is_ok());
+        assert!(limiter.check("2001:db8::2".parse().unwrap()).is_err());
+        assert!(limiter.check("2001:db8:0:1::1".parse().unwrap()).is_ok());
+
+        let off = HandshakeLimiter::new(0, 0);
+        assert!(!off.is_enabled());
+        for _ in 0..100 {
+            assert!(off.check(a).is_ok());
+        }
+        assert!(off.is_empty());
+    }
+
+    #[test]
+    fn capacity() {
+        let gauge = std::sync::Arc::new(ConnectionGauge::new());
+        assert!(check_capacity(&gauge, 1).is_ok());
+        let _slot = gauge.try_acquire(1).unwrap();
+        let r = check_capacity(&gauge, 1).unwrap_err();
+        assert_eq!(
+            (r.status, r.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "at_capacity")
+        );
+        assert_eq!(r.header(&header::RETRY_AFTER).unwrap(), "5");
+        gauge.start_draining();
+        let r = check_capacity(&gauge, 100).unwrap_err();
+        assert_eq!(
+            (r.status, r.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "draining")
+        );
+        assert_eq!(r.header(&header::RETRY_AFTER).unwrap(), "5");
+    }
+
+    #[test]
+    fn user_sessions() {
+        assert!(check_user_sessions(1000, 0).is_ok());
+        assert!(check_user_sessions(2, 3).is_ok());
+        let r = check_user_sessions(3, 3).unwrap_err();
+        assert_eq!(
+            (r.status, r.code),
+            (StatusCode::TOO_MANY_REQUESTS, "too_many_sessions")
+        );
+    }
+
+    #[test]
+    fn json_body_and_quote() {
+        let r = Rejection::new(StatusCode::BAD_REQUEST, "bad_key", "say \"hi\"");
+        let v: serde_json::Value = serde_json::from_str(&r.json_body()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error": "bad_key", "message": "say \"hi\""})
+        );
+        let q = quote("é".repeat(100).as_bytes());
+        assert!(q.len() <= ECHO_LIMIT + '…'.len_utf8());
+        assert_eq!(quote(b"a\nb"), "a\\nb");
+    }
+}

@@ -1,1 +1,232 @@
-//! placeholder
+//! wsgate-server: the gateway as a library.
+//!
+//! [`run`] takes bound listeners, validated [`settings::Settings`] and a shutdown future,
+//! so the binary and the tests start exactly the same server (tests on `127.0.0.1:0`).
+//! Inside: [`http`] (router, preflight layers, WebSocket upgrade), [`session`] (one task
+//! per connection), [`grpc`] (the control plane), [`node`] (hub plus backends) and
+//! [`shutdown`] (the drain).
+
+pub mod grpc;
+pub mod http;
+pub mod node;
+pub mod session;
+pub mod settings;
+pub mod shutdown;
+pub mod state;
+pub mod telemetry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use wsgate_core::auth::{Authenticator, JwtConfig, JwtKey};
+use wsgate_core::preflight::{HandshakeLimiter, HostPolicy, OriginPolicy};
+
+use crate::http::preflight::Preflight;
+use crate::node::Node;
+use crate::settings::{AuthMode, Settings};
+use crate::state::AppState;
+
+/// The listeners the gateway serves, bound by the caller.
+pub struct Listeners {
+    /// HTTP and WebSocket.
+    pub http: TcpListener,
+    /// gRPC control plane.
+    pub grpc: TcpListener,
+}
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The settings are invalid (each problem on its own line).
+    #[error("invalid configuration:\n{0}")]
+    Config(String),
+    /// A backend could not be set up.
+    #[error("backend: {0}")]
+    Backend(#[from] wsgate_core::backend::BackendError),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// Builds the authenticator `auth.*` describes.
+pub fn authenticator(settings: &Settings) -> Result<Authenticator, RunError> {
+    let jwt = &settings.auth.jwt;
+    match settings.auth.mode {
+        AuthMode::None => Ok(Authenticator::None),
+        AuthMode::Jwt => {
+            let key = match (&jwt.secret, &jwt.public_key_file) {
+                (Some(secret), _) => JwtKey::Secret(secret.as_bytes().to_vec()),
+                (None, Some(path)) => JwtKey::PublicPem(std::fs::read(path).map_err(|e| {
+                    RunError::Config(format!(
+                        "auth.jwt.public_key_file: cannot read {}: {e}",
+                        path.display()
+                    ))
+                })?),
+                (None, None) => {
+                    return Err(RunError::Config(
+                        "auth.jwt: a secret or a public_key_file is required".into(),
+                    ));
+                }
+            };
+            let algorithm = jwt
+                .effective_algorithm()
+                .map(|a| a.as_str())
+                .unwrap_or("HS256")
+                .parse()
+                .map_err(|e: String| RunError::Config(format!("auth.jwt.algorithm: {e}")))?;
+            Authenticator::jwt(JwtConfig {
+                algorithm,
+                key,
+                issuer: jwt.issuer.clone(),
+                audience: jwt.audience.clone(),
+                leeway: jwt.leeway,
+            })
+            .map_err(|e| RunError::Config(format!("auth.jwt: {e}")))
+        }
+    }
+}
+
+fn preflight(settings: &Settings, node: &Arc<Node>) -> Result<Preflight, RunError> {
+    let p = &settings.preflight;
+    let limits = &settings.limits;
+    Ok(Preflight {
+        host: Arc::new(
+            HostPolicy::new(&p.allowed_hosts)
+                .map_err(|e| RunError::Config(format!("preflight.allowed_hosts: {e}")))?,
+        ),
+        origin: Arc::new(
+            OriginPolicy::new(&p.allowed_origins, p.require_origin)
+                .map_err(|e| RunError::Config(format!("preflight.allowed_origins: {e}")))?,
+        ),
+        limiter: Arc::new(HandshakeLimiter::new(
+            limits.handshakes_per_ip_per_s,
+            limits.handshake_burst,
+        )),
+        trusted_proxies: p.trusted_proxies.clone().into(),
+        gauge: node.gauge.clone(),
+        max_connections: limits.max_connections,
+        authenticator: Arc::new(authenticator(settings)?),
+        registry: node.registry.clone(),
+        max_sessions_per_user: limits.max_sessions_per_user,
+    })
+}
+
+/// Runs the gateway until `shutdown` resolves, then drains (see [`shutdown`]) and returns.
+pub async fn run(
+    listeners: Listeners,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let problems = settings.validate();
+    if !problems.is_empty() {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        return Err(RunError::Config(lines.join("\n")));
+    }
+    if settings.redis.url.is_some() {
+        return Err(RunError::Config(
+            "redis.url: this build has only the embedded in-memory backend; unset redis.url \
+             to run a single node"
+                .into(),
+        ));
+    }
+    let settings = Arc::new(settings);
+    let node = Node::embedded(settings.server.pod_id.clone()).await?;
+    let preflight = preflight(&settings, &node)?;
+    let limiter = preflight.limiter.clone();
+    let state = Arc::new(AppState::new(settings.clone(), node.clone()));
+    let app = http::router(state.clone(), &preflight);
+
+    // gRPC: the control plane, health and reflection.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<wsgate_proto::pb::gateway_server::GatewayServer<grpc::ControlService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(wsgate_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| RunError::Config(format!("reflection: {e}")))?;
+    let control = grpc::gateway(grpc::ControlService::new(node.clone()), &settings.control.api_keys);
+    let grpc_stop = CancellationToken::new();
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(control)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+            grpc_stop.clone().cancelled_owned(),
+        );
+    let grpc_task = tokio::spawn(grpc_server);
+
+    let http_stop = CancellationToken::new();
+    let http_task = tokio::spawn(http::serve::serve(
+        listeners.http,
+        app,
+        settings.server.header_read_timeout,
+        http_stop.clone(),
+    ));
+
+    // Background upkeep: pod liveness and the rate limiter's memory.
+    let upkeep_stop = CancellationToken::new();
+    let upkeep = tokio::spawn(upkeep(
+        node.clone(),
+        limiter,
+        settings.registry.pod_ttl,
+        upkeep_stop.clone(),
+    ));
+
+    tracing::info!(
+        pod = %settings.server.pod_id,
+        ws_path = %settings.server.ws_path,
+        "wsgate is serving"
+    );
+    shutdown.await;
+
+    tracing::info!("shutting down: draining sessions");
+    // Readiness off first, so load balancers stop sending before sockets close.
+    node.gauge.start_draining();
+    health
+        .set_not_serving::<wsgate_proto::pb::gateway_server::GatewayServer<grpc::ControlService>>()
+        .await;
+    http_stop.cancel();
+    shutdown::drain(&state, settings.shutdown.grace).await;
+    let _ = http_task.await;
+    grpc_stop.cancel();
+    let grpc_result = grpc_task.await;
+    upkeep_stop.cancel();
+    let _ = upkeep.await;
+    node.leave().await;
+    tracing::info!("shutdown complete");
+    match grpc_result {
+        Ok(res) => res.map_err(RunError::from),
+        Err(join) => {
+            tracing::error!(error = %join, "gRPC server task failed");
+            Ok(())
+        }
+    }
+}
+
+async fn upkeep(
+    node: Arc<Node>,
+    limiter: Arc<HandshakeLimiter>,
+    pod_ttl: Duration,
+    stop: CancellationToken,
+) {
+    // Three refreshes per TTL: one lost refresh never makes a live pod look dead.
+    let mut liveness = tokio::time::interval((pod_ttl / 3).max(Duration::from_millis(100)));
+    let mut purge = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = liveness.tick() => {
+                if let Err(e) = node.heartbeat().await {
+                    tracing::warn!(error = %e, "pod liveness refresh failed");
+                }
+            }
+            _ = purge.tick() => limiter.retain_recent(),
+        }
+    }
+}

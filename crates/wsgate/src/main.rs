@@ -1,1 +1,313 @@
-fn main() {}
+//! `wsgate`: the gateway's command line.
+//!
+//! `serve` (the default) loads and validates the configuration, binds the listeners and
+//! runs the gateway until SIGTERM or Ctrl-C; `check-config` validates only; `token` mints
+//! a development token with the configured HS256 secret; `send`, `publish` and `presence`
+//! call the gRPC control plane of a running gateway.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tonic::metadata::MetadataValue;
+use wsgate_proto::pb;
+use wsgate_server::settings::{self, Settings};
+
+/// Exit code for a configuration that does not validate (EX_USAGE).
+const EXIT_BAD_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "wsgate", version, about = "A clustered WebSocket session gateway")]
+struct Cli {
+    /// Configuration file (TOML, YAML or JSON). Also `WSGATE_CONFIG`.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Validate the configuration and list every problem.
+    CheckConfig,
+    /// Mint a development token with the configured HS256 secret.
+    Token {
+        /// The user id (`sub`).
+        #[arg(long)]
+        user: String,
+        /// Lifetime, e.g. `1h`, `30m`.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Allowed topic patterns, comma-separated (`chat.*,news`).
+        #[arg(long, value_delimiter = ',')]
+        topics: Option<Vec<String>>,
+    },
+    /// Push a message to every session of a user.
+    Send {
+        /// The user id.
+        #[arg(long)]
+        user: String,
+        /// The message.
+        text: String,
+        #[command(flatten)]
+        target: ControlArgs,
+    },
+    /// Publish a message to a topic's subscribers.
+    Publish {
+        /// The topic.
+        #[arg(long)]
+        topic: String,
+        /// The message.
+        text: String,
+        #[command(flatten)]
+        target: ControlArgs,
+    },
+    /// Show a user's live sessions.
+    Presence {
+        /// The user id.
+        user: String,
+        #[command(flatten)]
+        target: ControlArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct ControlArgs {
+    /// The gateway's gRPC address. Default: `server.grpc_listen` from the configuration.
+    #[arg(long)]
+    grpc: Option<String>,
+    /// API key for the control plane. Default: the first of `control.api_keys`.
+    #[arg(long, env = "WSGATE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Send the message as JSON (validated by the gateway) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match settings::load_from_process_env(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wsgate: the configuration has problems:\n{e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let problems = settings.validate();
+    if !problems.is_empty() {
+        eprintln!("wsgate: the configuration has problems:");
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    }
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => {
+            println!("configuration OK");
+            Ok(())
+        }
+        Command::Token { user, ttl, topics } => token(&settings, &user, ttl, topics.as_deref()),
+        Command::Serve => serve(settings),
+        Command::Send { user, text, target } => control(&settings, &target, |mut c, payload| {
+            Box::pin(async move {
+                let r = c
+                    .send_to_user(pb::SendToUserRequest {
+                        user_id: user,
+                        payload: Some(payload),
+                    })
+                    .await?
+                    .into_inner();
+                println!("sent to {} session(s), message {}", r.targets, r.message_id);
+                Ok(())
+            })
+        }, text),
+        Command::Publish { topic, text, target } => control(&settings, &target, |mut c, payload| {
+            Box::pin(async move {
+                let r = c
+                    .publish(pb::PublishRequest {
+                        topic,
+                        payload: Some(payload),
+                    })
+                    .await?
+                    .into_inner();
+                println!("published to {} subscriber(s), message {}", r.targets, r.message_id);
+                Ok(())
+            })
+        }, text),
+        Command::Presence { user, target } => control(&settings, &target, |mut c, _| {
+            Box::pin(async move {
+                let r = c
+                    .get_presence(pb::GetPresenceRequest { user_id: user })
+                    .await?
+                    .into_inner();
+                if r.sessions.is_empty() {
+                    println!("{} is offline", r.user_id);
+                }
+                for s in r.sessions {
+                    println!(
+                        "{}  pod={}  connected_at_ms={}  remote={}",
+                        s.session_id, s.pod_id, s.connected_at_ms, s.remote_addr
+                    );
+                }
+                Ok(())
+            })
+        }, String::new()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wsgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(
+    settings: &Settings,
+    user: &str,
+    ttl: Duration,
+    topics: Option<&[String]>,
+) -> anyhow::Result<()> {
+    let secret = settings.auth.jwt.secret.as_deref().context(
+        "no auth.jwt.secret configured: `wsgate token` mints HS256 tokens with it \
+         (set WSGATE__AUTH__JWT__SECRET or auth.jwt.secret)",
+    )?;
+    let token = wsgate_core::auth::mint_hs256(
+        secret.as_bytes(),
+        user,
+        ttl,
+        topics,
+        settings.auth.jwt.issuer.as_deref(),
+        settings.auth.jwt.audience.as_deref(),
+    )?;
+    println!("{token}");
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn serve(settings: Settings) -> anyhow::Result<()> {
+    wsgate_server::telemetry::init(&settings.telemetry);
+    runtime()?.block_on(async move {
+        let http = tokio::net::TcpListener::bind(settings.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (server.listen)", settings.server.listen))?;
+        let grpc = tokio::net::TcpListener::bind(settings.server.grpc_listen)
+            .await
+            .with_context(|| {
+                format!("cannot listen on {} (server.grpc_listen)", settings.server.grpc_listen)
+            })?;
+        tracing::info!(
+            http = %http.local_addr()?,
+            grpc = %grpc.local_addr()?,
+            "listening"
+        );
+        wsgate_server::run(
+            wsgate_server::Listeners { http, grpc },
+            settings,
+            shutdown_signal(),
+        )
+        .await?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM (Kubernetes) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+type Client = pb::gateway_client::GatewayClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
+    >,
+>;
+
+type Call = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
+
+fn control(
+    settings: &Settings,
+    args: &ControlArgs,
+    call: impl FnOnce(Client, pb::Payload) -> Call,
+    text: String,
+) -> anyhow::Result<()> {
+    let addr = args.grpc.clone().unwrap_or_else(|| {
+        let a = settings.server.grpc_listen;
+        let host = if a.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            a.ip().to_string()
+        };
+        format!("http://{host}:{}", a.port())
+    });
+    let addr = if addr.contains("://") {
+        addr
+    } else {
+        format!("http://{addr}")
+    };
+    let key = args
+        .api_key
+        .clone()
+        .or_else(|| settings.control.api_keys.first().cloned());
+    let header = match key {
+        Some(k) => Some(
+            MetadataValue::try_from(format!("Bearer {k}"))
+                .context("the API key contains characters not allowed in metadata")?,
+        ),
+        None => None,
+    };
+    let payload = pb::Payload {
+        body: Some(if args.json {
+            pb::payload::Body::Json(text)
+        } else {
+            pb::payload::Body::Text(text)
+        }),
+    };
+    runtime()?.block_on(async move {
+        let channel = tonic::transport::Endpoint::from_shared(addr.clone())
+            .with_context(|| format!("bad gRPC address {addr}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the gateway at {addr}"))?;
+        let interceptor: Box<
+            dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
+        > = Box::new(move |mut req: tonic::Request<()>| {
+            if let Some(h) = &header {
+                req.metadata_mut().insert("authorization", h.clone());
+            }
+            Ok(req)
+        });
+        let client = pb::gateway_client::GatewayClient::with_interceptor(channel, interceptor);
+        call(client, payload).await
+    })
+}

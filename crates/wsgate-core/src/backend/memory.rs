@@ -15,11 +15,14 @@ use super::{
 };
 use crate::ids::SessionId;
 
+/// The pods subscribed to one channel: pod id → inbox. Weak, so a dropped pod stops
+/// receiving by itself.
+type ChannelPods = HashMap<String, Weak<dyn Inbox>>;
+
 /// The in-process pub/sub "server" shared by the [`MemoryBroker`]s made from it.
 #[derive(Default)]
 pub struct MemoryBus {
-    /// channel → (pod id → inbox). Weak, so a dropped pod stops receiving by itself.
-    channels: RwLock<HashMap<Channel, HashMap<String, Weak<dyn Inbox>>>>,
+    channels: RwLock<HashMap<Channel, ChannelPods>>,
 }
 
 impl MemoryBus {

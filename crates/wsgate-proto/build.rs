@@ -1,0 +1,19 @@
+//! Generates the gRPC code from `proto/` with a vendored `protoc`, so building wsgate
+//! needs no system protobuf compiler.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let proto = root.join("wsgate/v1/gateway.proto");
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    config.bytes(["."]);
+
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("wsgate_descriptor.bin"))
+        .compile_with_config(config, &[proto], &[root])?;
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! The HTTP edge: the router (`/ws` behind the preflight chain, `/healthz`, `/readyz`),
+//! the connection loop that serves it, and the WebSocket upgrade.
+
+pub mod preflight;
+pub mod serve;
+pub mod ws;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::state::AppState;
+
+/// The gateway's HTTP routes with the preflight in front of the WebSocket path.
+pub fn router(state: Arc<AppState>, preflight: &preflight::Preflight) -> Router {
+    let ws_path = state.settings.server.ws_path.clone();
+    let routes = Router::new()
+        .route(&ws_path, preflight.wrap(any(ws::upgrade)))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(state);
+    with_edge_layers(routes)
+}
+
+/// Layers every route gets: a panic in a handler becomes a JSON 500 for that request
+/// and the process carries on.
+pub fn with_edge_layers(routes: Router) -> Router {
+    routes.layer(CatchPanicLayer::custom(on_panic))
+}
+
+fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    json_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error; the request was not completed",
+    )
+}
+
+/// A JSON error response in the same shape as preflight rejections.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn healthz() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"status":"alive"}"#,
+    )
+        .into_response()
+}
+
+async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Response {
+    match state.node.ready().await {
+        Ok(()) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"status":"ready"}"#,
+        )
+            .into_response(),
+        Err(reason) => json_error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", &reason),
+    }
+}
+
+async fn not_found() -> Response {
+    json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}

@@ -1,0 +1,80 @@
+//! The HTTP/1.1 connection loop. Served by hand rather than with `axum::serve` to set a
+//! header read timeout and a header size limit, to keep upgrades, and to give each request
+//! its peer address.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// Largest request head accepted; larger gets 431.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// How long keep-alive HTTP connections get to finish after shutdown starts.
+const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
+
+/// Accepts connections until `stop`, serving `app` on each. Returns once the listener is
+/// closed and every plain HTTP connection has finished (upgraded sockets are tracked by
+/// their sessions, not here).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    header_read_timeout: Duration,
+    stop: CancellationToken,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(MAX_HEADER_BYTES.max(8192))
+        .max_header_size(MAX_HEADER_BYTES);
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(app.oneshot(req.map(axum::body::Body::new)).await.unwrap_or_else(|e| match e {})) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(%peer, error = %e, "http connection ended with an error");
+                    }
+                    return;
+                }
+                () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = tokio::time::timeout(CONNECTION_DRAIN, conn).await;
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}

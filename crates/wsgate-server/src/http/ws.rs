@@ -1,0 +1,147 @@
+//! The WebSocket upgrade, after the preflight chain has accepted the request: the 101
+//! answer with `Sec-WebSocket-Accept` and the negotiated subprotocol, then one tracked
+//! task per session.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use wsgate_core::auth::Identity;
+use wsgate_core::ids::SessionId;
+use wsgate_core::protocol::SUBPROTOCOL;
+
+use super::json_error;
+use super::preflight::{ClientAddr, rejection_response};
+use crate::session::{self, SessionContext};
+use crate::state::AppState;
+
+/// Picks `wsgate.v1` when the client offers it among its subprotocols.
+pub fn negotiate_subprotocol(headers: &axum::http::HeaderMap) -> Option<&'static str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == SUBPROTOCOL)
+        .then_some(SUBPROTOCOL)
+}
+
+/// Completes the handshake and starts the session task.
+pub async fn upgrade(State(state): State<Arc<AppState>>, mut req: Request) -> Response {
+    let Some(identity) = req.extensions_mut().remove::<Identity>() else {
+        // The preflight chain always sets it; reaching here without means a wiring bug.
+        tracing::error!("upgrade reached without an authenticated identity");
+        return json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        );
+    };
+    let remote_addr = match req.extensions().get::<ClientAddr>() {
+        Some(ClientAddr(ip)) => ip.to_string(),
+        None => req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_default(),
+    };
+    // The preflight's capacity check is an early answer; this slot is the real one.
+    let Some(slot) = state
+        .node
+        .gauge
+        .try_acquire(state.settings.limits.max_connections)
+    else {
+        return rejection_response(
+            wsgate_core::preflight::check_capacity(&state.node.gauge, 0)
+                .err()
+                .unwrap_or_else(|| {
+                    wsgate_core::preflight::Rejection::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "at_capacity",
+                        "the gateway is at capacity",
+                    )
+                }),
+        );
+    };
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
+        return json_error(StatusCode::BAD_REQUEST, "bad_key", "missing Sec-WebSocket-Key");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let subprotocol = negotiate_subprotocol(req.headers());
+    let user_agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(256).collect());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+
+    let ctx = SessionContext {
+        session_id: SessionId::generate(),
+        user_id: identity.user_id,
+        topics: identity.topics,
+        remote_addr,
+        user_agent,
+        subprotocol,
+    };
+    let node = state.node.clone();
+    let params = state.params.clone();
+    let config = state.ws_config;
+    state.sessions.spawn(async move {
+        let _slot = slot;
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                session::run(ws, ctx, node, params).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
+        }
+    });
+
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(p) = subprotocol {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiates_only_our_subprotocol() {
+        let mut h = axum::http::HeaderMap::new();
+        assert_eq!(negotiate_subprotocol(&h), None);
+        h.append(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("chat, wsgate.v1"));
+        assert_eq!(negotiate_subprotocol(&h), Some("wsgate.v1"));
+        let mut other = axum::http::HeaderMap::new();
+        other.append(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("wsgate.v2"));
+        assert_eq!(negotiate_subprotocol(&other), None);
+    }
+
+    #[test]
+    fn accept_key_matches_rfc6455_example() {
+        assert_eq!(
+            derive_accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiAxVwWWBESxJEFOTT6yo="
+        );
+    }
+}

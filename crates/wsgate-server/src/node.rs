@@ -1,0 +1,273 @@
+//! The node: this pod's hub, its backends and the operations that keep them in step.
+//!
+//! Every path that changes local interest (a session opens or closes, subscribes or
+//! unsubscribes) goes through here, so the hub, the broker subscriptions and the registry
+//! cannot drift apart.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use wsgate_core::admission::ConnectionGauge;
+use wsgate_core::backend::memory::{MemoryBus, MemoryRegistry};
+use wsgate_core::backend::{
+    BackendError, Broker, Channel, Command, Envelope, Inbox, Registry, SessionRecord, Target,
+};
+use wsgate_core::hub::{Hub, SessionHandle, Subscribed};
+use wsgate_core::ids::SessionId;
+use wsgate_core::subscriptions::Subscriptions;
+
+/// How long an unneeded broker channel stays subscribed before it is dropped.
+const SUBSCRIPTION_LINGER: Duration = Duration::from_secs(2);
+
+/// Hands envelopes from the broker to the hub.
+struct HubInbox {
+    hub: Arc<Hub>,
+}
+
+impl Inbox for HubInbox {
+    fn deliver(&self, envelope: Arc<Envelope>) {
+        let reached = self.hub.apply(&envelope);
+        tracing::trace!(id = %envelope.id, reached, "envelope applied");
+    }
+}
+
+/// Why a send failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The backend is unreachable.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// The result of a send: how many sessions the registry knew as targets, and the id of
+/// the published message.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// Sessions targeted, as the registry knew them.
+    pub targets: u64,
+    /// The envelope's id.
+    pub message_id: String,
+}
+
+/// One pod's state.
+pub struct Node {
+    /// This pod's id.
+    pub pod_id: String,
+    /// Local sessions.
+    pub hub: Arc<Hub>,
+    /// Open connections and the draining flag.
+    pub gauge: Arc<ConnectionGauge>,
+    /// Routes envelopes between pods.
+    pub broker: Arc<dyn Broker>,
+    /// Shared record of sessions and pods.
+    pub registry: Arc<dyn Registry>,
+    subscriptions: Arc<Subscriptions>,
+    /// Keeps the inbox alive: brokers hold it weakly.
+    _inbox: Arc<HubInbox>,
+}
+
+impl Node {
+    /// A node on the embedded in-memory backends (single node).
+    pub async fn embedded(pod_id: String) -> Result<Arc<Self>, BackendError> {
+        let bus = MemoryBus::new();
+        let registry = MemoryRegistry::new();
+        let broker_pod = pod_id.clone();
+        Self::with_backends(pod_id, registry, move |inbox| {
+            Arc::new(bus.broker(broker_pod, inbox))
+        })
+        .await
+    }
+
+    /// A node on given backends. `make_broker` receives the inbox the broker must feed.
+    pub async fn with_backends(
+        pod_id: String,
+        registry: Arc<dyn Registry>,
+        make_broker: impl FnOnce(Arc<dyn Inbox>) -> Arc<dyn Broker>,
+    ) -> Result<Arc<Self>, BackendError> {
+        let hub = Arc::new(Hub::new());
+        let inbox = Arc::new(HubInbox { hub: hub.clone() });
+        let broker = make_broker(inbox.clone());
+        let node = Arc::new(Self {
+            subscriptions: Subscriptions::new(broker.clone(), SUBSCRIPTION_LINGER),
+            pod_id,
+            hub,
+            gauge: Arc::new(ConnectionGauge::new()),
+            broker,
+            registry,
+            _inbox: inbox,
+        });
+        // The pod channel carries session-addressed sends; broadcast reaches every pod.
+        node.subscriptions
+            .ensure(&Channel::Pod(node.pod_id.clone()))
+            .await?;
+        node.subscriptions.ensure(&Channel::Broadcast).await?;
+        node.registry.heartbeat_pod(&node.pod_id).await?;
+        Ok(node)
+    }
+
+    /// Registers a new session: in the hub, in the broker (its user channel) and in the
+    /// registry. When this returns `Ok`, sends to the user reach the session.
+    pub async fn open_session(
+        &self,
+        handle: Arc<SessionHandle>,
+        record: &SessionRecord,
+    ) -> Result<(), BackendError> {
+        self.hub.insert(handle);
+        let registered = async {
+            self.subscriptions
+                .ensure(&Channel::User(record.user_id.clone()))
+                .await?;
+            self.registry.add_session(record).await
+        }
+        .await;
+        if let Err(e) = registered {
+            self.close_session(record).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Removes a session everywhere. Safe to call more than once: only the first call
+    /// does anything.
+    pub async fn close_session(&self, record: &SessionRecord) {
+        let Some(released) = self.hub.remove(&record.session_id) else {
+            return;
+        };
+        if released.user_gone {
+            self.release(Channel::User(record.user_id.clone()));
+        }
+        for topic in released.topics_gone {
+            self.release(Channel::Topic(topic));
+        }
+        if let Err(e) = self.registry.remove_session(record).await {
+            // The pod's liveness bounds how long a stale record can be seen.
+            tracing::warn!(session = %record.session_id, error = %e, "registry removal failed");
+        }
+    }
+
+    fn release(&self, channel: Channel) {
+        let hub = self.hub.clone();
+        self.subscriptions
+            .release(channel, move |ch| match ch {
+                Channel::User(u) => hub.has_user(u),
+                Channel::Topic(t) => hub.has_topic(t),
+                Channel::Pod(_) | Channel::Broadcast => true,
+            });
+    }
+
+    /// Subscribes a session to a topic; returns once messages published to the topic
+    /// afterwards reach the session.
+    pub async fn subscribe(
+        &self,
+        record: &SessionRecord,
+        topic: &str,
+    ) -> Result<Subscribed, BackendError> {
+        let outcome = self.hub.subscribe(&record.session_id, topic);
+        if let Subscribed::Added { .. } = outcome {
+            let done = async {
+                self.subscriptions
+                    .ensure(&Channel::Topic(topic.to_owned()))
+                    .await?;
+                self.registry.add_subscription(record, topic).await
+            }
+            .await;
+            if let Err(e) = done {
+                self.unsubscribe(record, topic).await;
+                return Err(e);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Unsubscribes a session from a topic. Returns whether it was subscribed.
+    pub async fn unsubscribe(&self, record: &SessionRecord, topic: &str) -> bool {
+        let Some(last) = self.hub.unsubscribe(&record.session_id, topic) else {
+            return false;
+        };
+        if last {
+            self.release(Channel::Topic(topic.to_owned()));
+        }
+        if let Err(e) = self.registry.remove_subscription(record, topic).await {
+            tracing::warn!(session = %record.session_id, topic, error = %e, "registry unsubscribe failed");
+        }
+        true
+    }
+
+    /// Publishes a command for `target` once, on the channel that reaches exactly the pods
+    /// holding matching sessions. Answers how many sessions the registry knew as targets.
+    pub async fn send(&self, target: Target, command: Command) -> Result<Sent, SendError> {
+        let (targets, channel) = match &target {
+            Target::User(u) => (
+                self.registry.count_user_sessions(u).await?,
+                Channel::User(u.clone()),
+            ),
+            Target::Topic(t) => (
+                self.registry.count_topic_subscribers(t).await?,
+                Channel::Topic(t.clone()),
+            ),
+            Target::Broadcast => (self.registry.count_sessions().await?, Channel::Broadcast),
+            Target::Session(s) => match self.registry.session(s).await? {
+                Some(record) => (1, Channel::Pod(record.pod_id)),
+                None => {
+                    return Ok(Sent {
+                        targets: 0,
+                        message_id: String::new(),
+                    });
+                }
+            },
+        };
+        let envelope = Arc::new(Envelope::new(self.pod_id.clone(), target, command));
+        let message_id = envelope.id.clone();
+        self.broker.publish(&channel, envelope).await?;
+        Ok(Sent {
+            targets: targets as u64,
+            message_id,
+        })
+    }
+
+    /// Refreshes this pod's liveness in the registry.
+    pub async fn heartbeat(&self) -> Result<(), BackendError> {
+        self.registry.heartbeat_pod(&self.pod_id).await
+    }
+
+    /// Whether the backends work (readiness), and the pod is not draining.
+    pub async fn ready(&self) -> Result<(), String> {
+        if self.gauge.is_draining() {
+            return Err("draining".into());
+        }
+        self.registry.healthy().await.map_err(|e| e.to_string())?;
+        self.broker.healthy().await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Takes this pod out of the registry (clean shutdown).
+    pub async fn leave(&self) {
+        if let Err(e) = self.registry.remove_pod(&self.pod_id).await {
+            tracing::warn!(error = %e, "could not remove the pod from the registry");
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A record for a session of this pod.
+pub fn session_record(
+    node: &Node,
+    session_id: SessionId,
+    user_id: &str,
+    remote_addr: String,
+) -> SessionRecord {
+    SessionRecord {
+        session_id,
+        user_id: user_id.to_owned(),
+        pod_id: node.pod_id.clone(),
+        connected_at_ms: now_ms(),
+        remote_addr,
+    }
+}

@@ -1,0 +1,458 @@
+//! One WebSocket session, from the welcome frame to the close: the client protocol,
+//! heartbeats, the outbound queue and cleanup.
+//!
+//! The loop is generic over a `Sink`/`Stream` of WebSocket messages so tests can drive it
+//! without a socket. One task per connection: it reads client frames, writes queued
+//! pushes (several at a time, one flush), pings on an interval and watches the close
+//! signal that the hub, the control plane and shutdown use.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
+use tokio_util::sync::CancellationToken;
+use wsgate_core::auth::TopicPolicy;
+use wsgate_core::backend::SessionRecord;
+use wsgate_core::close;
+use wsgate_core::hub::{SessionHandle, Subscribed};
+use wsgate_core::ids::SessionId;
+use wsgate_core::protocol::{
+    ClientOp, OutFrame, Reply, decode_client, encode_reply, encode_welcome,
+};
+
+use crate::node::{Node, session_record};
+
+/// Most queued frames written before one flush.
+const WRITE_BATCH: usize = 64;
+
+/// Session tuning, from `session.*` settings.
+#[derive(Debug, Clone)]
+pub struct SessionParams {
+    /// WebSocket Ping every this long.
+    pub heartbeat_interval: Duration,
+    /// No frame this long after a ping closes the session; also bounds a stalled write
+    /// and the wait for the client's close reply.
+    pub heartbeat_timeout: Duration,
+    /// Outbound queue capacity in messages.
+    pub outbound_queue: usize,
+}
+
+/// Who the session belongs to and where it comes from (DESIGN §2.4).
+#[derive(Debug, Clone)]
+pub struct SessionContext {
+    /// Unique, sortable id.
+    pub session_id: SessionId,
+    /// The authenticated user.
+    pub user_id: String,
+    /// Which topics the user may subscribe to.
+    pub topics: TopicPolicy,
+    /// Client address after trusted proxies.
+    pub remote_addr: String,
+    /// The client's `User-Agent`, if any.
+    pub user_agent: Option<String>,
+    /// The negotiated subprotocol, if any.
+    pub subprotocol: Option<&'static str>,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndedBy {
+    /// The client sent a close frame (with this code, if any).
+    Client(Option<u16>),
+    /// The server closed it with this code.
+    Server(u16),
+    /// The connection failed without a close handshake.
+    Transport(String),
+}
+
+/// A finished session's summary (for logs and, later, spans and metrics).
+#[derive(Debug, Clone)]
+pub struct SessionEnd {
+    /// How it ended.
+    pub ended_by: EndedBy,
+    /// Data frames received.
+    pub messages_in: u64,
+    /// Data frames sent.
+    pub messages_out: u64,
+    /// How long it lived.
+    pub duration: Duration,
+}
+
+/// Removes the session everywhere even if the task is cancelled or panics.
+struct Cleanup {
+    node: Arc<Node>,
+    record: Option<SessionRecord>,
+}
+
+impl Cleanup {
+    async fn run(mut self) {
+        if let Some(record) = self.record.take() {
+            self.node.close_session(&record).await;
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            let node = self.node.clone();
+            // Only reached when the task was cancelled or panicked; the hub's removal
+            // is idempotent, so a racing explicit cleanup cannot double-count.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { node.close_session(&record).await });
+            }
+        }
+    }
+}
+
+fn to_message(frame: OutFrame) -> Message {
+    match frame {
+        OutFrame::Text(t) => Message::Text(t),
+        OutFrame::Binary(b) => Message::Binary(b),
+    }
+}
+
+enum Step {
+    Continue,
+    Close(u16, String),
+    Ended(EndedBy),
+}
+
+/// Runs a session to its end. Registration happens first: the welcome frame is sent only
+/// once sends to the user reach this socket.
+pub async fn run<S>(
+    mut ws: S,
+    ctx: SessionContext,
+    node: Arc<Node>,
+    params: SessionParams,
+) -> SessionEnd
+where
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let started = Instant::now();
+    let (handle, mut outbound) =
+        SessionHandle::new(ctx.session_id.clone(), &ctx.user_id, params.outbound_queue);
+    let record = session_record(&node, ctx.session_id.clone(), &ctx.user_id, ctx.remote_addr.clone());
+    let mut end = SessionEnd {
+        ended_by: EndedBy::Server(close::INTERNAL),
+        messages_in: 0,
+        messages_out: 0,
+        duration: Duration::ZERO,
+    };
+
+    if let Err(e) = node.open_session(handle.clone(), &record).await {
+        tracing::warn!(session = %ctx.session_id, error = %e, "session could not be registered");
+        close_socket(&mut ws, close::INTERNAL, "backend unavailable, reconnect later", &params).await;
+        end.duration = started.elapsed();
+        return end;
+    }
+    let cleanup = Cleanup {
+        node: node.clone(),
+        record: Some(record.clone()),
+    };
+
+    let welcome = encode_welcome(
+        ctx.session_id.as_str(),
+        &ctx.user_id,
+        params.heartbeat_interval.as_secs().max(1),
+    );
+    let first = ws.send(to_message(welcome)).await;
+    let step = match first {
+        Ok(()) => {
+            end.messages_out += 1;
+            session_loop(&mut ws, &ctx, &node, &record, &handle, &mut outbound, &params, &mut end).await
+        }
+        Err(e) => Step::Ended(EndedBy::Transport(e.to_string())),
+    };
+    match step {
+        Step::Close(code, reason) => {
+            close_socket(&mut ws, code, &reason, &params).await;
+            end.ended_by = EndedBy::Server(code);
+        }
+        Step::Ended(by) => end.ended_by = by,
+        Step::Continue => {}
+    }
+    // Nothing more will be read from the queue: drop it before the registry round trip.
+    drop(outbound);
+    cleanup.run().await;
+    end.duration = started.elapsed();
+    tracing::debug!(session = %ctx.session_id, user = %ctx.user_id, ended_by = ?end.ended_by, "session ended");
+    end
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session_loop<S>(
+    ws: &mut S,
+    ctx: &SessionContext,
+    node: &Node,
+    record: &SessionRecord,
+    handle: &Arc<SessionHandle>,
+    outbound: &mut mpsc::Receiver<OutFrame>,
+    params: &SessionParams,
+    end: &mut SessionEnd,
+) -> Step
+where
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let closing = handle.closing().clone();
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + params.heartbeat_interval,
+        params.heartbeat_interval,
+    );
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set when a ping is out and nothing has come back yet.
+    let mut pong_deadline: Option<tokio::time::Instant> = None;
+
+    loop {
+        let step = tokio::select! {
+            biased;
+            () = closing.cancelled() => {
+                let reason = handle.close_reason().unwrap_or(wsgate_core::hub::CloseReason {
+                    code: close::GOING_AWAY,
+                    reason: String::new(),
+                });
+                Step::Close(reason.code, reason.reason)
+            }
+            () = sleep_until_opt(pong_deadline) => {
+                Step::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout".into())
+            }
+            frame = outbound.recv() => match frame {
+                Some(frame) => write_batch(ws, frame, outbound, &closing, params, end).await,
+                None => Step::Close(close::GOING_AWAY, String::new()),
+            },
+            incoming = ws.next() => {
+                pong_deadline = None;
+                match incoming {
+                    Some(Ok(msg)) => on_message(ws, msg, ctx, node, record, &closing, params, end).await,
+                    Some(Err(e)) => on_read_error(e),
+                    None => Step::Ended(EndedBy::Transport("connection closed without a close frame".into())),
+                }
+            }
+            _ = heartbeat.tick() => {
+                if pong_deadline.is_none() {
+                    pong_deadline = Some(tokio::time::Instant::now() + params.heartbeat_timeout);
+                    match write_with_limits(ws.send(Message::Ping(Default::default())), &closing, params).await {
+                        Ok(()) => Step::Continue,
+                        Err(step) => step,
+                    }
+                } else {
+                    Step::Continue
+                }
+            }
+        };
+        match step {
+            Step::Continue => {}
+            other => return other,
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn on_read_error(e: WsError) -> Step {
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            Step::Close(close::TOO_BIG, "message too big".into())
+        }
+        WsError::Capacity(_) => Step::Close(close::TOO_BIG, "frame too big".into()),
+        WsError::Protocol(p) => Step::Close(close::PROTOCOL_ERROR, truncate(&p.to_string())),
+        WsError::Utf8(_) => Step::Close(1007, "invalid UTF-8 in a text frame".into()),
+        WsError::ConnectionClosed | WsError::AlreadyClosed => {
+            Step::Ended(EndedBy::Transport("connection closed".into()))
+        }
+        other => Step::Ended(EndedBy::Transport(other.to_string())),
+    }
+}
+
+fn truncate(s: &str) -> String {
+    wsgate_core::hub::truncate_reason(s)
+}
+
+/// Runs one write under the session's limits: it gives up when the session is asked to
+/// close, and a write that cannot finish within the heartbeat timeout means the client
+/// stopped reading (a slow consumer).
+async fn write_with_limits(
+    write: impl std::future::Future<Output = Result<(), WsError>>,
+    closing: &CancellationToken,
+    params: &SessionParams,
+) -> Result<(), Step> {
+    tokio::select! {
+        res = tokio::time::timeout(params.heartbeat_timeout, write) => match res {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Step::Ended(EndedBy::Transport(e.to_string()))),
+            Err(_) => Err(Step::Close(close::SLOW_CONSUMER, "slow consumer: write stalled".into())),
+        },
+        // The close branch of the loop picks up the reason.
+        () = closing.cancelled() => Err(Step::Continue),
+    }
+}
+
+async fn write_batch<S>(
+    ws: &mut S,
+    first: OutFrame,
+    outbound: &mut mpsc::Receiver<OutFrame>,
+    closing: &CancellationToken,
+    params: &SessionParams,
+    end: &mut SessionEnd,
+) -> Step
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    let mut batch = Vec::with_capacity(8);
+    batch.push(to_message(first));
+    while batch.len() < WRITE_BATCH {
+        match outbound.try_recv() {
+            Ok(frame) => batch.push(to_message(frame)),
+            Err(_) => break,
+        }
+    }
+    let n = batch.len() as u64;
+    let write = async {
+        for msg in batch {
+            ws.feed(msg).await?;
+        }
+        ws.flush().await
+    };
+    let result = write_with_limits(write, closing, params).await;
+    match result {
+        Ok(()) => {
+            end.messages_out += n;
+            Step::Continue
+        }
+        Err(step) => step,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn on_message<S>(
+    ws: &mut S,
+    msg: Message,
+    ctx: &SessionContext,
+    node: &Node,
+    record: &SessionRecord,
+    closing: &CancellationToken,
+    params: &SessionParams,
+    end: &mut SessionEnd,
+) -> Step
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    let reply = match msg {
+        Message::Text(text) => {
+            end.messages_in += 1;
+            Some(handle_op(text.as_str(), ctx, node, record).await)
+        }
+        Message::Binary(_) => {
+            end.messages_in += 1;
+            Some(encode_reply(
+                &Reply::Error {
+                    code: "bad_request",
+                    message: "binary frames are not accepted from clients".into(),
+                },
+                None,
+            ))
+        }
+        // tungstenite queues the Pong itself; flushing sends it now.
+        Message::Ping(_) => {
+            return match write_with_limits(ws.flush(), closing, params).await {
+                Ok(()) => Step::Continue,
+                Err(step) => step,
+            };
+        }
+        Message::Pong(_) | Message::Frame(_) => None,
+        Message::Close(frame) => {
+            // tungstenite has queued the close reply; flush it and finish.
+            let _ = tokio::time::timeout(params.heartbeat_timeout, ws.flush()).await;
+            return Step::Ended(EndedBy::Client(frame.map(|f| u16::from(f.code))));
+        }
+    };
+    let Some(reply) = reply else {
+        return Step::Continue;
+    };
+    match write_with_limits(ws.send(to_message(reply)), closing, params).await {
+        Ok(()) => {
+            end.messages_out += 1;
+            Step::Continue
+        }
+        Err(step) => step,
+    }
+}
+
+async fn handle_op(text: &str, ctx: &SessionContext, node: &Node, record: &SessionRecord) -> OutFrame {
+    let request = match decode_client(text) {
+        Ok(r) => r,
+        Err(e) => {
+            return encode_reply(
+                &Reply::Error {
+                    code: e.code,
+                    message: e.message,
+                },
+                e.id.as_ref(),
+            );
+        }
+    };
+    let reply = match request.op {
+        ClientOp::Ping => Reply::Pong,
+        ClientOp::Subscribe { topic } => {
+            if !ctx.topics.allows(&topic) {
+                Reply::Error {
+                    code: "forbidden_topic",
+                    message: format!("the token does not allow topic {topic:?}"),
+                }
+            } else {
+                match node.subscribe(record, &topic).await {
+                    Ok(Subscribed::Added { .. } | Subscribed::Already) => Reply::Subscribed(topic),
+                    Ok(Subscribed::NoSession) => Reply::Error {
+                        code: "closing",
+                        message: "the session is closing".into(),
+                    },
+                    Err(e) => {
+                        tracing::warn!(session = %ctx.session_id, error = %e, "subscribe failed");
+                        Reply::Error {
+                            code: "unavailable",
+                            message: "the subscription could not be made; try again".into(),
+                        }
+                    }
+                }
+            }
+        }
+        ClientOp::Unsubscribe { topic } => {
+            node.unsubscribe(record, &topic).await;
+            Reply::Unsubscribed(topic)
+        }
+    };
+    encode_reply(&reply, request.id.as_ref())
+}
+
+/// Sends a close frame and waits briefly for the client's reply, all bounded by the
+/// heartbeat timeout, so a dead peer cannot hold the task.
+async fn close_socket<S>(ws: &mut S, code: u16, reason: &str, params: &SessionParams)
+where
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: truncate(reason).into(),
+    };
+    let _ = tokio::time::timeout(params.heartbeat_timeout, async {
+        if ws.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        // Drain until the client's close reply (or the end of the stream).
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+}
