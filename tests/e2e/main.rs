@@ -1,1 +1,8 @@
-//! e2e
+//! End-to-end tests: the real gateway on loopback sockets, driven by raw HTTP, a real
+//! WebSocket client, a real tonic client and, where it matters, the real binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod control;
+mod preflight;
+mod process;
+mod sessions;

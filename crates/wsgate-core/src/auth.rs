@@ -971,4 +971,50 @@ CGdUv3VhsCNmhAt2Smb8KoSEOxbF4lGaxK9ZUdGWUollt3ec0N3stQXKlg==
         );
         assert!("none".parse::<JwtAlgorithm>().is_err());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn redaction_never_leaks_the_token(
+                token in "[A-Za-z0-9._~-]{1,80}",
+                before in "[a-z]{1,5}=[a-z0-9]{0,5}",
+                after in "[a-z]{1,5}=[a-z0-9]{0,5}",
+            ) {
+                let marked = format!("TOKEN{token}");
+                let target = format!("/ws?{before}&access_token={marked}&{after}");
+                let uri: Uri = target.parse().unwrap();
+                let redacted = redact_query(&uri);
+                prop_assert!(!redacted.contains(&marked), "{}", redacted);
+                prop_assert!(redacted.contains(&before) && redacted.contains(&after));
+            }
+
+            #[test]
+            fn wildcard_patterns_match_exactly_the_deeper_topics(
+                prefix in "[a-z]{1,6}",
+                topic in "[a-z.]{0,12}",
+            ) {
+                let policy = TopicPolicy::Patterns(vec![format!("{prefix}.*")]);
+                let expected = topic.len() > prefix.len() + 1
+                    && topic.starts_with(&format!("{prefix}."));
+                prop_assert_eq!(policy.allows(&topic), expected);
+            }
+
+            #[test]
+            fn arbitrary_bearer_values_never_panic(value in "[ -~]{0,300}") {
+                let Ok(header) = HeaderValue::from_str(&format!("Bearer {value}")) else {
+                    return Ok(());
+                };
+                let mut p = with_uri("/ws");
+                p.headers.insert("authorization", header);
+                if let Err(r) = hs256().authenticate(&p) {
+                    prop_assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+                    let echoed = r.json_body().contains(value.trim());
+                    prop_assert!(value.trim().len() < 16 || !echoed);
+                }
+            }
+        }
+    }
 }

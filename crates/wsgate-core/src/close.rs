@@ -24,7 +24,10 @@ pub const SLOW_CONSUMER: u16 = 3008;
 
 /// Whether a client that follows the reconnect contract should reconnect after `code`.
 pub fn should_reconnect(code: u16) -> bool {
-    matches!(code, GOING_AWAY | INTERNAL | HEARTBEAT_TIMEOUT | SLOW_CONSUMER)
+    matches!(
+        code,
+        GOING_AWAY | INTERNAL | HEARTBEAT_TIMEOUT | SLOW_CONSUMER
+    )
 }
 
 /// Whether `code` may be sent by a `Disconnect` caller: the application range 4000–4999,

@@ -12,9 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::backend::{
-    Broker, Channel, Command, Envelope, Inbox, Registry, SessionRecord, Target,
-};
+use crate::backend::{Broker, Channel, Command, Envelope, Inbox, Registry, SessionRecord, Target};
 use crate::ids::SessionId;
 use crate::protocol::Payload;
 
@@ -244,10 +242,18 @@ where
         None,
         "unknown session"
     );
-    assert_eq!(reg.user_sessions(&user).await.unwrap(), vec![s1.clone(), s2.clone()]);
+    assert_eq!(
+        reg.user_sessions(&user).await.unwrap(),
+        vec![s1.clone(), s2.clone()]
+    );
     assert_eq!(reg.count_user_sessions(&user).await.unwrap(), 2);
     assert_eq!(reg.count_user_sessions(&unique("nobody")).await.unwrap(), 0);
-    assert!(reg.user_sessions(&unique("nobody")).await.unwrap().is_empty());
+    assert!(
+        reg.user_sessions(&unique("nobody"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     let pods = reg.pods().await.unwrap();
     let find = |id: &str| pods.iter().find(|p| p.pod_id == id).cloned();
@@ -266,7 +272,10 @@ where
     reg.remove_subscription(&s3, &topic).await.unwrap();
     assert_eq!(reg.count_topic_subscribers(&topic).await.unwrap(), 1);
     let total_before = reg.count_sessions().await.unwrap();
-    assert!(total_before >= 3, "at least this suite's sessions: {total_before}");
+    assert!(
+        total_before >= 3,
+        "at least this suite's sessions: {total_before}"
+    );
 
     reg.remove_session(&s1).await.unwrap();
     reg.remove_session(&s1).await.unwrap();

@@ -337,9 +337,15 @@ mod tests {
         assert!(ra1.try_recv().is_ok() && ra2.try_recv().is_ok());
         assert!(rb.try_recv().is_err());
 
-        assert_eq!(hub.subscribe(&b.id, "news"), Subscribed::Added { first: true });
+        assert_eq!(
+            hub.subscribe(&b.id, "news"),
+            Subscribed::Added { first: true }
+        );
         assert_eq!(hub.subscribe(&b.id, "news"), Subscribed::Already);
-        assert_eq!(hub.subscribe(&a1.id, "news"), Subscribed::Added { first: false });
+        assert_eq!(
+            hub.subscribe(&a1.id, "news"),
+            Subscribed::Added { first: false }
+        );
         let frame = encode_push(&Payload::Text("n".into()), Some("news"));
         assert_eq!(hub.apply(&envelope(Target::Topic("news".into()), "n")), 2);
         assert_eq!(rb.try_recv().unwrap(), frame);
@@ -347,10 +353,7 @@ mod tests {
 
         assert_eq!(hub.apply(&envelope(Target::Session(a2.id.clone()), "s")), 1);
         assert_eq!(hub.apply(&envelope(Target::Broadcast, "all")), 3);
-        assert_eq!(
-            hub.apply(&envelope(Target::User("nobody".into()), "x")),
-            0
-        );
+        assert_eq!(hub.apply(&envelope(Target::User("nobody".into()), "x")), 0);
     }
 
     #[test]

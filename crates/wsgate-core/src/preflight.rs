@@ -1210,4 +1210,111 @@ mod tests {
         assert!(q.len() <= ECHO_LIMIT + '…'.len_utf8());
         assert_eq!(quote(b"a\nb"), "a\\nb");
     }
+
+    mod properties {
+        use super::*;
+        use base64::engine::general_purpose::STANDARD;
+        use proptest::prelude::*;
+
+        fn key_check(value: &str) -> Result<(), Rejection> {
+            let mut p = parts(handshake());
+            match HeaderValue::from_str(value) {
+                Ok(v) => {
+                    p.headers.insert("sec-websocket-key", v);
+                    check_ws_key(&p)
+                }
+                // Not representable as a header: nothing to check.
+                Err(_) => Ok(()),
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn any_16_byte_key_passes(bytes in prop::array::uniform16(any::<u8>())) {
+                prop_assert!(key_check(&STANDARD.encode(bytes)).is_ok());
+            }
+
+            #[test]
+            fn keys_of_other_lengths_fail(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+                prop_assume!(bytes.len() != 16);
+                prop_assert_eq!(key_check(&STANDARD.encode(&bytes)).unwrap_err().code, "bad_key");
+            }
+
+            #[test]
+            fn arbitrary_keys_never_panic_and_are_never_echoed(value in "\\PC{0,300}") {
+                if let Err(r) = key_check(&value) {
+                    prop_assert!(r.message.len() < 100);
+                }
+            }
+
+            #[test]
+            fn upgrade_token_found_in_any_case_and_position(
+                before in prop::collection::vec("[a-z0-9]{1,8}", 0..4),
+                after in prop::collection::vec("[a-z0-9]{1,8}", 0..4),
+                mask in any::<u16>(),
+            ) {
+                let token: String = "websocket"
+                    .chars()
+                    .enumerate()
+                    .map(|(i, c)| if mask & (1 << i) != 0 { c.to_ascii_uppercase() } else { c })
+                    .collect();
+                let mut items = before.clone();
+                items.push(token);
+                items.extend(after);
+                let mut p = parts(handshake());
+                p.headers.insert("upgrade", HeaderValue::from_str(&items.join(" , ")).unwrap());
+                prop_assert!(check_upgrade_header(&p).is_ok());
+            }
+
+            #[test]
+            fn quote_is_bounded(bytes in prop::collection::vec(any::<u8>(), 0..1000)) {
+                let q = quote(&bytes);
+                // Each kept char may be escaped to at most 10 bytes (`\u{10ffff}`).
+                prop_assert!(q.len() <= ECHO_LIMIT * 10 + 3);
+            }
+
+            #[test]
+            fn wildcard_origins_match_only_strict_subdomains(
+                label in "[a-z0-9-]{0,12}",
+                sep in prop::sample::select(vec!["", ".", "-", "x"]),
+            ) {
+                let entries = ["https://*.example.org".to_owned()];
+                let policy = OriginPolicy::new(&entries, false).unwrap();
+                let origin = format!("https://{label}{sep}example.org");
+                let allowed = policy.check(&with_origin(Some(&origin))).is_ok();
+                prop_assert_eq!(allowed, sep == "." && !label.is_empty(), "{}", origin);
+            }
+
+            #[test]
+            fn client_ip_is_the_peer_or_a_forwarded_hop(
+                peer in (any::<bool>(), any::<[u8; 3]>()),
+                hops in prop::collection::vec((any::<bool>(), any::<[u8; 3]>()), 0..6),
+            ) {
+                // Half of all addresses fall in the trusted 10.0.0.0/8, the rest in 11/8.
+                let ip = |(trusted, [a, b, c]): (bool, [u8; 3])| {
+                    IpAddr::from([if trusted { 10 } else { 11 }, a, b, c])
+                };
+                let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+                let peer = SocketAddr::new(ip(peer), 1);
+                let hop_ips: Vec<IpAddr> = hops.into_iter().map(ip).collect();
+                let list: Vec<String> = hop_ips.iter().map(ToString::to_string).collect();
+                let headers = if list.is_empty() {
+                    HeaderMap::new()
+                } else {
+                    xff(&[&list.join(", ")])
+                };
+                let got = client_ip(peer, &headers, &trusted);
+                let is_trusted = |ip: &IpAddr| trusted[0].contains(ip);
+                if !is_trusted(&peer.ip()) || hop_ips.is_empty() {
+                    prop_assert_eq!(got, peer.ip());
+                } else {
+                    prop_assert!(hop_ips.contains(&got));
+                    // Everything to the right of the answer is a trusted hop.
+                    let pos = hop_ips.iter().rposition(|ip| *ip == got).unwrap();
+                    prop_assert!(hop_ips[pos + 1..].iter().all(is_trusted));
+                    prop_assert!(!is_trusted(&got) || hop_ips.iter().all(is_trusted));
+                }
+            }
+        }
+    }
 }

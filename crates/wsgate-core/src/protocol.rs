@@ -191,7 +191,10 @@ pub fn decode_client(text: &str) -> Result<ClientRequest, ProtocolError> {
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|_| ProtocolError::bad_request("frame is not valid JSON", None))?;
     let serde_json::Value::Object(mut obj) = value else {
-        return Err(ProtocolError::bad_request("frame must be a JSON object", None));
+        return Err(ProtocolError::bad_request(
+            "frame must be a JSON object",
+            None,
+        ));
     };
     let id = match obj.remove("id") {
         None | Some(serde_json::Value::Null) => None,
@@ -299,7 +302,10 @@ mod tests {
             serde_json::json!({"op":"message","topic":"news","data":{"a":[1,2]}})
         );
         let t = encode_push(&Payload::Text("hi \"there\"".into()), None);
-        assert_eq!(text(&t), serde_json::json!({"op":"message","data":"hi \"there\""}));
+        assert_eq!(
+            text(&t),
+            serde_json::json!({"op":"message","data":"hi \"there\""})
+        );
         let b = encode_push(&Payload::Binary(Bytes::from_static(&[0, 255, 1])), None);
         assert_eq!(b, OutFrame::Binary(Bytes::from_static(&[0, 255, 1])));
     }
@@ -313,7 +319,12 @@ mod tests {
     #[test]
     fn decodes_ops_and_echoes_ids() {
         let r = decode_client(r#"{"op":"subscribe","topic":"chat.1","id":"x1"}"#).unwrap();
-        assert_eq!(r.op, ClientOp::Subscribe { topic: "chat.1".into() });
+        assert_eq!(
+            r.op,
+            ClientOp::Subscribe {
+                topic: "chat.1".into()
+            }
+        );
         let reply = encode_reply(&Reply::Subscribed("chat.1".into()), r.id.as_ref());
         assert_eq!(
             text(&reply),

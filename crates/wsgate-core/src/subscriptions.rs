@@ -35,7 +35,11 @@ impl Subscriptions {
     }
 
     fn slot(&self, channel: &Channel) -> Slot {
-        self.slots.lock().entry(channel.clone()).or_default().clone()
+        self.slots
+            .lock()
+            .entry(channel.clone())
+            .or_default()
+            .clone()
     }
 
     /// Makes sure the pod is subscribed to `channel`; returns once the subscription is
@@ -84,7 +88,10 @@ impl Subscriptions {
         drop(subscribed);
         // Forget the slot unless someone else holds it (a concurrent `ensure`).
         let mut slots = self.slots.lock();
-        if slots.get(channel).is_some_and(|s| Arc::strong_count(s) == 2) {
+        if slots
+            .get(channel)
+            .is_some_and(|s| Arc::strong_count(s) == 2)
+        {
             slots.remove(channel);
         }
     }

@@ -149,7 +149,10 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| RunError::Config(format!("reflection: {e}")))?;
-    let control = grpc::gateway(grpc::ControlService::new(node.clone()), &settings.control.api_keys);
+    let control = grpc::gateway(
+        grpc::ControlService::new(node.clone()),
+        &settings.control.api_keys,
+    );
     let grpc_stop = CancellationToken::new();
     let grpc_server = tonic::transport::Server::builder()
         .add_service(health_service)

@@ -147,12 +147,11 @@ impl Node {
 
     fn release(&self, channel: Channel) {
         let hub = self.hub.clone();
-        self.subscriptions
-            .release(channel, move |ch| match ch {
-                Channel::User(u) => hub.has_user(u),
-                Channel::Topic(t) => hub.has_topic(t),
-                Channel::Pod(_) | Channel::Broadcast => true,
-            });
+        self.subscriptions.release(channel, move |ch| match ch {
+            Channel::User(u) => hub.has_user(u),
+            Channel::Topic(t) => hub.has_topic(t),
+            Channel::Pod(_) | Channel::Broadcast => true,
+        });
     }
 
     /// Subscribes a session to a topic; returns once messages published to the topic

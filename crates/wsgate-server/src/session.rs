@@ -136,7 +136,12 @@ where
     let started = Instant::now();
     let (handle, mut outbound) =
         SessionHandle::new(ctx.session_id.clone(), &ctx.user_id, params.outbound_queue);
-    let record = session_record(&node, ctx.session_id.clone(), &ctx.user_id, ctx.remote_addr.clone());
+    let record = session_record(
+        &node,
+        ctx.session_id.clone(),
+        &ctx.user_id,
+        ctx.remote_addr.clone(),
+    );
     let mut end = SessionEnd {
         ended_by: EndedBy::Server(close::INTERNAL),
         messages_in: 0,
@@ -146,7 +151,13 @@ where
 
     if let Err(e) = node.open_session(handle.clone(), &record).await {
         tracing::warn!(session = %ctx.session_id, error = %e, "session could not be registered");
-        close_socket(&mut ws, close::INTERNAL, "backend unavailable, reconnect later", &params).await;
+        close_socket(
+            &mut ws,
+            close::INTERNAL,
+            "backend unavailable, reconnect later",
+            &params,
+        )
+        .await;
         end.duration = started.elapsed();
         return end;
     }
@@ -164,7 +175,17 @@ where
     let step = match first {
         Ok(()) => {
             end.messages_out += 1;
-            session_loop(&mut ws, &ctx, &node, &record, &handle, &mut outbound, &params, &mut end).await
+            session_loop(
+                &mut ws,
+                &ctx,
+                &node,
+                &record,
+                &handle,
+                &mut outbound,
+                &params,
+                &mut end,
+            )
+            .await
         }
         Err(e) => Step::Ended(EndedBy::Transport(e.to_string())),
     };
@@ -387,7 +408,12 @@ where
     }
 }
 
-async fn handle_op(text: &str, ctx: &SessionContext, node: &Node, record: &SessionRecord) -> OutFrame {
+async fn handle_op(
+    text: &str,
+    ctx: &SessionContext,
+    node: &Node,
+    record: &SessionRecord,
+) -> OutFrame {
     let request = match decode_client(text) {
         Ok(r) => r,
         Err(e) => {

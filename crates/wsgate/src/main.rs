@@ -19,7 +19,11 @@ use wsgate_server::settings::{self, Settings};
 const EXIT_BAD_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "wsgate", version, about = "A clustered WebSocket session gateway")]
+#[command(
+    name = "wsgate",
+    version,
+    about = "A clustered WebSocket session gateway"
+)]
 struct Cli {
     /// Configuration file (TOML, YAML or JSON). Also `WSGATE_CONFIG`.
     #[arg(long, short, global = true)]
@@ -112,50 +116,72 @@ fn main() -> ExitCode {
         }
         Command::Token { user, ttl, topics } => token(&settings, &user, ttl, topics.as_deref()),
         Command::Serve => serve(settings),
-        Command::Send { user, text, target } => control(&settings, &target, |mut c, payload| {
-            Box::pin(async move {
-                let r = c
-                    .send_to_user(pb::SendToUserRequest {
-                        user_id: user,
-                        payload: Some(payload),
-                    })
-                    .await?
-                    .into_inner();
-                println!("sent to {} session(s), message {}", r.targets, r.message_id);
-                Ok(())
-            })
-        }, text),
-        Command::Publish { topic, text, target } => control(&settings, &target, |mut c, payload| {
-            Box::pin(async move {
-                let r = c
-                    .publish(pb::PublishRequest {
-                        topic,
-                        payload: Some(payload),
-                    })
-                    .await?
-                    .into_inner();
-                println!("published to {} subscriber(s), message {}", r.targets, r.message_id);
-                Ok(())
-            })
-        }, text),
-        Command::Presence { user, target } => control(&settings, &target, |mut c, _| {
-            Box::pin(async move {
-                let r = c
-                    .get_presence(pb::GetPresenceRequest { user_id: user })
-                    .await?
-                    .into_inner();
-                if r.sessions.is_empty() {
-                    println!("{} is offline", r.user_id);
-                }
-                for s in r.sessions {
+        Command::Send { user, text, target } => control(
+            &settings,
+            &target,
+            |mut c, payload| {
+                Box::pin(async move {
+                    let r = c
+                        .send_to_user(pb::SendToUserRequest {
+                            user_id: user,
+                            payload: Some(payload),
+                        })
+                        .await?
+                        .into_inner();
+                    println!("sent to {} session(s), message {}", r.targets, r.message_id);
+                    Ok(())
+                })
+            },
+            text,
+        ),
+        Command::Publish {
+            topic,
+            text,
+            target,
+        } => control(
+            &settings,
+            &target,
+            |mut c, payload| {
+                Box::pin(async move {
+                    let r = c
+                        .publish(pb::PublishRequest {
+                            topic,
+                            payload: Some(payload),
+                        })
+                        .await?
+                        .into_inner();
                     println!(
-                        "{}  pod={}  connected_at_ms={}  remote={}",
-                        s.session_id, s.pod_id, s.connected_at_ms, s.remote_addr
+                        "published to {} subscriber(s), message {}",
+                        r.targets, r.message_id
                     );
-                }
-                Ok(())
-            })
-        }, String::new()),
+                    Ok(())
+                })
+            },
+            text,
+        ),
+        Command::Presence { user, target } => control(
+            &settings,
+            &target,
+            |mut c, _| {
+                Box::pin(async move {
+                    let r = c
+                        .get_presence(pb::GetPresenceRequest { user_id: user })
+                        .await?
+                        .into_inner();
+                    if r.sessions.is_empty() {
+                        println!("{} is offline", r.user_id);
+                    }
+                    for s in r.sessions {
+                        println!(
+                            "{}  pod={}  connected_at_ms={}  remote={}",
+                            s.session_id, s.pod_id, s.connected_at_ms, s.remote_addr
+                        );
+                    }
+                    Ok(())
+                })
+            },
+            String::new(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -200,11 +226,19 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let http = tokio::net::TcpListener::bind(settings.server.listen)
             .await
-            .with_context(|| format!("cannot listen on {} (server.listen)", settings.server.listen))?;
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (server.listen)",
+                    settings.server.listen
+                )
+            })?;
         let grpc = tokio::net::TcpListener::bind(settings.server.grpc_listen)
             .await
             .with_context(|| {
-                format!("cannot listen on {} (server.grpc_listen)", settings.server.grpc_listen)
+                format!(
+                    "cannot listen on {} (server.grpc_listen)",
+                    settings.server.grpc_listen
+                )
             })?;
         tracing::info!(
             http = %http.local_addr()?,

@@ -10,9 +10,7 @@ use std::sync::{Arc, Weak};
 use async_trait::async_trait;
 use parking_lot::RwLock;
 
-use super::{
-    BackendError, Broker, Channel, Envelope, Inbox, PodRecord, Registry, SessionRecord,
-};
+use super::{BackendError, Broker, Channel, Envelope, Inbox, PodRecord, Registry, SessionRecord};
 use crate::ids::SessionId;
 
 /// The pods subscribed to one channel: pod id → inbox. Weak, so a dropped pod stops
@@ -32,7 +30,11 @@ impl MemoryBus {
     }
 
     /// The broker of one pod on this bus. Envelopes for the pod go to `inbox`.
-    pub fn broker(self: &Arc<Self>, pod_id: impl Into<String>, inbox: Arc<dyn Inbox>) -> MemoryBroker {
+    pub fn broker(
+        self: &Arc<Self>,
+        pod_id: impl Into<String>,
+        inbox: Arc<dyn Inbox>,
+    ) -> MemoryBroker {
         MemoryBroker {
             bus: self.clone(),
             pod_id: pod_id.into(),
@@ -76,7 +78,11 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn publish(&self, channel: &Channel, envelope: Arc<Envelope>) -> Result<(), BackendError> {
+    async fn publish(
+        &self,
+        channel: &Channel,
+        envelope: Arc<Envelope>,
+    ) -> Result<(), BackendError> {
         // Collect first: an inbox must never run under the bus lock.
         let inboxes: Vec<Arc<dyn Inbox>> = self
             .bus
@@ -253,7 +259,12 @@ impl Registry for MemoryRegistry {
     }
 
     async fn count_user_sessions(&self, user_id: &str) -> Result<usize, BackendError> {
-        Ok(self.state.read().users.get(user_id).map_or(0, BTreeMap::len))
+        Ok(self
+            .state
+            .read()
+            .users
+            .get(user_id)
+            .map_or(0, BTreeMap::len))
     }
 
     async fn count_topic_subscribers(&self, topic: &str) -> Result<usize, BackendError> {

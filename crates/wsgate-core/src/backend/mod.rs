@@ -129,7 +129,8 @@ pub trait Broker: Send + Sync + 'static {
     async fn unsubscribe(&self, channel: &Channel) -> Result<(), BackendError>;
 
     /// Publishes once; every pod subscribed to `channel` receives it once.
-    async fn publish(&self, channel: &Channel, envelope: Arc<Envelope>) -> Result<(), BackendError>;
+    async fn publish(&self, channel: &Channel, envelope: Arc<Envelope>)
+    -> Result<(), BackendError>;
 
     /// Whether the broker can publish and receive right now (readiness).
     async fn healthy(&self) -> Result<(), BackendError>;
@@ -177,8 +178,11 @@ pub trait Registry: Send + Sync + 'static {
     async fn remove_session(&self, record: &SessionRecord) -> Result<(), BackendError>;
 
     /// Records that a session subscribed to a topic. Idempotent.
-    async fn add_subscription(&self, record: &SessionRecord, topic: &str)
-    -> Result<(), BackendError>;
+    async fn add_subscription(
+        &self,
+        record: &SessionRecord,
+        topic: &str,
+    ) -> Result<(), BackendError>;
 
     /// Records that a session left a topic. Idempotent.
     async fn remove_subscription(

@@ -22,7 +22,6 @@ impl ApiKeyCheck {
     pub fn new(keys: &[String]) -> Self {
         Self { keys: keys.into() }
     }
-
 }
 
 impl tonic::service::Interceptor for ApiKeyCheck {

@@ -70,7 +70,11 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut req: Request) -> Re
         );
     };
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
-        return json_error(StatusCode::BAD_REQUEST, "bad_key", "missing Sec-WebSocket-Key");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_key",
+            "missing Sec-WebSocket-Key",
+        );
     };
     let accept = derive_accept_key(key.as_bytes());
     let subprotocol = negotiate_subprotocol(req.headers());
@@ -130,10 +134,16 @@ mod tests {
     fn negotiates_only_our_subprotocol() {
         let mut h = axum::http::HeaderMap::new();
         assert_eq!(negotiate_subprotocol(&h), None);
-        h.append(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("chat, wsgate.v1"));
+        h.append(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("chat, wsgate.v1"),
+        );
         assert_eq!(negotiate_subprotocol(&h), Some("wsgate.v1"));
         let mut other = axum::http::HeaderMap::new();
-        other.append(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("wsgate.v2"));
+        other.append(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("wsgate.v2"),
+        );
         assert_eq!(negotiate_subprotocol(&other), None);
     }
 
@@ -141,7 +151,7 @@ mod tests {
     fn accept_key_matches_rfc6455_example() {
         assert_eq!(
             derive_accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiAxVwWWBESxJEFOTT6yo="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 }
