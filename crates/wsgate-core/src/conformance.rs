@@ -203,12 +203,12 @@ where
     }
 }
 
-fn record(pod: &str, user: &str) -> SessionRecord {
+fn record(pod: &str, user: &str, connected_at_ms: u64) -> SessionRecord {
     SessionRecord {
         session_id: SessionId::generate(),
         user_id: user.to_owned(),
         pod_id: pod.to_owned(),
-        connected_at_ms: 1_700_000_000_000,
+        connected_at_ms,
         remote_addr: "127.0.0.1".to_owned(),
     }
 }
@@ -227,9 +227,10 @@ where
     let user = unique("user");
     let other = unique("other");
 
-    let s1 = record(&pod_a, &user);
-    let s2 = record(&pod_b, &user);
-    let s3 = record(&pod_b, &other);
+    // s2 is older than s1 although its id is newer: presence lists by connection time.
+    let s1 = record(&pod_a, &user, 1_700_000_000_500);
+    let s2 = record(&pod_b, &user, 1_700_000_000_000);
+    let s3 = record(&pod_b, &other, 1_700_000_000_900);
     for s in [&s1, &s2, &s3] {
         reg.add_session(s).await.unwrap();
     }
@@ -244,7 +245,8 @@ where
     );
     assert_eq!(
         reg.user_sessions(&user).await.unwrap(),
-        vec![s1.clone(), s2.clone()]
+        vec![s2.clone(), s1.clone()],
+        "oldest first"
     );
     assert_eq!(reg.count_user_sessions(&user).await.unwrap(), 2);
     assert_eq!(reg.count_user_sessions(&unique("nobody")).await.unwrap(), 0);

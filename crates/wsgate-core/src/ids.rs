@@ -2,15 +2,26 @@
 
 use std::fmt;
 
+use parking_lot::Mutex;
+
 /// A session's id: a ULID rendered in Crockford base32, e.g. `01J9Z8Q6XG0000000000000000`.
 /// Unique across pods without coordination, and sortable by the time the session began.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct SessionId(String);
 
 impl SessionId {
-    /// A fresh, unique id.
+    /// A fresh, unique id, strictly greater than every id this process made before
+    /// (monotonic within a millisecond), so sessions of one pod sort by creation.
     pub fn generate() -> Self {
-        Self(ulid::Ulid::new().to_string())
+        static GENERATOR: Mutex<Option<ulid::Generator>> = Mutex::new(None);
+        let mut generator = GENERATOR.lock();
+        let id = generator
+            .get_or_insert_with(ulid::Generator::new)
+            .generate()
+            // Overflow of the random part within one millisecond: astronomically rare, and
+            // a plain ULID is still unique.
+            .unwrap_or_else(|_| ulid::Ulid::new());
+        Self(id.to_string())
     }
 
     /// Wraps an id received from a caller or a backend (not validated: unknown ids simply

@@ -4,7 +4,7 @@
 //! bus sees the others, which is how the conformance suite exercises several "pods" in one
 //! process. A single-node gateway simply makes one bus and one pod.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
@@ -115,8 +115,8 @@ impl Drop for MemoryBroker {
 #[derive(Default)]
 struct RegistryState {
     sessions: HashMap<SessionId, SessionRecord>,
-    /// user → session ids, ordered by id (ULIDs sort by creation time).
-    users: HashMap<String, BTreeMap<SessionId, ()>>,
+    /// user → session ids.
+    users: HashMap<String, BTreeSet<SessionId>>,
     /// topic → session ids.
     topics: HashMap<String, HashSet<SessionId>>,
     /// session → topics, to release memberships when the session goes.
@@ -187,7 +187,7 @@ impl Registry for MemoryRegistry {
             .users
             .entry(record.user_id.clone())
             .or_default()
-            .insert(record.session_id.clone(), ());
+            .insert(record.session_id.clone());
         state
             .sessions
             .insert(record.session_id.clone(), record.clone());
@@ -247,15 +247,19 @@ impl Registry for MemoryRegistry {
 
     async fn user_sessions(&self, user_id: &str) -> Result<Vec<SessionRecord>, BackendError> {
         let state = self.state.read();
-        Ok(state
+        let mut sessions: Vec<SessionRecord> = state
             .users
             .get(user_id)
             .map(|ids| {
-                ids.keys()
+                ids.iter()
                     .filter_map(|id| state.sessions.get(id).cloned())
                     .collect()
             })
-            .unwrap_or_default())
+            .unwrap_or_default();
+        sessions.sort_by(|a, b| {
+            (a.connected_at_ms, &a.session_id).cmp(&(b.connected_at_ms, &b.session_id))
+        });
+        Ok(sessions)
     }
 
     async fn count_user_sessions(&self, user_id: &str) -> Result<usize, BackendError> {
@@ -264,7 +268,7 @@ impl Registry for MemoryRegistry {
             .read()
             .users
             .get(user_id)
-            .map_or(0, BTreeMap::len))
+            .map_or(0, BTreeSet::len))
     }
 
     async fn count_topic_subscribers(&self, topic: &str) -> Result<usize, BackendError> {

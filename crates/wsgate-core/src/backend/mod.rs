@@ -194,7 +194,7 @@ pub trait Registry: Send + Sync + 'static {
     /// A session by id, if it is live.
     async fn session(&self, session_id: &SessionId) -> Result<Option<SessionRecord>, BackendError>;
 
-    /// The live sessions of a user, oldest first.
+    /// The live sessions of a user, oldest first (by `connected_at_ms`, then id).
     async fn user_sessions(&self, user_id: &str) -> Result<Vec<SessionRecord>, BackendError>;
 
     /// How many live sessions a user has (the `max_sessions_per_user` limit).
