@@ -1,1 +1,238 @@
-//! (being written)
+//! The real `wsgate` binary as a process: configuration errors and exit codes, and a
+//! graceful shutdown under SIGTERM with clients connected.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+use wsgate_tests::*;
+
+/// A `wsgate` command with a clean environment (no inherited `WSGATE__*`).
+fn wsgate(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(wsgate_binary());
+    cmd.args(args)
+        .env_clear()
+        .env("POD_NAME", "proc-test")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    wsgate(args, env).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn a_file_with_several_bad_keys_lists_every_problem_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wsgate.toml");
+    std::fs::write(
+        &file,
+        r#"
+[server]
+listen = "not-an-address"
+ws_pth = "/typo"
+
+[session]
+heartbeat_interval = "soon"
+
+[auth]
+mode = "maybe"
+"#,
+    )
+    .unwrap();
+    for sub in ["check-config", "serve"] {
+        let out = run(&[sub, "--config", file.to_str().unwrap()], &[]);
+        assert_eq!(out.status.code(), Some(64), "{sub}: {}", stderr(&out));
+        let err = stderr(&out);
+        for key in [
+            "server.listen",
+            "server.ws_pth",
+            "session.heartbeat_interval",
+            "auth.mode",
+        ] {
+            assert!(err.contains(key), "{sub}: {key} missing from:\n{err}");
+        }
+    }
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[server]\nws_path = \"/socket\"\n").unwrap();
+    let out = run(&["check-config", "--config", good.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn a_public_listener_without_auth_refuses_to_start() {
+    let port = free_port().to_string();
+    let listen = format!("0.0.0.0:{port}");
+    let out = run(&["serve"], &[("WSGATE__SERVER__LISTEN", &listen)]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("auth.mode") && err.contains("loopback"),
+        "{err}"
+    );
+    // The same with the control plane exposed and no API keys.
+    let out = run(
+        &["check-config"],
+        &[("WSGATE__SERVER__GRPC_LISTEN", "0.0.0.0:50999")],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        stderr(&out).contains("control.api_keys"),
+        "{}",
+        stderr(&out)
+    );
+    // Explicitly allowed: starts (checked without binding).
+    let out = run(
+        &["check-config"],
+        &[
+            ("WSGATE__SERVER__LISTEN", &listen),
+            ("WSGATE__AUTH__ALLOW_INSECURE", "true"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+/// A running `wsgate serve` process, killed on drop.
+struct Served {
+    child: std::process::Child,
+    http: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn serve(file: Option<&std::path::Path>, env: &[(&str, &str)]) -> Served {
+    let http = format!("127.0.0.1:{}", free_port());
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let mut args = vec!["serve".to_string()];
+    if let Some(f) = file {
+        args.extend(["--config".into(), f.display().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut all_env = vec![
+        ("WSGATE__SERVER__LISTEN", http.as_str()),
+        ("WSGATE__SERVER__GRPC_LISTEN", grpc.as_str()),
+    ];
+    all_env.extend_from_slice(env);
+    let child = wsgate(&args, &all_env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let served = Served { child, http };
+    let addr = served.http.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(r) = raw_request(addr, b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n").await {
+            if r.status == 200 {
+                return served;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wsgate serve did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn environment_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wsgate.yaml");
+    std::fs::write(&file, "server:\n  ws_path: /from-file\n").unwrap();
+    let served = serve(Some(&file), &[("WSGATE__SERVER__WS_PATH", "/from-env")]).await;
+    let addr = served.http.parse().unwrap();
+    let r = raw_request(addr, &upgrade_request("/from-env?user=a", ""))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 101);
+    let r = raw_request(addr, &upgrade_request("/from-file?user=a", ""))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test]
+async fn sigterm_closes_every_client_with_1001_spread_over_the_grace_period_and_exits_0() {
+    const CLIENTS: usize = 6;
+    let grace = Duration::from_secs(2);
+    let mut served = serve(None, &[("WSGATE__SHUTDOWN__GRACE", "2s")]).await;
+    let mut readers = Vec::new();
+    for i in 0..CLIENTS {
+        let url = format!("ws://{}/ws?user=u{i}", served.http);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        readers.push(tokio::spawn(async move {
+            while let Some(msg) = ws.next().await {
+                if let Ok(Message::Close(frame)) = msg {
+                    let frame = frame.expect("close frame has a code");
+                    return (
+                        Instant::now(),
+                        u16::from(frame.code),
+                        frame.reason.to_string(),
+                    );
+                }
+            }
+            panic!("connection ended without a close frame");
+        }));
+    }
+
+    let started = Instant::now();
+    let pid = served.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let mut closes = Vec::new();
+    for r in readers {
+        let (at, code, reason) = tokio::time::timeout(grace * 2, r).await.unwrap().unwrap();
+        assert_eq!(code, 1001);
+        assert!(
+            reason.contains("reconnect"),
+            "reason tells the client to reconnect: {reason}"
+        );
+        closes.push(at.duration_since(started));
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(status) = served.child.try_wait().unwrap() {
+                return Some((status, Instant::now()));
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    let (status, exited_at) = status.expect("wsgate did not exit after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+    let took = exited_at.duration_since(started);
+    assert!(
+        took <= grace + Duration::from_millis(1500),
+        "exit took {took:?}"
+    );
+    closes.sort();
+    eprintln!("closes after SIGTERM: {closes:?}; exit after {took:?}");
+    let spread = closes[CLIENTS - 1] - closes[0];
+    assert!(
+        spread >= grace / 4,
+        "closes were not spread over the grace period: {closes:?}"
+    );
+}

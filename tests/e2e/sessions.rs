@@ -374,3 +374,75 @@ async fn a_client_that_never_answers_pings_is_closed_in_time() {
         }
     }
 }
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_as_slow_with_bounded_memory() {
+    const MESSAGE: usize = 64 * 1024;
+    const SENDS: usize = 400; // 25 MiB: far beyond loopback socket buffers
+    let mut s = base_settings();
+    s.session.outbound_queue = 16;
+    s.session.heartbeat_interval = Duration::from_secs(60);
+    // Also how long the server waits to deliver its close frame to the stalled client.
+    s.session.heartbeat_timeout = Duration::from_secs(20);
+    let gw = Gateway::start(s).await;
+    let (mut slow, _) = gw.connect_user("slow").await;
+    let (mut other, _) = gw.connect_user("other").await;
+    let mut grpc = gw.grpc().await;
+    let body = "x".repeat(MESSAGE);
+
+    // `slow` is not polled from here on: it reads nothing while the flood goes out.
+    let rss_before = rss_bytes();
+    let mut peak = rss_before;
+    for i in 0..SENDS {
+        grpc.send_to_user("slow", text(&body)).await.unwrap();
+        if i % 8 == 0 {
+            peak = peak.max(rss_bytes());
+        }
+    }
+    let growth = peak.saturating_sub(rss_before);
+    // Queue limit 16 × 64 KiB = 1 MiB; allow for allocator slack and gRPC buffers, but
+    // far less than the ~38 MiB sent.
+    assert!(
+        growth < 12 * 1024 * 1024,
+        "gateway memory grew by {} MiB for a client that stopped reading",
+        growth / (1024 * 1024)
+    );
+
+    // Now it reads again: some pushes, then the close with 3008.
+    let mut data_frames = 0;
+    let code = loop {
+        let msg = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures_util::StreamExt::next(&mut slow),
+        )
+        .await
+        .expect("no close frame in time");
+        match msg {
+            Some(Ok(Message::Text(_))) => data_frames += 1,
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            other => panic!("connection ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(3008), "slow consumer close code");
+    eprintln!("slow consumer: {data_frames} of {SENDS} pushes delivered, RSS growth {growth} B");
+    assert!(
+        data_frames < SENDS,
+        "every push was delivered ({data_frames}); the queue did not bound anything"
+    );
+
+    // Other sessions were unaffected.
+    grpc.send_to_user("other", text("fine")).await.unwrap();
+    assert_eq!(next_json(&mut other).await["data"], "fine");
+}
