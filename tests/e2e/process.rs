@@ -133,10 +133,10 @@ async fn serve(file: Option<&std::path::Path>, env: &[(&str, &str)]) -> Served {
     let addr = served.http.parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(r) = raw_request(addr, b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n").await {
-            if r.status == 200 {
-                return served;
-            }
+        if let Ok(r) = raw_request(addr, b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n").await
+            && r.status == 200
+        {
+            return served;
         }
         assert!(
             Instant::now() < deadline,

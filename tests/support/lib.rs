@@ -101,10 +101,9 @@ impl Gateway {
         loop {
             if let Ok(resp) =
                 raw_request(self.http, b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n").await
+                && resp.status == 200
             {
-                if resp.status == 200 {
-                    return;
-                }
+                return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,

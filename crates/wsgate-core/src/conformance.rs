@@ -232,10 +232,19 @@ where
     let s2 = record(&pod_b, &user, 1_700_000_000_000);
     let s3 = record(&pod_b, &other, 1_700_000_000_900);
     for s in [&s1, &s2, &s3] {
-        reg.add_session(s).await.unwrap();
+        assert!(reg.add_session(s, 0).await.unwrap());
     }
     // Re-registration (after a backend restart) must not double-count.
-    reg.add_session(&s1).await.unwrap();
+    assert!(reg.add_session(&s1, 0).await.unwrap());
+    // The per-user limit is checked atomically with the insert; a known session is
+    // always re-admitted.
+    let s4 = record(&pod_a, &user, 1_700_000_000_700);
+    assert!(!reg.add_session(&s4, 2).await.unwrap(), "user at the limit");
+    assert!(
+        reg.add_session(&s1, 2).await.unwrap(),
+        "re-adding is not a new session"
+    );
+    assert_eq!(reg.session(&s4.session_id).await.unwrap(), None);
 
     assert_eq!(reg.session(&s1.session_id).await.unwrap(), Some(s1.clone()));
     assert_eq!(

@@ -144,10 +144,17 @@ pub async fn run(
     health
         .set_serving::<wsgate_proto::pb::gateway_server::GatewayServer<grpc::ControlService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(wsgate_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: grpcurl before 1.9 speaks only v1alpha.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(wsgate_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
+        .map_err(|e| RunError::Config(format!("reflection: {e}")))?;
+    let reflection_alpha = reflection_builder()
+        .build_v1alpha()
         .map_err(|e| RunError::Config(format!("reflection: {e}")))?;
     let control = grpc::gateway(
         grpc::ControlService::new(node.clone()),
@@ -157,6 +164,7 @@ pub async fn run(
     let grpc_server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(control)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),

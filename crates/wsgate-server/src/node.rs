@@ -31,6 +31,17 @@ impl Inbox for HubInbox {
     }
 }
 
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The user already has `limits.max_sessions_per_user` live sessions.
+    #[error("the user has too many sessions")]
+    UserLimit,
+    /// The backend is unreachable.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
 /// Why a send failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -106,25 +117,33 @@ impl Node {
     }
 
     /// Registers a new session: in the hub, in the broker (its user channel) and in the
-    /// registry. When this returns `Ok`, sends to the user reach the session.
+    /// registry, which admits it only while the user has fewer than `max_user_sessions`
+    /// (0 = no limit). When this returns `Ok`, sends to the user reach the session.
     pub async fn open_session(
         &self,
         handle: Arc<SessionHandle>,
         record: &SessionRecord,
-    ) -> Result<(), BackendError> {
+        max_user_sessions: usize,
+    ) -> Result<(), OpenError> {
         self.hub.insert(handle);
         let registered = async {
             self.subscriptions
                 .ensure(&Channel::User(record.user_id.clone()))
                 .await?;
-            self.registry.add_session(record).await
+            self.registry.add_session(record, max_user_sessions).await
         }
         .await;
-        if let Err(e) = registered {
-            self.close_session(record).await;
-            return Err(e);
+        match registered {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.close_session(record).await;
+                Err(OpenError::UserLimit)
+            }
+            Err(e) => {
+                self.close_session(record).await;
+                Err(e.into())
+            }
         }
-        Ok(())
     }
 
     /// Removes a session everywhere. Safe to call more than once: only the first call

@@ -24,7 +24,7 @@ use wsgate_core::protocol::{
     ClientOp, OutFrame, Reply, decode_client, encode_reply, encode_welcome,
 };
 
-use crate::node::{Node, session_record};
+use crate::node::{Node, OpenError, session_record};
 
 /// Most queued frames written before one flush.
 const WRITE_BATCH: usize = 64;
@@ -82,6 +82,44 @@ pub struct SessionEnd {
     pub duration: Duration,
 }
 
+/// A session registered in the hub, the broker and the registry, waiting for its socket.
+/// Dropped without [`run`] (the upgrade failed), it unregisters itself.
+pub struct Registered {
+    handle: Arc<SessionHandle>,
+    outbound: mpsc::Receiver<OutFrame>,
+    record: SessionRecord,
+    cleanup: Cleanup,
+}
+
+/// Registers a session before the 101 is sent, so the per-user limit is enforced
+/// atomically by the registry and pushes sent while the upgrade completes are queued.
+pub async fn register(
+    node: &Arc<Node>,
+    ctx: &SessionContext,
+    params: &SessionParams,
+    max_user_sessions: usize,
+) -> Result<Registered, OpenError> {
+    let (handle, outbound) =
+        SessionHandle::new(ctx.session_id.clone(), &ctx.user_id, params.outbound_queue);
+    let record = session_record(
+        node,
+        ctx.session_id.clone(),
+        &ctx.user_id,
+        ctx.remote_addr.clone(),
+    );
+    node.open_session(handle.clone(), &record, max_user_sessions)
+        .await?;
+    Ok(Registered {
+        handle,
+        outbound,
+        cleanup: Cleanup {
+            node: node.clone(),
+            record: Some(record.clone()),
+        },
+        record,
+    })
+}
+
 /// Removes the session everywhere even if the task is cancelled or panics.
 struct Cleanup {
     node: Arc<Node>,
@@ -122,49 +160,34 @@ enum Step {
     Ended(EndedBy),
 }
 
-/// Runs a session to its end. Registration happens first: the welcome frame is sent only
-/// once sends to the user reach this socket.
+/// Runs a registered session on its socket until it ends, then unregisters it.
 pub async fn run<S>(
     mut ws: S,
     ctx: SessionContext,
-    node: Arc<Node>,
     params: SessionParams,
+    registered: Registered,
 ) -> SessionEnd
 where
     S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
 {
     let started = Instant::now();
-    let (handle, mut outbound) =
-        SessionHandle::new(ctx.session_id.clone(), &ctx.user_id, params.outbound_queue);
-    let record = session_record(
-        &node,
-        ctx.session_id.clone(),
-        &ctx.user_id,
-        ctx.remote_addr.clone(),
-    );
+    let Registered {
+        handle,
+        mut outbound,
+        record,
+        cleanup,
+    } = registered;
+    let node = cleanup.node.clone();
     let mut end = SessionEnd {
         ended_by: EndedBy::Server(close::INTERNAL),
         messages_in: 0,
         messages_out: 0,
         duration: Duration::ZERO,
     };
-
-    if let Err(e) = node.open_session(handle.clone(), &record).await {
-        tracing::warn!(session = %ctx.session_id, error = %e, "session could not be registered");
-        close_socket(
-            &mut ws,
-            close::INTERNAL,
-            "backend unavailable, reconnect later",
-            &params,
-        )
-        .await;
-        end.duration = started.elapsed();
-        return end;
+    // A session that registered while the pod began draining is told to go at once.
+    if node.gauge.is_draining() {
+        handle.close(close::GOING_AWAY, crate::shutdown::RECONNECT_REASON);
     }
-    let cleanup = Cleanup {
-        node: node.clone(),
-        record: Some(record.clone()),
-    };
 
     let welcome = encode_welcome(
         ctx.session_id.as_str(),

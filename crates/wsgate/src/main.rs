@@ -279,11 +279,12 @@ async fn shutdown_signal() {
     }
 }
 
+/// Adds the API key to every call.
+type AddKey =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+
 type Client = pb::gateway_client::GatewayClient<
-    tonic::service::interceptor::InterceptedService<
-        tonic::transport::Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
-    >,
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AddKey>,
 >;
 
 type Call = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
@@ -333,9 +334,7 @@ fn control(
             .connect()
             .await
             .with_context(|| format!("cannot reach the gateway at {addr}"))?;
-        let interceptor: Box<
-            dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
-        > = Box::new(move |mut req: tonic::Request<()>| {
+        let interceptor: AddKey = Box::new(move |mut req: tonic::Request<()>| {
             if let Some(h) = &header {
                 req.metadata_mut().insert("authorization", h.clone());
             }

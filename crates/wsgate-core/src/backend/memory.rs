@@ -181,17 +181,24 @@ impl Registry for MemoryRegistry {
         Ok(())
     }
 
-    async fn add_session(&self, record: &SessionRecord) -> Result<(), BackendError> {
+    async fn add_session(
+        &self,
+        record: &SessionRecord,
+        max_user_sessions: usize,
+    ) -> Result<bool, BackendError> {
         let mut state = self.state.write();
-        state
-            .users
-            .entry(record.user_id.clone())
-            .or_default()
-            .insert(record.session_id.clone());
+        let sessions = state.users.entry(record.user_id.clone()).or_default();
+        if max_user_sessions > 0
+            && !sessions.contains(&record.session_id)
+            && sessions.len() >= max_user_sessions
+        {
+            return Ok(false);
+        }
+        sessions.insert(record.session_id.clone());
         state
             .sessions
             .insert(record.session_id.clone(), record.clone());
-        Ok(())
+        Ok(true)
     }
 
     async fn remove_session(&self, record: &SessionRecord) -> Result<(), BackendError> {

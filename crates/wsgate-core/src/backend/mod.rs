@@ -171,8 +171,15 @@ pub trait Registry: Send + Sync + 'static {
     /// Removes a pod that shuts down cleanly, with every session it still has.
     async fn remove_pod(&self, pod_id: &str) -> Result<(), BackendError>;
 
-    /// Records a session. Idempotent (re-registration after a backend restart).
-    async fn add_session(&self, record: &SessionRecord) -> Result<(), BackendError>;
+    /// Records a session unless its user already has `max_user_sessions` live sessions
+    /// (0 = no limit); check and insert are one atomic step, so concurrent handshakes
+    /// cannot overshoot the limit. Returns whether the session was admitted. Idempotent:
+    /// re-adding a recorded session (re-registration after a backend restart) admits it.
+    async fn add_session(
+        &self,
+        record: &SessionRecord,
+        max_user_sessions: usize,
+    ) -> Result<bool, BackendError>;
 
     /// Forgets a session and its topic memberships. Idempotent.
     async fn remove_session(&self, record: &SessionRecord) -> Result<(), BackendError>;

@@ -704,11 +704,11 @@ mod tests {
     async fn user_limit() {
         let registry = MemoryRegistry::new();
         registry.heartbeat_pod("pod-1").await.unwrap();
-        registry.add_session(&record("bob", 1)).await.unwrap();
+        registry.add_session(&record("bob", 1), 0).await.unwrap();
         let router = user_limit_router(registry.clone(), 2);
         let as_bob = || req(handshake().uri("/ws?user=bob"));
         assert_eq!(send(&router, as_bob()).await.status, StatusCode::OK);
-        registry.add_session(&record("bob", 1)).await.unwrap();
+        registry.add_session(&record("bob", 1), 0).await.unwrap();
         let r = send(&router, as_bob()).await;
         r.assert_rejected(StatusCode::TOO_MANY_REQUESTS, "too_many_sessions");
         // Others are not affected; 0 means unlimited.
@@ -733,7 +733,7 @@ mod tests {
         async fn remove_pod(&self, _: &str) -> Result<(), BackendError> {
             Err(BackendError::Unavailable("down".into()))
         }
-        async fn add_session(&self, _: &SessionRecord) -> Result<(), BackendError> {
+        async fn add_session(&self, _: &SessionRecord, _: usize) -> Result<bool, BackendError> {
             Err(BackendError::Unavailable("down".into()))
         }
         async fn remove_session(&self, _: &SessionRecord) -> Result<(), BackendError> {

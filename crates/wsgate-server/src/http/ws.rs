@@ -14,10 +14,12 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use wsgate_core::auth::Identity;
 use wsgate_core::ids::SessionId;
+use wsgate_core::preflight::{Rejection, check_user_sessions};
 use wsgate_core::protocol::SUBPROTOCOL;
 
 use super::json_error;
 use super::preflight::{ClientAddr, rejection_response};
+use crate::node::OpenError;
 use crate::session::{self, SessionContext};
 use crate::state::AppState;
 
@@ -58,15 +60,12 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut req: Request) -> Re
         .try_acquire(state.settings.limits.max_connections)
     else {
         return rejection_response(
-            wsgate_core::preflight::check_capacity(&state.node.gauge, 0)
-                .err()
-                .unwrap_or_else(|| {
-                    wsgate_core::preflight::Rejection::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "at_capacity",
-                        "the gateway is at capacity",
-                    )
-                }),
+            Rejection::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "at_capacity",
+                "the gateway is at capacity; retry later",
+            )
+            .with_retry_after(5),
         );
     };
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
@@ -93,7 +92,43 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut req: Request) -> Re
         user_agent,
         subprotocol,
     };
-    let node = state.node.clone();
+    // Registered before the 101: the registry enforces the per-user limit atomically
+    // (the preflight's count is only the early answer), and pushes that arrive while the
+    // upgrade completes wait in the session's queue.
+    let registered = match session::register(
+        &state.node,
+        &ctx,
+        &state.params,
+        state.settings.limits.max_sessions_per_user,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(OpenError::UserLimit) => {
+            return rejection_response(
+                check_user_sessions(usize::MAX, state.settings.limits.max_sessions_per_user)
+                    .err()
+                    .unwrap_or_else(|| {
+                        Rejection::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "too_many_sessions",
+                            "this user has too many sessions",
+                        )
+                    }),
+            );
+        }
+        Err(OpenError::Backend(e)) => {
+            tracing::warn!(error = %e, "session registration failed");
+            return rejection_response(
+                Rejection::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "backend_unavailable",
+                    "the session registry is unavailable; retry later",
+                )
+                .with_retry_after(5),
+            );
+        }
+    };
     let params = state.params.clone();
     let config = state.ws_config;
     state.sessions.spawn(async move {
@@ -106,8 +141,9 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut req: Request) -> Re
                     Some(config),
                 )
                 .await;
-                session::run(ws, ctx, node, params).await;
+                session::run(ws, ctx, params, registered).await;
             }
+            // Dropping `registered` unregisters the session.
             Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
         }
     });
