@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let proto = root.join("wsgate/v1/gateway.proto");
+    let protos = [
+        root.join("wsgate/v1/gateway.proto"),
+        root.join("wsgate/v1/envelope.proto"),
+    ];
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
 
     let mut config = prost_build::Config::new();
@@ -14,6 +17,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("wsgate_descriptor.bin"))
-        .compile_with_config(config, &[proto], &[root])?;
+        .compile_with_config(config, &protos, &[root])?;
     Ok(())
 }

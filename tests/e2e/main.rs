@@ -2,7 +2,9 @@
 //! WebSocket client, a real tonic client and, where it matters, the real binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod cluster;
 mod control;
 mod preflight;
 mod process;
+mod redis_backend;
 mod sessions;

@@ -3,6 +3,9 @@
 //! raw HTTP bytes, a WebSocket client, a tonic gRPC client.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+pub mod pods;
+pub mod redis;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

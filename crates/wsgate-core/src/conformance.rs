@@ -12,7 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::backend::{Broker, Channel, Command, Envelope, Inbox, Registry, SessionRecord, Target};
+use crate::backend::{
+    Broker, Channel, Command, Envelope, Inbox, Liveness, Registry, SessionRecord, Target,
+};
 use crate::ids::SessionId;
 use crate::protocol::Payload;
 
@@ -222,8 +224,12 @@ where
     let reg = make().await;
     let pod_a = unique("pod-a");
     let pod_b = unique("pod-b");
-    reg.heartbeat_pod(&pod_a).await.unwrap();
-    reg.heartbeat_pod(&pod_b).await.unwrap();
+    assert_eq!(reg.heartbeat_pod(&pod_a).await.unwrap(), Liveness::Restored);
+    assert_eq!(
+        reg.heartbeat_pod(&pod_a).await.unwrap(),
+        Liveness::Refreshed
+    );
+    assert_eq!(reg.heartbeat_pod(&pod_b).await.unwrap(), Liveness::Restored);
     let user = unique("user");
     let other = unique("other");
 
@@ -305,5 +311,6 @@ where
         "removed pod still alive: {pods:?}"
     );
     assert_eq!(reg.count_sessions().await.unwrap(), total_before - 3);
+    assert_eq!(reg.reap_dead_pods().await.unwrap(), 0, "every pod is alive");
     reg.healthy().await.unwrap();
 }

@@ -1,5 +1,6 @@
 //! wsgate-proto: the code generated from `proto/wsgate/v1/gateway.proto` (the gRPC
-//! control plane contract), and its file descriptor set for server reflection.
+//! control plane contract) and `envelope.proto` (what pods exchange over Redis), and the
+//! file descriptor set for server reflection.
 //! Nothing hand-written lives here.
 
 #![allow(missing_docs, clippy::all)]

@@ -125,15 +125,25 @@ pub async fn run(
         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
         return Err(RunError::Config(lines.join("\n")));
     }
-    if settings.redis.url.is_some() {
-        return Err(RunError::Config(
-            "redis.url: this build has only the embedded in-memory backend; unset redis.url \
-             to run a single node"
-                .into(),
-        ));
-    }
     let settings = Arc::new(settings);
-    let node = Node::embedded(settings.server.pod_id.clone()).await?;
+    let pod_id = settings.server.pod_id.clone();
+    let node = match &settings.redis.url {
+        None => Node::embedded(pod_id).await?,
+        Some(url) => {
+            let mut options = wsgate_redis::RedisOptions::new(
+                url.clone(),
+                settings.redis.namespace.clone(),
+                settings.redis.mode == crate::settings::RedisMode::Cluster,
+            );
+            options.pod_ttl = settings.registry.pod_ttl;
+            tracing::info!(
+                redis = %wsgate_redis::redact(url),
+                mode = settings.redis.mode.as_str(),
+                "cluster mode"
+            );
+            Node::redis(pod_id, options).await?
+        }
+    };
     let preflight = preflight(&settings, &node)?;
     let limiter = preflight.limiter.clone();
     let state = Arc::new(AppState::new(settings.clone(), node.clone()));
@@ -228,7 +238,11 @@ async fn upkeep(
 ) {
     // Three refreshes per TTL: one lost refresh never makes a live pod look dead.
     let mut liveness = tokio::time::interval((pod_ttl / 3).max(Duration::from_millis(100)));
+    let mut reap = tokio::time::interval(pod_ttl);
     let mut purge = tokio::time::interval(Duration::from_secs(60));
+    for timer in [&mut liveness, &mut reap, &mut purge] {
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -237,6 +251,7 @@ async fn upkeep(
                     tracing::warn!(error = %e, "pod liveness refresh failed");
                 }
             }
+            _ = reap.tick() => node.reap().await,
             _ = purge.tick() => limiter.retain_recent(),
         }
     }

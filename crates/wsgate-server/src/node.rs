@@ -4,17 +4,21 @@
 //! unsubscribes) goes through here, so the hub, the broker subscriptions and the registry
 //! cannot drift apart.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wsgate_core::admission::ConnectionGauge;
 use wsgate_core::backend::memory::{MemoryBus, MemoryRegistry};
 use wsgate_core::backend::{
-    BackendError, Broker, Channel, Command, Envelope, Inbox, Registry, SessionRecord, Target,
+    BackendError, Broker, Channel, Command, Envelope, Inbox, Liveness, Registry, SessionRecord,
+    Target,
 };
 use wsgate_core::hub::{Hub, SessionHandle, Subscribed};
 use wsgate_core::ids::SessionId;
 use wsgate_core::subscriptions::Subscriptions;
+
+use parking_lot::Mutex;
 
 /// How long an unneeded broker channel stays subscribed before it is dropped.
 const SUBSCRIPTION_LINGER: Duration = Duration::from_secs(2);
@@ -73,6 +77,9 @@ pub struct Node {
     /// Shared record of sessions and pods.
     pub registry: Arc<dyn Registry>,
     subscriptions: Arc<Subscriptions>,
+    /// Registry records of this pod's sessions, to register them again when the registry
+    /// lost them.
+    records: Mutex<HashMap<SessionId, SessionRecord>>,
     /// Keeps the inbox alive: brokers hold it weakly.
     _inbox: Arc<HubInbox>,
 }
@@ -83,22 +90,43 @@ impl Node {
         let bus = MemoryBus::new();
         let registry = MemoryRegistry::new();
         let broker_pod = pod_id.clone();
-        Self::with_backends(pod_id, registry, move |inbox| {
-            Arc::new(bus.broker(broker_pod, inbox))
+        Self::with_backends(pod_id, registry, move |inbox| async move {
+            Ok(Arc::new(bus.broker(broker_pod, inbox)) as Arc<dyn Broker>)
+        })
+        .await
+    }
+
+    /// A node on the Redis backends (cluster mode).
+    pub async fn redis(
+        pod_id: String,
+        options: wsgate_redis::RedisOptions,
+    ) -> Result<Arc<Self>, BackendError> {
+        let client = options.connect().await?;
+        let registry = Arc::new(wsgate_redis::RedisRegistry::new(client.clone(), &options));
+        let broker_pod = pod_id.clone();
+        Self::with_backends(pod_id, registry, move |inbox| async move {
+            let broker =
+                wsgate_redis::RedisBroker::connect(&options, client, &broker_pod, inbox).await?;
+            Ok(Arc::new(broker) as Arc<dyn Broker>)
         })
         .await
     }
 
     /// A node on given backends. `make_broker` receives the inbox the broker must feed.
-    pub async fn with_backends(
+    pub async fn with_backends<F, Fut>(
         pod_id: String,
         registry: Arc<dyn Registry>,
-        make_broker: impl FnOnce(Arc<dyn Inbox>) -> Arc<dyn Broker>,
-    ) -> Result<Arc<Self>, BackendError> {
+        make_broker: F,
+    ) -> Result<Arc<Self>, BackendError>
+    where
+        F: FnOnce(Arc<dyn Inbox>) -> Fut,
+        Fut: std::future::Future<Output = Result<Arc<dyn Broker>, BackendError>>,
+    {
         let hub = Arc::new(Hub::new());
         let inbox = Arc::new(HubInbox { hub: hub.clone() });
-        let broker = make_broker(inbox.clone());
+        let broker = make_broker(inbox.clone()).await?;
         let node = Arc::new(Self {
+            records: Mutex::new(HashMap::new()),
             subscriptions: Subscriptions::new(broker.clone(), SUBSCRIPTION_LINGER),
             pod_id,
             hub,
@@ -134,7 +162,12 @@ impl Node {
         }
         .await;
         match registered {
-            Ok(true) => Ok(()),
+            Ok(true) => {
+                self.records
+                    .lock()
+                    .insert(record.session_id.clone(), record.clone());
+                Ok(())
+            }
             Ok(false) => {
                 self.close_session(record).await;
                 Err(OpenError::UserLimit)
@@ -152,6 +185,7 @@ impl Node {
         let Some(released) = self.hub.remove(&record.session_id) else {
             return;
         };
+        self.records.lock().remove(&record.session_id);
         if released.user_gone {
             self.release(Channel::User(record.user_id.clone()));
         }
@@ -243,9 +277,45 @@ impl Node {
         })
     }
 
-    /// Refreshes this pod's liveness in the registry.
+    /// Refreshes this pod's liveness in the registry. When the registry had lost this
+    /// pod (Redis restarted empty, or the pod was cut off longer than its TTL), registers
+    /// every local session and subscription again.
     pub async fn heartbeat(&self) -> Result<(), BackendError> {
-        self.registry.heartbeat_pod(&self.pod_id).await
+        if self.registry.heartbeat_pod(&self.pod_id).await? == Liveness::Restored {
+            self.reregister().await?;
+        }
+        Ok(())
+    }
+
+    async fn reregister(&self) -> Result<(), BackendError> {
+        let records: Vec<SessionRecord> = self.records.lock().values().cloned().collect();
+        if records.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(sessions = records.len(), "registering local sessions again");
+        for record in &records {
+            // A session that closed meanwhile must not come back.
+            if self.hub.get(&record.session_id).is_none() {
+                continue;
+            }
+            self.registry.add_session(record, 0).await?;
+            for topic in self.hub.topics_of(&record.session_id) {
+                self.registry.add_subscription(record, &topic).await?;
+            }
+            if self.hub.get(&record.session_id).is_none() {
+                self.registry.remove_session(record).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Cleans up after pods that died without doing it themselves.
+    pub async fn reap(&self) {
+        match self.registry.reap_dead_pods().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pods = n, "reaped dead pods"),
+            Err(e) => tracing::warn!(error = %e, "reaping dead pods failed"),
+        }
     }
 
     /// Whether the backends work (readiness), and the pod is not draining.

@@ -10,7 +10,9 @@ use std::sync::{Arc, Weak};
 use async_trait::async_trait;
 use parking_lot::RwLock;
 
-use super::{BackendError, Broker, Channel, Envelope, Inbox, PodRecord, Registry, SessionRecord};
+use super::{
+    BackendError, Broker, Channel, Envelope, Inbox, Liveness, PodRecord, Registry, SessionRecord,
+};
 use crate::ids::SessionId;
 
 /// The pods subscribed to one channel: pod id → inbox. Weak, so a dropped pod stops
@@ -161,9 +163,18 @@ impl MemoryRegistry {
 
 #[async_trait]
 impl Registry for MemoryRegistry {
-    async fn heartbeat_pod(&self, pod_id: &str) -> Result<(), BackendError> {
-        self.state.write().pods.insert(pod_id.to_owned(), ());
-        Ok(())
+    async fn heartbeat_pod(&self, pod_id: &str) -> Result<Liveness, BackendError> {
+        Ok(
+            match self.state.write().pods.insert(pod_id.to_owned(), ()) {
+                Some(()) => Liveness::Refreshed,
+                None => Liveness::Restored,
+            },
+        )
+    }
+
+    async fn reap_dead_pods(&self) -> Result<usize, BackendError> {
+        // Pods share this process: none can die on its own.
+        Ok(0)
     }
 
     async fn remove_pod(&self, pod_id: &str) -> Result<(), BackendError> {

@@ -162,11 +162,28 @@ pub struct PodRecord {
     pub alive: bool,
 }
 
+/// What a liveness refresh found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// The pod was live and stays live.
+    Refreshed,
+    /// The registry had no live record of the pod: its first announcement, or the
+    /// record was lost (the TTL lapsed, or the backend restarted empty). The pod must
+    /// register its sessions and subscriptions again.
+    Restored,
+}
+
 /// The shared record of sessions, topic memberships and pods.
 #[async_trait]
 pub trait Registry: Send + Sync + 'static {
-    /// Announces a pod (or refreshes its liveness). Called at start and every interval.
-    async fn heartbeat_pod(&self, pod_id: &str) -> Result<(), BackendError>;
+    /// Announces a pod or refreshes its liveness: O(1) work, called at start and several
+    /// times per liveness period.
+    async fn heartbeat_pod(&self, pod_id: &str) -> Result<Liveness, BackendError>;
+
+    /// Removes what pods that died without cleanup left behind; returns how many pods were
+    /// reaped. Live pods call it periodically; a backend where pods cannot die apart from
+    /// the process reaps nothing.
+    async fn reap_dead_pods(&self) -> Result<usize, BackendError>;
 
     /// Removes a pod that shuts down cleanly, with every session it still has.
     async fn remove_pod(&self, pod_id: &str) -> Result<(), BackendError>;

@@ -406,7 +406,7 @@ mod tests {
     use tower::ServiceExt as _;
     use wsgate_core::auth::{JwtAlgorithm, JwtConfig, JwtKey, mint_hs256};
     use wsgate_core::backend::memory::MemoryRegistry;
-    use wsgate_core::backend::{BackendError, PodRecord, SessionRecord};
+    use wsgate_core::backend::{BackendError, Liveness, PodRecord, SessionRecord};
     use wsgate_core::ids::SessionId;
 
     const SECRET: &[u8] = b"preflight-layer-test-secret";
@@ -727,7 +727,10 @@ mod tests {
 
     #[async_trait]
     impl Registry for DownRegistry {
-        async fn heartbeat_pod(&self, _: &str) -> Result<(), BackendError> {
+        async fn heartbeat_pod(&self, _: &str) -> Result<Liveness, BackendError> {
+            Err(BackendError::Unavailable("down".into()))
+        }
+        async fn reap_dead_pods(&self) -> Result<usize, BackendError> {
             Err(BackendError::Unavailable("down".into()))
         }
         async fn remove_pod(&self, _: &str) -> Result<(), BackendError> {

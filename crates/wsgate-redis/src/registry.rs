@@ -1,0 +1,421 @@
+//! `RedisRegistry`: sessions, topic memberships and pods in Redis (layout in
+//! [`crate::keys`]).
+//!
+//! Every write is idempotent (hash fields and set members, no counters), so a pod can
+//! register its sessions again at any time — after Redis restarted empty, for one — and
+//! reaping a dead pod twice does no harm. Reads that answer "who is live" check the pods'
+//! liveness keys, so a pod that died without cleanup drops out of presence as soon as its
+//! liveness key expires, before any reaping.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::prelude::*;
+use wsgate_core::backend::{BackendError, Liveness, PodRecord, Registry, SessionRecord};
+use wsgate_core::ids::SessionId;
+
+use crate::{Keyspace, RedisOptions, unavailable};
+
+/// Adds a session to its user's hash unless the user is at the limit. One key, one
+/// script: check and insert are atomic, even in Redis Cluster.
+const ADD_USER_SESSION: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+local max = tonumber(ARGV[3])
+if max > 0 and redis.call('HLEN', KEYS[1]) >= max then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#;
+
+/// How long a live pod holds the lock while it reaps a dead one.
+const REAPER_LOCK: Duration = Duration::from_secs(30);
+
+/// The shared registry in Redis.
+pub struct RedisRegistry {
+    client: Client,
+    keys: Keyspace,
+    pod_ttl: Duration,
+}
+
+impl RedisRegistry {
+    /// A registry over a connected client.
+    pub fn new(client: Client, options: &RedisOptions) -> Self {
+        Self {
+            client,
+            keys: Keyspace::new(&options.namespace),
+            pod_ttl: options.pod_ttl,
+        }
+    }
+
+    /// Which of `pods` have a live liveness key.
+    async fn live_pods(
+        &self,
+        pods: impl IntoIterator<Item = String>,
+    ) -> Result<BTreeSet<String>, BackendError> {
+        let pods: Vec<String> = pods
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if pods.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let pipeline = self.client.pipeline();
+        for pod in &pods {
+            let () = pipeline
+                .exists(self.keys.pod_alive(pod))
+                .await
+                .map_err(unavailable)?;
+        }
+        let alive: Vec<i64> = pipeline.all().await.map_err(unavailable)?;
+        Ok(pods
+            .into_iter()
+            .zip(alive)
+            .filter(|(_, a)| *a > 0)
+            .map(|(p, _)| p)
+            .collect())
+    }
+
+    async fn read_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, BackendError> {
+        let fields: HashMap<String, String> = self
+            .client
+            .hgetall(self.keys.session(id))
+            .await
+            .map_err(unavailable)?;
+        Ok(record_from(id, &fields))
+    }
+
+    /// Removes a session's records; `user` and `pod` come from its hash when known.
+    async fn forget_session(
+        &self,
+        id: &SessionId,
+        user: Option<&str>,
+        pod: Option<&str>,
+    ) -> Result<(), BackendError> {
+        let topics: Vec<String> = self
+            .client
+            .smembers(self.keys.session_topics(id))
+            .await
+            .map_err(unavailable)?;
+        let pipeline = self.client.pipeline();
+        let q = |r: Result<(), Error>| r.map_err(unavailable);
+        for topic in &topics {
+            q(pipeline.hdel(self.keys.topic(topic), id.as_str()).await)?;
+        }
+        if let Some(user) = user {
+            q(pipeline.hdel(self.keys.user(user), id.as_str()).await)?;
+        }
+        if let Some(pod) = pod {
+            q(pipeline
+                .srem(self.keys.pod_sessions(pod), id.as_str())
+                .await)?;
+        }
+        q(pipeline.del(self.keys.session(id)).await)?;
+        q(pipeline.del(self.keys.session_topics(id)).await)?;
+        let _: Vec<Value> = pipeline.all().await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn forget_pod(&self, pod_id: &str) -> Result<(), BackendError> {
+        let sessions: Vec<String> = self
+            .client
+            .smembers(self.keys.pod_sessions(pod_id))
+            .await
+            .map_err(unavailable)?;
+        for id in sessions {
+            let id = SessionId::from_string(id);
+            let record = self.read_session(&id).await?;
+            self.forget_session(
+                &id,
+                record.as_ref().map(|r| r.user_id.as_str()),
+                Some(pod_id),
+            )
+            .await?;
+        }
+        let pipeline = self.client.pipeline();
+        let q = |r: Result<(), Error>| r.map_err(unavailable);
+        q(pipeline.del(self.keys.pod_sessions(pod_id)).await)?;
+        q(pipeline.del(self.keys.pod_alive(pod_id)).await)?;
+        q(pipeline.srem(self.keys.pods(), pod_id).await)?;
+        let _: Vec<Value> = pipeline.all().await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Live sessions among `ids`, in presence order.
+    async fn live_sessions(
+        &self,
+        ids: impl IntoIterator<Item = SessionId>,
+    ) -> Result<Vec<SessionRecord>, BackendError> {
+        let mut records = Vec::new();
+        for id in ids {
+            if let Some(r) = self.read_session(&id).await? {
+                records.push(r);
+            }
+        }
+        let live = self
+            .live_pods(records.iter().map(|r| r.pod_id.clone()))
+            .await?;
+        records.retain(|r| live.contains(&r.pod_id));
+        records.sort_by(|a, b| {
+            (a.connected_at_ms, &a.session_id).cmp(&(b.connected_at_ms, &b.session_id))
+        });
+        Ok(records)
+    }
+}
+
+fn record_from(id: &SessionId, fields: &HashMap<String, String>) -> Option<SessionRecord> {
+    Some(SessionRecord {
+        session_id: id.clone(),
+        user_id: fields.get("user")?.clone(),
+        pod_id: fields.get("pod")?.clone(),
+        connected_at_ms: fields.get("at").and_then(|v| v.parse().ok()).unwrap_or(0),
+        remote_addr: fields.get("addr").cloned().unwrap_or_default(),
+    })
+}
+
+#[async_trait]
+impl Registry for RedisRegistry {
+    async fn heartbeat_pod(&self, pod_id: &str) -> Result<Liveness, BackendError> {
+        let ttl_ms = i64::try_from(self.pod_ttl.as_millis()).unwrap_or(i64::MAX);
+        // SET … GET: the old value tells whether our record survived since last time.
+        let previous: Option<String> = self
+            .client
+            .set(
+                self.keys.pod_alive(pod_id),
+                "1",
+                Some(Expiration::PX(ttl_ms)),
+                None,
+                true,
+            )
+            .await
+            .map_err(unavailable)?;
+        let () = self
+            .client
+            .sadd(self.keys.pods(), pod_id)
+            .await
+            .map_err(unavailable)?;
+        Ok(match previous {
+            Some(_) => Liveness::Refreshed,
+            None => Liveness::Restored,
+        })
+    }
+
+    async fn reap_dead_pods(&self) -> Result<usize, BackendError> {
+        let pods: Vec<String> = self
+            .client
+            .smembers(self.keys.pods())
+            .await
+            .map_err(unavailable)?;
+        let live = self.live_pods(pods.iter().cloned()).await?;
+        let mut reaped = 0;
+        for pod in pods.into_iter().filter(|p| !live.contains(p)) {
+            // One reaper per dead pod; a reaper that dies lets the lock expire.
+            let locked: Option<String> = self
+                .client
+                .set(
+                    self.keys.pod_reaper(&pod),
+                    "1",
+                    Some(Expiration::PX(REAPER_LOCK.as_millis() as i64)),
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await
+                .map_err(unavailable)?;
+            if locked.is_none() {
+                continue;
+            }
+            tracing::info!(pod = %pod, "reaping the sessions of a dead pod");
+            self.forget_pod(&pod).await?;
+            let () = self
+                .client
+                .del(self.keys.pod_reaper(&pod))
+                .await
+                .map_err(unavailable)?;
+            reaped += 1;
+        }
+        Ok(reaped)
+    }
+
+    async fn remove_pod(&self, pod_id: &str) -> Result<(), BackendError> {
+        self.forget_pod(pod_id).await
+    }
+
+    async fn add_session(
+        &self,
+        record: &SessionRecord,
+        max_user_sessions: usize,
+    ) -> Result<bool, BackendError> {
+        let admitted: i64 = self
+            .client
+            .eval(
+                ADD_USER_SESSION,
+                vec![self.keys.user(&record.user_id)],
+                vec![
+                    record.session_id.to_string(),
+                    record.pod_id.clone(),
+                    max_user_sessions.to_string(),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        if admitted == 0 {
+            return Ok(false);
+        }
+        let pipeline = self.client.pipeline();
+        let q = |r: Result<(), Error>| r.map_err(unavailable);
+        q(pipeline
+            .hset(
+                self.keys.session(&record.session_id),
+                [
+                    ("user", record.user_id.clone()),
+                    ("pod", record.pod_id.clone()),
+                    ("at", record.connected_at_ms.to_string()),
+                    ("addr", record.remote_addr.clone()),
+                ],
+            )
+            .await)?;
+        q(pipeline
+            .sadd(
+                self.keys.pod_sessions(&record.pod_id),
+                record.session_id.as_str(),
+            )
+            .await)?;
+        let _: Vec<Value> = pipeline.all().await.map_err(unavailable)?;
+        Ok(true)
+    }
+
+    async fn remove_session(&self, record: &SessionRecord) -> Result<(), BackendError> {
+        self.forget_session(
+            &record.session_id,
+            Some(&record.user_id),
+            Some(&record.pod_id),
+        )
+        .await
+    }
+
+    async fn add_subscription(
+        &self,
+        record: &SessionRecord,
+        topic: &str,
+    ) -> Result<(), BackendError> {
+        let pipeline = self.client.pipeline();
+        let q = |r: Result<(), Error>| r.map_err(unavailable);
+        q(pipeline
+            .sadd(self.keys.session_topics(&record.session_id), topic)
+            .await)?;
+        q(pipeline
+            .hset(
+                self.keys.topic(topic),
+                [(record.session_id.as_str(), record.pod_id.as_str())],
+            )
+            .await)?;
+        let _: Vec<Value> = pipeline.all().await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn remove_subscription(
+        &self,
+        record: &SessionRecord,
+        topic: &str,
+    ) -> Result<(), BackendError> {
+        let pipeline = self.client.pipeline();
+        let q = |r: Result<(), Error>| r.map_err(unavailable);
+        q(pipeline
+            .srem(self.keys.session_topics(&record.session_id), topic)
+            .await)?;
+        q(pipeline
+            .hdel(self.keys.topic(topic), record.session_id.as_str())
+            .await)?;
+        let _: Vec<Value> = pipeline.all().await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn session(&self, session_id: &SessionId) -> Result<Option<SessionRecord>, BackendError> {
+        Ok(self.live_sessions([session_id.clone()]).await?.pop())
+    }
+
+    async fn user_sessions(&self, user_id: &str) -> Result<Vec<SessionRecord>, BackendError> {
+        let ids: Vec<String> = self
+            .client
+            .hkeys(self.keys.user(user_id))
+            .await
+            .map_err(unavailable)?;
+        self.live_sessions(ids.into_iter().map(SessionId::from_string))
+            .await
+    }
+
+    async fn count_user_sessions(&self, user_id: &str) -> Result<usize, BackendError> {
+        // Counts sessions of pods that died until they are reaped: the limit errs on the
+        // strict side for at most a liveness period or two.
+        let n: i64 = self
+            .client
+            .hlen(self.keys.user(user_id))
+            .await
+            .map_err(unavailable)?;
+        Ok(n.max(0) as usize)
+    }
+
+    async fn count_topic_subscribers(&self, topic: &str) -> Result<usize, BackendError> {
+        let n: i64 = self
+            .client
+            .hlen(self.keys.topic(topic))
+            .await
+            .map_err(unavailable)?;
+        Ok(n.max(0) as usize)
+    }
+
+    async fn count_sessions(&self) -> Result<usize, BackendError> {
+        Ok(self
+            .pods()
+            .await?
+            .iter()
+            .filter(|p| p.alive)
+            .map(|p| p.connections as usize)
+            .sum())
+    }
+
+    async fn pods(&self) -> Result<Vec<PodRecord>, BackendError> {
+        let pods: Vec<String> = self
+            .client
+            .smembers(self.keys.pods())
+            .await
+            .map_err(unavailable)?;
+        let pods: Vec<String> = pods
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let live = self.live_pods(pods.iter().cloned()).await?;
+        let pipeline = self.client.pipeline();
+        for pod in &pods {
+            let () = pipeline
+                .scard(self.keys.pod_sessions(pod))
+                .await
+                .map_err(unavailable)?;
+        }
+        let counts: Vec<i64> = if pods.is_empty() {
+            Vec::new()
+        } else {
+            pipeline.all().await.map_err(unavailable)?
+        };
+        Ok(pods
+            .into_iter()
+            .zip(counts)
+            .map(|(pod_id, n)| PodRecord {
+                alive: live.contains(&pod_id),
+                pod_id,
+                connections: n.max(0) as u64,
+            })
+            .collect())
+    }
+
+    async fn healthy(&self) -> Result<(), BackendError> {
+        let _: String = self.client.ping(None).await.map_err(unavailable)?;
+        Ok(())
+    }
+}
