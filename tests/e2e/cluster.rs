@@ -90,7 +90,7 @@ async fn presence(grpc: &mut GrpcClient, user: &str) -> Result<Vec<(String, Stri
         .map(|s| (s.session_id, s.pod_id))
         .collect();
     v.sort();
-    if r.online != !v.is_empty() {
+    if r.online == v.is_empty() {
         return Err(format!("online = {} with sessions {v:?}", r.online));
     }
     Ok(v)

@@ -12,13 +12,18 @@ use wsgate_core::backend::{
 use wsgate_core::conformance;
 use wsgate_core::ids::SessionId;
 use wsgate_core::protocol::Payload;
-use wsgate_redis::{RedisBroker, RedisOptions, RedisRegistry};
+use wsgate_redis::{RedisBroker, RedisOptions, RedisRegistry, Topology};
 use wsgate_tests::redis::{RedisCluster, RedisServer};
 
 fn options(url: String, cluster: bool) -> RedisOptions {
     // A namespace per test: tests may share a server and run in parallel.
     let ns = format!("t{}", wsgate_core::ids::message_id().to_lowercase());
-    let mut o = RedisOptions::new(url, ns, cluster);
+    let topology = if cluster {
+        Topology::Cluster
+    } else {
+        Topology::Standalone
+    };
+    let mut o = RedisOptions::new(url, ns, topology);
     o.pod_ttl = Duration::from_secs(1);
     o
 }

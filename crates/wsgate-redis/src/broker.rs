@@ -59,7 +59,7 @@ impl RedisBroker {
             publisher,
             subscriber: subscriber.clone(),
             keys,
-            sharded: options.cluster,
+            sharded: options.sharded(),
             pod_id: pod_id.to_owned(),
             probe_heard: probe_heard.clone(),
             tasks: Vec::new(),

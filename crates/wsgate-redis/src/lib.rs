@@ -27,15 +27,30 @@ pub use envelope::{Decoded, decode, encode};
 pub use keys::Keyspace;
 pub use registry::RedisRegistry;
 
+/// How the Redis deployment is laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// One server (or a primary behind a proxy).
+    Standalone,
+    /// Redis Cluster: nodes discovered from the URL; sharded pub/sub.
+    Cluster,
+    /// A primary found through Redis Sentinel; the URL names the sentinels.
+    Sentinel {
+        /// The primary's service name known to the sentinels.
+        service: String,
+    },
+}
+
 /// How to reach Redis and lay out the keys.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// `redis://[user:pass@]host:port[/db]`. In cluster mode, any node of the cluster.
+    /// `redis://[user:pass@]host:port[/db]` (`rediss://` for TLS). In cluster mode any
+    /// node of the cluster; in sentinel mode the sentinels (`?node=host:port` adds more).
     pub url: String,
     /// Prefix of every key and channel.
     pub namespace: String,
-    /// Redis Cluster: discover the nodes from `url`, use sharded pub/sub.
-    pub cluster: bool,
+    /// The deployment kind.
+    pub topology: Topology,
     /// Liveness TTL of a pod.
     pub pod_ttl: Duration,
     /// Longest a single Redis command may take before it fails (and a gRPC send answers
@@ -45,30 +60,44 @@ pub struct RedisOptions {
 
 impl RedisOptions {
     /// Options with the default timeouts.
-    pub fn new(url: impl Into<String>, namespace: impl Into<String>, cluster: bool) -> Self {
+    pub fn new(url: impl Into<String>, namespace: impl Into<String>, topology: Topology) -> Self {
         Self {
             url: url.into(),
             namespace: namespace.into(),
-            cluster,
+            topology,
             pod_ttl: Duration::from_secs(5),
             command_timeout: Duration::from_secs(2),
         }
     }
 
-    fn builder(&self) -> Result<Builder, BackendError> {
-        let url = if self.cluster {
-            match self.url.split_once("://") {
-                Some(("redis", rest)) => format!("redis-cluster://{rest}"),
-                Some((scheme, _)) if scheme.ends_with("-cluster") => self.url.clone(),
-                _ => {
-                    return Err(BackendError::Unavailable(
-                        "redis.url must start with redis:// in cluster mode".into(),
-                    ));
-                }
-            }
-        } else {
-            self.url.clone()
+    /// Whether per-user, per-topic and per-pod channels use sharded pub/sub.
+    pub fn sharded(&self) -> bool {
+        self.topology == Topology::Cluster
+    }
+
+    /// The URL in the form fred reads: the scheme names the topology
+    /// (`redis-cluster://`, `redis-sentinel://…?sentinelServiceName=`).
+    fn fred_url(&self) -> Result<String, BackendError> {
+        let Some((scheme, rest)) = self.url.split_once("://") else {
+            return Err(BackendError::Unavailable("redis.url has no scheme".into()));
         };
+        if !matches!(scheme, "redis" | "rediss") {
+            return Err(BackendError::Unavailable(format!(
+                "redis.url: unsupported scheme {scheme:?}"
+            )));
+        }
+        Ok(match &self.topology {
+            Topology::Standalone => self.url.clone(),
+            Topology::Cluster => format!("{scheme}-cluster://{rest}"),
+            Topology::Sentinel { service } => {
+                let sep = if rest.contains('?') { '&' } else { '?' };
+                format!("{scheme}-sentinel://{rest}{sep}sentinelServiceName={service}")
+            }
+        })
+    }
+
+    fn builder(&self) -> Result<Builder, BackendError> {
+        let url = self.fred_url()?;
         let config = Config::from_url(&url)
             .map_err(|e| BackendError::Unavailable(format!("redis.url: {e}")))?;
         let mut builder = Builder::from_config(config);
@@ -131,6 +160,26 @@ pub(crate) fn unavailable(e: Error) -> BackendError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_topology_picks_the_url_scheme() {
+        let url = |t| RedisOptions::new("redis://h:1", "ns", t).fred_url().ok();
+        assert_eq!(url(Topology::Standalone).as_deref(), Some("redis://h:1"));
+        assert_eq!(url(Topology::Cluster).as_deref(), Some("redis-cluster://h:1"));
+        assert_eq!(
+            url(Topology::Sentinel {
+                service: "mymaster".into()
+            })
+            .as_deref(),
+            Some("redis-sentinel://h:1?sentinelServiceName=mymaster")
+        );
+        let tls = RedisOptions::new("rediss://h:1?node=g:2", "ns", Topology::Cluster);
+        assert_eq!(
+            tls.fred_url().ok().as_deref(),
+            Some("rediss-cluster://h:1?node=g:2")
+        );
+        assert!(RedisOptions::new("http://h", "ns", Topology::Standalone).fred_url().is_err());
+    }
 
     #[test]
     fn passwords_are_redacted() {

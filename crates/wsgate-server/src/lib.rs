@@ -130,10 +130,18 @@ pub async fn run(
     let node = match &settings.redis.url {
         None => Node::embedded(pod_id).await?,
         Some(url) => {
+            use crate::settings::RedisMode;
+            let topology = match settings.redis.mode {
+                RedisMode::Standalone => wsgate_redis::Topology::Standalone,
+                RedisMode::Cluster => wsgate_redis::Topology::Cluster,
+                RedisMode::Sentinel => wsgate_redis::Topology::Sentinel {
+                    service: settings.redis.sentinel_service.clone().unwrap_or_default(),
+                },
+            };
             let mut options = wsgate_redis::RedisOptions::new(
                 url.clone(),
                 settings.redis.namespace.clone(),
-                settings.redis.mode == crate::settings::RedisMode::Cluster,
+                topology,
             );
             options.pod_ttl = settings.registry.pod_ttl;
             tracing::info!(

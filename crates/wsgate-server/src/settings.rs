@@ -70,6 +70,7 @@ pub const KEYS: &[&str] = &[
     "redis.url",
     "redis.namespace",
     "redis.mode",
+    "redis.sentinel_service",
     "registry.pod_ttl",
     "telemetry.otlp_endpoint",
     "telemetry.sample_ratio",
@@ -237,6 +238,8 @@ pub enum RedisMode {
     Standalone,
     /// `"cluster"`: Redis Cluster.
     Cluster,
+    /// `"sentinel"`: a primary found through Redis Sentinel.
+    Sentinel,
 }
 
 impl RedisMode {
@@ -245,6 +248,7 @@ impl RedisMode {
         match self {
             RedisMode::Standalone => "standalone",
             RedisMode::Cluster => "cluster",
+            RedisMode::Sentinel => "sentinel",
         }
     }
 }
@@ -255,8 +259,9 @@ impl FromStr for RedisMode {
         match s.trim().to_ascii_lowercase().as_str() {
             "standalone" => Ok(RedisMode::Standalone),
             "cluster" => Ok(RedisMode::Cluster),
+            "sentinel" => Ok(RedisMode::Sentinel),
             _ => Err(format!(
-                "invalid value {s:?}: expected \"standalone\" or \"cluster\""
+                "invalid value {s:?}: expected \"standalone\", \"cluster\" or \"sentinel\""
             )),
         }
     }
@@ -510,13 +515,17 @@ pub struct ControlSettings {
 /// `[redis]` section (takes effect in cluster mode).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedisSettings {
-    /// Redis URL (`redis://` or `rediss://`). Default: unset = embedded in-memory backend
-    /// (single pod).
+    /// Redis URL (`redis://` or `rediss://` for TLS). In cluster mode any node of the
+    /// cluster (more with `?node=host:port&node=…`); in sentinel mode the sentinels.
+    /// Default: unset = embedded in-memory backend (single pod).
     pub url: Option<String>,
     /// Prefix of every Redis key, `[A-Za-z0-9._-]+`. Default `"wsgate"`.
     pub namespace: String,
-    /// `"standalone"` or `"cluster"`. Default `"standalone"`.
+    /// `"standalone"`, `"cluster"` or `"sentinel"`. Default `"standalone"`.
     pub mode: RedisMode,
+    /// The primary's service name known to the sentinels (required in sentinel mode).
+    /// Default: unset.
+    pub sentinel_service: Option<String>,
 }
 
 impl Default for RedisSettings {
@@ -525,6 +534,7 @@ impl Default for RedisSettings {
             url: None,
             namespace: "wsgate".to_owned(),
             mode: RedisMode::Standalone,
+            sentinel_service: None,
         }
     }
 }
@@ -952,6 +962,7 @@ fn apply_key(s: &mut Settings, key: &str, v: Value) -> Option<Result<(), String>
         "redis.url" => opt_string(v).map(|x| s.redis.url = x),
         "redis.namespace" => string(v).map(|x| s.redis.namespace = x),
         "redis.mode" => parsed::<RedisMode>(v).map(|x| s.redis.mode = x),
+        "redis.sentinel_service" => opt_string(v).map(|x| s.redis.sentinel_service = x),
         "registry.pod_ttl" => duration(v).map(|x| s.registry.pod_ttl = x),
         "telemetry.otlp_endpoint" => opt_string(v).map(|x| s.telemetry.otlp_endpoint = x),
         "telemetry.sample_ratio" => float(v).map(|x| s.telemetry.sample_ratio = x),
@@ -1374,6 +1385,17 @@ impl Settings {
                 // The URL may carry a password: do not echo it.
                 Err(e) => p.push(Problem::new("redis.url", format!("invalid URL: {e}"))),
             }
+        }
+        match (&self.redis.mode, &self.redis.sentinel_service) {
+            (RedisMode::Sentinel, None) => p.push(Problem::new(
+                "redis.sentinel_service",
+                "required when redis.mode = \"sentinel\": the primary's name known to the sentinels",
+            )),
+            (RedisMode::Sentinel, Some(name)) if name.trim().is_empty() => p.push(Problem::new(
+                "redis.sentinel_service",
+                "must not be empty",
+            )),
+            _ => {}
         }
         let ns = &self.redis.namespace;
         if ns.is_empty() || !ns.chars().all(is_name_char) {
