@@ -190,3 +190,73 @@ async fn a_send_to_a_user_reaches_only_the_pod_that_holds_the_user() {
     ]);
     assert!(numsub.trim().ends_with('1'), "PUBSUB NUMSUB: {numsub}");
 }
+
+/// A Redis Sentinel process watching one primary, killed on drop.
+struct Sentinel {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    fn start(primary_port: u16, service: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = wsgate_tests::free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {service} 127.0.0.1 {primary_port} 1\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !wsgate_tests::redis::answers_ping(port) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sentinel did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_primary_is_found_through_sentinel() {
+    let primary = RedisServer::start();
+    let sentinel = Sentinel::start(primary.port(), "mymaster");
+    let mut opts = options(format!("redis://127.0.0.1:{}", sentinel.port), false);
+    opts.topology = Topology::Sentinel {
+        service: "mymaster".into(),
+    };
+    let client = opts.connect().await.unwrap();
+    let registry = RedisRegistry::new(client.clone(), &opts);
+    assert_eq!(
+        registry.heartbeat_pod("p").await.unwrap(),
+        Liveness::Restored
+    );
+    // The write landed on the primary, found through the sentinel.
+    let keys = primary.cli(&["--scan", "--pattern", &format!("{}:*", opts.namespace)]);
+    assert!(keys.contains(":pod:{p}:alive"), "{keys}");
+    run_conformance(opts).await;
+}

@@ -165,7 +165,10 @@ mod tests {
     fn the_topology_picks_the_url_scheme() {
         let url = |t| RedisOptions::new("redis://h:1", "ns", t).fred_url().ok();
         assert_eq!(url(Topology::Standalone).as_deref(), Some("redis://h:1"));
-        assert_eq!(url(Topology::Cluster).as_deref(), Some("redis-cluster://h:1"));
+        assert_eq!(
+            url(Topology::Cluster).as_deref(),
+            Some("redis-cluster://h:1")
+        );
         assert_eq!(
             url(Topology::Sentinel {
                 service: "mymaster".into()
@@ -178,7 +181,11 @@ mod tests {
             tls.fred_url().ok().as_deref(),
             Some("rediss-cluster://h:1?node=g:2")
         );
-        assert!(RedisOptions::new("http://h", "ns", Topology::Standalone).fred_url().is_err());
+        assert!(
+            RedisOptions::new("http://h", "ns", Topology::Standalone)
+                .fred_url()
+                .is_err()
+        );
     }
 
     #[test]
