@@ -19,6 +19,8 @@ pub struct Pod {
     pub grpc: SocketAddr,
     child: Option<Child>,
     log: PathBuf,
+    /// The output was already part of a panic message.
+    printed: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -57,6 +59,7 @@ impl Pod {
             grpc,
             child: Some(child),
             log,
+            printed: false,
             _dir: dir,
         };
         let deadline = Instant::now() + POD_START_WAIT;
@@ -66,16 +69,19 @@ impl Pod {
             }
             if let Some(status) = pod.child.as_mut().unwrap().try_wait().unwrap() {
                 pod.child = None;
+                pod.printed = true;
                 panic!(
                     "pod {name} exited before it was ready ({status}); stderr:\n{}",
                     pod.stderr()
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "pod {name} not ready within {POD_START_WAIT:?}; stderr:\n{}",
-                pod.stderr()
-            );
+            if Instant::now() >= deadline {
+                pod.printed = true;
+                panic!(
+                    "pod {name} not ready within {POD_START_WAIT:?}; stderr:\n{}",
+                    pod.stderr()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -172,7 +178,7 @@ impl Pod {
 impl Drop for Pod {
     fn drop(&mut self) {
         self.kill();
-        if std::thread::panicking() {
+        if std::thread::panicking() && !self.printed {
             eprintln!(
                 "----- pod {} output -----\n{}----- end of pod {} -----",
                 self.name,

@@ -31,6 +31,11 @@ pub struct RedisBroker {
     keys: Keyspace,
     sharded: bool,
     pod_id: String,
+    /// Serializes (un)subscribe commands, resubscription included. fred matches
+    /// subscription replies to commands in order; two in flight at once can resolve one
+    /// caller's `subscribe` before its channel is active, and a message published in that
+    /// window would be lost.
+    sub_lock: Arc<tokio::sync::Mutex<()>>,
     /// When this pod last heard its own probe.
     probe_heard: Arc<Mutex<Option<Instant>>>,
     tasks: Vec<JoinHandle<()>>,
@@ -61,28 +66,39 @@ impl RedisBroker {
             keys,
             sharded: options.sharded(),
             pod_id: pod_id.to_owned(),
+            sub_lock: Arc::new(tokio::sync::Mutex::new(())),
             probe_heard: probe_heard.clone(),
             tasks: Vec::new(),
         };
+        // The receivers exist before anything is subscribed, so nothing that arrives
+        // (the first probe included) can slip past a task that has not started yet.
+        let messages = subscriber.message_rx();
         broker.tasks.push(tokio::spawn(receive(
-            subscriber.clone(),
+            messages,
             pod_id.to_owned(),
             inbox,
             probe_heard,
         )));
-        broker
-            .tasks
-            .push(tokio::spawn(resubscribe_on_reconnect(subscriber)));
+        broker.tasks.push(tokio::spawn(resubscribe_on_reconnect(
+            subscriber,
+            broker.sub_lock.clone(),
+        )));
 
         // The pod channel carries session sends and this pod's probes.
         broker.subscribe(&Channel::Pod(pod_id.to_owned())).await?;
-        broker.probe().await?;
+        // Probe until heard: one probe published while the connection settles may be lost.
         let deadline = Instant::now() + PROBE_BOUND;
+        let mut next_probe = Instant::now();
         while broker.probe_age().is_none() {
-            if Instant::now() > deadline {
+            let now = Instant::now();
+            if now > deadline {
                 return Err(BackendError::Unavailable(
-                    "Redis pub/sub self-probe was not heard back".into(),
+                    "the Redis pub/sub self-probe was not heard back".into(),
                 ));
+            }
+            if now >= next_probe {
+                broker.probe().await?;
+                next_probe = now + Duration::from_millis(250);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -141,12 +157,11 @@ async fn publish_bytes(
 
 /// Decodes each message once and hands it to the inbox; probes only mark the path live.
 async fn receive(
-    subscriber: SubscriberClient,
+    mut messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
     pod_id: String,
     inbox: Arc<dyn Inbox>,
     probe_heard: Arc<Mutex<Option<Instant>>>,
 ) {
-    let mut messages = subscriber.message_rx();
     loop {
         match messages.recv().await {
             Ok(message) => {
@@ -176,11 +191,15 @@ async fn receive(
 
 /// After every reconnect, subscribes everything again, in batches (sharded channels in
 /// batches per hash slot, as SSUBSCRIBE requires).
-async fn resubscribe_on_reconnect(subscriber: SubscriberClient) {
+async fn resubscribe_on_reconnect(
+    subscriber: SubscriberClient,
+    sub_lock: Arc<tokio::sync::Mutex<()>>,
+) {
     let mut reconnects = subscriber.reconnect_rx();
     loop {
         match reconnects.recv().await {
             Ok(server) => {
+                let _serial = sub_lock.lock().await;
                 if let Err(e) = resubscribe(&subscriber).await {
                     tracing::warn!(%server, error = %e, "resubscribe after reconnect failed");
                 } else {
@@ -238,6 +257,7 @@ impl ProbeLoop {
 impl Broker for RedisBroker {
     async fn subscribe(&self, channel: &Channel) -> Result<(), BackendError> {
         let name = self.keys.channel(channel);
+        let _serial = self.sub_lock.lock().await;
         if self.is_sharded(channel) {
             self.subscriber.ssubscribe(name).await.map_err(unavailable)
         } else {
@@ -247,6 +267,7 @@ impl Broker for RedisBroker {
 
     async fn unsubscribe(&self, channel: &Channel) -> Result<(), BackendError> {
         let name = self.keys.channel(channel);
+        let _serial = self.sub_lock.lock().await;
         if self.is_sharded(channel) {
             self.subscriber
                 .sunsubscribe(name)

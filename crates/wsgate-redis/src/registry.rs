@@ -32,6 +32,9 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 "#;
 
+/// Longest a readiness check waits for Redis.
+const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// How long a live pod holds the lock while it reaps a dead one.
 const REAPER_LOCK: Duration = Duration::from_secs(30);
 
@@ -350,14 +353,19 @@ impl Registry for RedisRegistry {
     }
 
     async fn count_user_sessions(&self, user_id: &str) -> Result<usize, BackendError> {
-        // Counts sessions of pods that died until they are reaped: the limit errs on the
-        // strict side for at most a liveness period or two.
-        let n: i64 = self
+        // Live sessions only, like presence: the user hash names each session's pod, so
+        // this is two round trips whatever the number of sessions. (The admission script
+        // counts a dead pod's sessions until they are reaped: strict for a TTL or two.)
+        let pods_by_session: HashMap<String, String> = self
             .client
-            .hlen(self.keys.user(user_id))
+            .hgetall(self.keys.user(user_id))
             .await
             .map_err(unavailable)?;
-        Ok(n.max(0) as usize)
+        let live = self.live_pods(pods_by_session.values().cloned()).await?;
+        Ok(pods_by_session
+            .values()
+            .filter(|pod| live.contains(*pod))
+            .count())
     }
 
     async fn count_topic_subscribers(&self, topic: &str) -> Result<usize, BackendError> {
@@ -415,7 +423,15 @@ impl Registry for RedisRegistry {
     }
 
     async fn healthy(&self) -> Result<(), BackendError> {
-        let _: String = self.client.ping(None).await.map_err(unavailable)?;
+        // Answer at once while the client knows it is disconnected, and never take longer
+        // than a probe's usual timeout.
+        if !self.client.is_connected() {
+            return Err(BackendError::Unavailable("not connected to Redis".into()));
+        }
+        let _: String = tokio::time::timeout(HEALTH_TIMEOUT, self.client.ping(None))
+            .await
+            .map_err(|_| BackendError::Unavailable("Redis did not answer PING in time".into()))?
+            .map_err(unavailable)?;
         Ok(())
     }
 }

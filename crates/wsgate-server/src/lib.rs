@@ -44,7 +44,7 @@ pub enum RunError {
     #[error("invalid configuration:\n{0}")]
     Config(String),
     /// A backend could not be set up.
-    #[error("backend: {0}")]
+    #[error(transparent)]
     Backend(#[from] wsgate_core::backend::BackendError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]

@@ -212,6 +212,11 @@ where
         }
         Err(e) => Step::Ended(EndedBy::Transport(e.to_string())),
     };
+    // The session is over as soon as the server decides so: unregister it first (nothing
+    // more is read from the queue), then give the client its close frame, which may take
+    // up to the heartbeat timeout with a client that does not answer.
+    drop(outbound);
+    cleanup.run().await;
     match step {
         Step::Close(code, reason) => {
             close_socket(&mut ws, code, &reason, &params).await;
@@ -220,9 +225,6 @@ where
         Step::Ended(by) => end.ended_by = by,
         Step::Continue => {}
     }
-    // Nothing more will be read from the queue: drop it before the registry round trip.
-    drop(outbound);
-    cleanup.run().await;
     end.duration = started.elapsed();
     tracing::debug!(session = %ctx.session_id, user = %ctx.user_id, ended_by = ?end.ended_by, "session ended");
     end
