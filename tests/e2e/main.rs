@@ -2,9 +2,12 @@
 //! WebSocket client, a real tonic client and, where it matters, the real binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod browser;
 mod cluster;
 mod control;
+mod observability;
 mod preflight;
 mod process;
 mod redis_backend;
+mod rolling;
 mod sessions;

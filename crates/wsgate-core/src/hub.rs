@@ -272,6 +272,17 @@ impl Hub {
     /// encoded once, only if some local session is targeted. Returns how many sessions
     /// it reached.
     pub fn apply(&self, envelope: &Envelope) -> usize {
+        self.apply_noting(envelope, &mut Vec::new(), 0)
+    }
+
+    /// [`apply`](Self::apply), also noting the ids of up to `note` sessions reached (for
+    /// traces: which sockets a message went to).
+    pub fn apply_noting(
+        &self,
+        envelope: &Envelope,
+        noted: &mut Vec<SessionId>,
+        note: usize,
+    ) -> usize {
         let index = self.index.read();
         let mut targets: Vec<&Arc<SessionHandle>> = Vec::new();
         let topic = match &envelope.target {
@@ -298,14 +309,23 @@ impl Hub {
         match &envelope.command {
             Command::Deliver(payload) => {
                 let frame = encode_push(payload, topic);
-                targets
-                    .into_iter()
-                    .filter(|h| h.offer(frame.clone()) != Offer::Closed)
-                    .count()
+                let mut reached = 0;
+                for h in targets {
+                    if h.offer(frame.clone()) != Offer::Closed {
+                        reached += 1;
+                        if noted.len() < note {
+                            noted.push(h.id.clone());
+                        }
+                    }
+                }
+                reached
             }
             Command::Disconnect { code, reason } => {
                 for h in &targets {
                     h.close(*code, reason);
+                    if noted.len() < note {
+                        noted.push(h.id.clone());
+                    }
                 }
                 targets.len()
             }

@@ -104,6 +104,9 @@ impl RedisBroker {
         }
         let prober = ProbeLoop {
             publisher: broker.publisher.clone(),
+            subscriber: broker.subscriber.clone(),
+            sub_lock: broker.sub_lock.clone(),
+            probe_heard: broker.probe_heard.clone(),
             channel: broker.keys.channel(&Channel::Pod(pod_id.to_owned())),
             sharded: broker.sharded,
             pod_id: pod_id.to_owned(),
@@ -231,8 +234,14 @@ async fn resubscribe(subscriber: &SubscriberClient) -> Result<(), Error> {
     Ok(())
 }
 
+/// Publishes a probe every second, and heals what it finds: when probes go unheard for
+/// the bound while publishing works, the subscriptions themselves are gone (a resubscribe
+/// that failed, a server that dropped them), so everything is subscribed again.
 struct ProbeLoop {
     publisher: Client,
+    subscriber: SubscriberClient,
+    sub_lock: Arc<tokio::sync::Mutex<()>>,
+    probe_heard: Arc<Mutex<Option<Instant>>>,
     channel: String,
     sharded: bool,
     pod_id: String,
@@ -242,12 +251,26 @@ impl ProbeLoop {
     async fn run(self) {
         let mut tick = tokio::time::interval(PROBE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_repair = Instant::now();
         loop {
             tick.tick().await;
             let bytes = envelope::encode_probe(&self.pod_id, &wsgate_core::ids::message_id());
-            if let Err(e) = publish_bytes(&self.publisher, self.sharded, &self.channel, bytes).await
-            {
+            let published =
+                publish_bytes(&self.publisher, self.sharded, &self.channel, bytes).await;
+            if let Err(e) = &published {
                 tracing::debug!(error = %e, "pub/sub probe publish failed");
+            }
+            let stale = self
+                .probe_heard
+                .lock()
+                .is_none_or(|at| at.elapsed() > PROBE_BOUND);
+            if published.is_ok() && stale && last_repair.elapsed() > PROBE_BOUND {
+                last_repair = Instant::now();
+                tracing::warn!("pub/sub self-probe not heard: subscribing every channel again");
+                let _serial = self.sub_lock.lock().await;
+                if let Err(e) = resubscribe(&self.subscriber).await {
+                    tracing::warn!(error = %e, "resubscribe for the self-probe failed");
+                }
             }
         }
     }

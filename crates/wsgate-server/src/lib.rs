@@ -8,6 +8,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod node;
 pub mod session;
 pub mod settings;
@@ -180,6 +181,9 @@ pub async fn run(
     );
     let grpc_stop = CancellationToken::new();
     let grpc_server = tonic::transport::Server::builder()
+        .layer(grpc::telemetry::GrpcTelemetryLayer::new(
+            node.metrics.clone(),
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -202,6 +206,7 @@ pub async fn run(
     let upkeep_stop = CancellationToken::new();
     let upkeep = tokio::spawn(upkeep(
         node.clone(),
+        health.clone(),
         limiter,
         settings.registry.pod_ttl,
         upkeep_stop.clone(),
@@ -238,8 +243,37 @@ pub async fn run(
     }
 }
 
+type GatewayServer = wsgate_proto::pb::gateway_server::GatewayServer<grpc::ControlService>;
+
+/// Checks readiness every second so gRPC health and the readiness metrics follow the
+/// same state as `/readyz` (which checks on every request).
+async fn follow_readiness(
+    node: &Node,
+    health: &tonic_health::server::HealthReporter,
+    was: &mut Option<bool>,
+) {
+    let ready = node.ready().await;
+    let serving = ready.is_ok();
+    if *was != Some(serving) {
+        match &ready {
+            Ok(()) => {
+                health.set_serving::<GatewayServer>().await;
+                if was.is_some() {
+                    tracing::info!("ready again");
+                }
+            }
+            Err(reason) => {
+                health.set_not_serving::<GatewayServer>().await;
+                tracing::warn!(%reason, "not ready");
+            }
+        }
+        *was = Some(serving);
+    }
+}
+
 async fn upkeep(
     node: Arc<Node>,
+    health: tonic_health::server::HealthReporter,
     limiter: Arc<HandshakeLimiter>,
     pod_ttl: Duration,
     stop: CancellationToken,
@@ -247,10 +281,12 @@ async fn upkeep(
     // Three refreshes per TTL: one lost refresh never makes a live pod look dead.
     let mut liveness = tokio::time::interval((pod_ttl / 3).max(Duration::from_millis(100)));
     let mut reap = tokio::time::interval(pod_ttl);
+    let mut readiness = tokio::time::interval(Duration::from_secs(1));
     let mut purge = tokio::time::interval(Duration::from_secs(60));
-    for timer in [&mut liveness, &mut reap, &mut purge] {
+    for timer in [&mut liveness, &mut reap, &mut readiness, &mut purge] {
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
+    let mut was_ready = Some(true);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -260,6 +296,7 @@ async fn upkeep(
                 }
             }
             _ = reap.tick() => node.reap().await,
+            _ = readiness.tick() => follow_readiness(&node, &health, &mut was_ready).await,
             _ = purge.tick() => limiter.retain_recent(),
         }
     }

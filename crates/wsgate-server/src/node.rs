@@ -19,6 +19,9 @@ use wsgate_core::ids::SessionId;
 use wsgate_core::subscriptions::Subscriptions;
 
 use parking_lot::Mutex;
+use tracing::Instrument;
+
+use crate::metrics::Metrics;
 
 /// How long an unneeded broker channel stays subscribed before it is dropped.
 const SUBSCRIPTION_LINGER: Duration = Duration::from_secs(2);
@@ -26,12 +29,54 @@ const SUBSCRIPTION_LINGER: Duration = Duration::from_secs(2);
 /// Hands envelopes from the broker to the hub.
 struct HubInbox {
     hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    pod_id: String,
 }
+
+/// Session ids listed on a delivery span (the count is always recorded).
+const TRACED_SESSIONS: usize = 16;
 
 impl Inbox for HubInbox {
     fn deliver(&self, envelope: Arc<Envelope>) {
-        let reached = self.hub.apply(&envelope);
-        tracing::trace!(id = %envelope.id, reached, "envelope applied");
+        self.metrics.broker_received.inc();
+        // The delivery span continues the sender's trace, from the envelope.
+        let span = tracing::info_span!(
+            "ws.deliver",
+            otel.kind = "consumer",
+            messaging.system = "wsgate",
+            messaging.message.id = %envelope.id,
+            messaging.operation.type = "process",
+            wsgate.origin_pod = %envelope.origin,
+            wsgate.pod = %self.pod_id,
+            wsgate.target = target_kind(&envelope.target),
+            wsgate.sessions.reached = tracing::field::Empty,
+            wsgate.sessions = tracing::field::Empty,
+        );
+        if let Some(parent) = &envelope.trace_context {
+            crate::telemetry::extract(&span, parent);
+        }
+        let _entered = span.enter();
+        let mut noted = Vec::new();
+        let reached = self
+            .hub
+            .apply_noting(&envelope, &mut noted, TRACED_SESSIONS);
+        if matches!(envelope.command, Command::Deliver(_)) {
+            self.metrics.deliveries.inc_by(reached as u64);
+        }
+        span.record("wsgate.sessions.reached", reached);
+        if !noted.is_empty() {
+            let ids: Vec<&str> = noted.iter().map(SessionId::as_str).collect();
+            span.record("wsgate.sessions", ids.join(","));
+        }
+    }
+}
+
+fn target_kind(target: &Target) -> &'static str {
+    match target {
+        Target::User(_) => "user",
+        Target::Session(_) => "session",
+        Target::Topic(_) => "topic",
+        Target::Broadcast => "broadcast",
     }
 }
 
@@ -76,6 +121,8 @@ pub struct Node {
     pub broker: Arc<dyn Broker>,
     /// Shared record of sessions and pods.
     pub registry: Arc<dyn Registry>,
+    /// This pod's Prometheus metrics.
+    pub metrics: Arc<Metrics>,
     subscriptions: Arc<Subscriptions>,
     /// Registry records of this pod's sessions, to register them again when the registry
     /// lost them.
@@ -123,9 +170,15 @@ impl Node {
         Fut: std::future::Future<Output = Result<Arc<dyn Broker>, BackendError>>,
     {
         let hub = Arc::new(Hub::new());
-        let inbox = Arc::new(HubInbox { hub: hub.clone() });
+        let metrics = Arc::new(Metrics::new());
+        let inbox = Arc::new(HubInbox {
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+            pod_id: pod_id.clone(),
+        });
         let broker = make_broker(inbox.clone()).await?;
         let node = Arc::new(Self {
+            metrics,
             records: Mutex::new(HashMap::new()),
             subscriptions: Subscriptions::new(broker.clone(), SUBSCRIPTION_LINGER),
             pod_id,
@@ -268,9 +321,27 @@ impl Node {
                 }
             },
         };
-        let envelope = Arc::new(Envelope::new(self.pod_id.clone(), target, command));
+        let mut envelope = Envelope::new(self.pod_id.clone(), target, command);
         let message_id = envelope.id.clone();
-        self.broker.publish(&channel, envelope).await?;
+        let span = tracing::info_span!(
+            "broker.publish",
+            otel.kind = "producer",
+            messaging.system = "wsgate",
+            messaging.operation.type = "publish",
+            messaging.message.id = %message_id,
+            messaging.destination.name = channel_kind(&channel),
+            wsgate.targets = targets,
+        );
+        let started = std::time::Instant::now();
+        async {
+            envelope.trace_context = crate::telemetry::inject();
+            self.broker.publish(&channel, Arc::new(envelope)).await
+        }
+        .instrument(span)
+        .await?;
+        self.metrics
+            .broker_publish_seconds
+            .observe(started.elapsed().as_secs_f64());
         Ok(Sent {
             targets: targets as u64,
             message_id,
@@ -318,14 +389,24 @@ impl Node {
         }
     }
 
-    /// Whether the backends work (readiness), and the pod is not draining.
+    /// Whether the backends work and the pod is not draining (readiness). Keeps the
+    /// `wsgate_ready` and `wsgate_backend_healthy` gauges current.
     pub async fn ready(&self) -> Result<(), String> {
-        if self.gauge.is_draining() {
-            return Err("draining".into());
+        let backends = async {
+            self.registry.healthy().await.map_err(|e| e.to_string())?;
+            self.broker.healthy().await.map_err(|e| e.to_string())
         }
-        self.registry.healthy().await.map_err(|e| e.to_string())?;
-        self.broker.healthy().await.map_err(|e| e.to_string())?;
-        Ok(())
+        .await;
+        self.metrics
+            .backend_healthy
+            .set(i64::from(backends.is_ok()));
+        let ready = if self.gauge.is_draining() {
+            Err("draining".to_owned())
+        } else {
+            backends
+        };
+        self.metrics.ready.set(i64::from(ready.is_ok()));
+        ready
     }
 
     /// Takes this pod out of the registry (clean shutdown).
@@ -333,6 +414,17 @@ impl Node {
         if let Err(e) = self.registry.remove_pod(&self.pod_id).await {
             tracing::warn!(error = %e, "could not remove the pod from the registry");
         }
+    }
+}
+
+/// The kind of a channel, for spans (names can hold user ids and topics; kinds are
+/// enough to follow a message).
+fn channel_kind(channel: &Channel) -> &'static str {
+    match channel {
+        Channel::User(_) => "user",
+        Channel::Topic(_) => "topic",
+        Channel::Pod(_) => "pod",
+        Channel::Broadcast => "broadcast",
     }
 }
 

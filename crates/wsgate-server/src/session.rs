@@ -24,6 +24,7 @@ use wsgate_core::protocol::{
     ClientOp, OutFrame, Reply, decode_client, encode_reply, encode_welcome,
 };
 
+use crate::metrics::Metrics;
 use crate::node::{Node, OpenError, session_record};
 
 /// Most queued frames written before one flush.
@@ -69,7 +70,7 @@ pub enum EndedBy {
     Transport(String),
 }
 
-/// A finished session's summary (for logs and, later, spans and metrics).
+/// A finished session's summary (recorded on its `ws.session` span).
 #[derive(Debug, Clone)]
 pub struct SessionEnd {
     /// How it ended.
@@ -78,8 +79,34 @@ pub struct SessionEnd {
     pub messages_in: u64,
     /// Data frames sent.
     pub messages_out: u64,
+    /// Payload bytes received.
+    pub bytes_in: u64,
+    /// Payload bytes sent.
+    pub bytes_out: u64,
     /// How long it lived.
     pub duration: Duration,
+}
+
+/// Counts a session's traffic, for its summary and the pod's metrics at once.
+struct Tally {
+    end: SessionEnd,
+    metrics: Arc<Metrics>,
+}
+
+impl Tally {
+    fn received(&mut self, bytes: usize) {
+        self.end.messages_in += 1;
+        self.end.bytes_in += bytes as u64;
+        self.metrics.messages_received.inc();
+        self.metrics.bytes_received.inc_by(bytes as u64);
+    }
+
+    fn sent(&mut self, frames: u64, bytes: u64) {
+        self.end.messages_out += frames;
+        self.end.bytes_out += bytes;
+        self.metrics.messages_sent.inc_by(frames);
+        self.metrics.bytes_sent.inc_by(bytes);
+    }
 }
 
 /// A session registered in the hub, the broker and the registry, waiting for its socket.
@@ -178,11 +205,16 @@ where
         cleanup,
     } = registered;
     let node = cleanup.node.clone();
-    let mut end = SessionEnd {
-        ended_by: EndedBy::Server(close::INTERNAL),
-        messages_in: 0,
-        messages_out: 0,
-        duration: Duration::ZERO,
+    let mut tally = Tally {
+        end: SessionEnd {
+            ended_by: EndedBy::Server(close::INTERNAL),
+            messages_in: 0,
+            messages_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration: Duration::ZERO,
+        },
+        metrics: node.metrics.clone(),
     };
     // A session that registered while the pod began draining is told to go at once.
     if node.gauge.is_draining() {
@@ -194,10 +226,11 @@ where
         &ctx.user_id,
         params.heartbeat_interval.as_secs().max(1),
     );
+    let welcome_len = welcome.len() as u64;
     let first = ws.send(to_message(welcome)).await;
     let step = match first {
         Ok(()) => {
-            end.messages_out += 1;
+            tally.sent(1, welcome_len);
             session_loop(
                 &mut ws,
                 &ctx,
@@ -206,7 +239,7 @@ where
                 &handle,
                 &mut outbound,
                 &params,
-                &mut end,
+                &mut tally,
             )
             .await
         }
@@ -217,6 +250,7 @@ where
     // up to the heartbeat timeout with a client that does not answer.
     drop(outbound);
     cleanup.run().await;
+    let mut end = tally.end;
     match step {
         Step::Close(code, reason) => {
             close_socket(&mut ws, code, &reason, &params).await;
@@ -226,8 +260,39 @@ where
         Step::Continue => {}
     }
     end.duration = started.elapsed();
+    record_end(&node.metrics, &end);
     tracing::debug!(session = %ctx.session_id, user = %ctx.user_id, ended_by = ?end.ended_by, "session ended");
     end
+}
+
+/// Puts a session's summary on its span (the current one) and into the metrics.
+fn record_end(metrics: &Metrics, end: &SessionEnd) {
+    let span = tracing::Span::current();
+    let (by, code) = match &end.ended_by {
+        EndedBy::Client(code) => ("client", code.map(i64::from)),
+        EndedBy::Server(code) => ("server", Some(i64::from(*code))),
+        EndedBy::Transport(why) => {
+            span.record("ws.close.error", why.as_str());
+            ("transport", None)
+        }
+    };
+    metrics.sessions_closed.with_label_values(&[by]).inc();
+    if let EndedBy::Server(code) = end.ended_by {
+        match code {
+            close::SLOW_CONSUMER => metrics.slow_consumer_closes.inc(),
+            close::HEARTBEAT_TIMEOUT => metrics.heartbeat_timeouts.inc(),
+            _ => {}
+        }
+    }
+    span.record("ws.close.by", by);
+    if let Some(code) = code {
+        span.record("ws.close.code", code);
+    }
+    span.record("ws.messages.received", end.messages_in);
+    span.record("ws.messages.sent", end.messages_out);
+    span.record("ws.bytes.received", end.bytes_in);
+    span.record("ws.bytes.sent", end.bytes_out);
+    span.record("ws.duration_ms", end.duration.as_millis() as u64);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -239,7 +304,7 @@ async fn session_loop<S>(
     handle: &Arc<SessionHandle>,
     outbound: &mut mpsc::Receiver<OutFrame>,
     params: &SessionParams,
-    end: &mut SessionEnd,
+    tally: &mut Tally,
 ) -> Step
 where
     S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
@@ -267,13 +332,13 @@ where
                 Step::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout".into())
             }
             frame = outbound.recv() => match frame {
-                Some(frame) => write_batch(ws, frame, outbound, &closing, params, end).await,
+                Some(frame) => write_batch(ws, frame, outbound, &closing, params, tally).await,
                 None => Step::Close(close::GOING_AWAY, String::new()),
             },
             incoming = ws.next() => {
                 pong_deadline = None;
                 match incoming {
-                    Some(Ok(msg)) => on_message(ws, msg, ctx, node, record, &closing, params, end).await,
+                    Some(Ok(msg)) => on_message(ws, msg, ctx, node, record, &closing, params, tally).await,
                     Some(Err(e)) => on_read_error(e),
                     None => Step::Ended(EndedBy::Transport("connection closed without a close frame".into())),
                 }
@@ -348,16 +413,20 @@ async fn write_batch<S>(
     outbound: &mut mpsc::Receiver<OutFrame>,
     closing: &CancellationToken,
     params: &SessionParams,
-    end: &mut SessionEnd,
+    tally: &mut Tally,
 ) -> Step
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
     let mut batch = Vec::with_capacity(8);
+    let mut bytes = first.len() as u64;
     batch.push(to_message(first));
     while batch.len() < WRITE_BATCH {
         match outbound.try_recv() {
-            Ok(frame) => batch.push(to_message(frame)),
+            Ok(frame) => {
+                bytes += frame.len() as u64;
+                batch.push(to_message(frame));
+            }
             Err(_) => break,
         }
     }
@@ -371,7 +440,7 @@ where
     let result = write_with_limits(write, closing, params).await;
     match result {
         Ok(()) => {
-            end.messages_out += n;
+            tally.sent(n, bytes);
             Step::Continue
         }
         Err(step) => step,
@@ -387,18 +456,18 @@ async fn on_message<S>(
     record: &SessionRecord,
     closing: &CancellationToken,
     params: &SessionParams,
-    end: &mut SessionEnd,
+    tally: &mut Tally,
 ) -> Step
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
     let reply = match msg {
         Message::Text(text) => {
-            end.messages_in += 1;
+            tally.received(text.len());
             Some(handle_op(text.as_str(), ctx, node, record).await)
         }
-        Message::Binary(_) => {
-            end.messages_in += 1;
+        Message::Binary(bytes) => {
+            tally.received(bytes.len());
             Some(encode_reply(
                 &Reply::Error {
                     code: "bad_request",
@@ -424,9 +493,10 @@ where
     let Some(reply) = reply else {
         return Step::Continue;
     };
+    let len = reply.len() as u64;
     match write_with_limits(ws.send(to_message(reply)), closing, params).await {
         Ok(()) => {
-            end.messages_out += 1;
+            tally.sent(1, len);
             Step::Continue
         }
         Err(step) => step,

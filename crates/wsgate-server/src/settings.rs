@@ -43,6 +43,7 @@ pub const KEYS: &[&str] = &[
     "server.grpc_listen",
     "server.pod_id",
     "server.header_read_timeout",
+    "server.demo_page",
     "preflight.allowed_origins",
     "preflight.require_origin",
     "preflight.allowed_hosts",
@@ -73,6 +74,7 @@ pub const KEYS: &[&str] = &[
     "redis.sentinel_service",
     "registry.pod_ttl",
     "telemetry.otlp_endpoint",
+    "telemetry.otlp_protocol",
     "telemetry.sample_ratio",
     "telemetry.log_format",
     "telemetry.log_level",
@@ -312,6 +314,45 @@ impl fmt::Display for LogFormat {
     }
 }
 
+/// OTLP transport (`telemetry.otlp_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OtlpProtocol {
+    /// `"grpc"`: OTLP over gRPC (port 4317 by convention). Default.
+    #[default]
+    Grpc,
+    /// `"http/protobuf"`: OTLP over HTTP with protobuf bodies (port 4318 by convention).
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    /// The configuration string of this protocol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+impl FromStr for OtlpProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "grpc" => Ok(OtlpProtocol::Grpc),
+            "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+            _ => Err(format!(
+                "invalid value {s:?}: expected \"grpc\" or \"http/protobuf\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for OtlpProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Settings structs
 // ---------------------------------------------------------------------------
@@ -356,6 +397,11 @@ pub struct ServerSettings {
     pub pod_id: String,
     /// Time a client has to send complete request headers (duration, > 0). Default `10s`.
     pub header_read_timeout: Duration,
+    /// Serve the try-it page at `/` (HTML and JavaScript built into the binary). Default:
+    /// `true` when `listen` is a loopback address (the developer set-up), else `false`;
+    /// [`load`] applies that rule when the key is not set, and [`Settings::default`]
+    /// listens on loopback, so it is `true` there.
+    pub demo_page: bool,
 }
 
 impl Default for ServerSettings {
@@ -366,6 +412,7 @@ impl Default for ServerSettings {
             grpc_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50051),
             pod_id: default_pod_id(&HashMap::new()),
             header_read_timeout: Duration::from_secs(10),
+            demo_page: true,
         }
     }
 }
@@ -557,8 +604,12 @@ impl Default for RegistrySettings {
 /// `[telemetry]` section.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TelemetrySettings {
-    /// OTLP trace exporter endpoint (http/https URL). Default: unset = no trace export.
+    /// OTLP trace exporter endpoint (http/https URL). Default: unset = no trace export
+    /// (unless `OTEL_EXPORTER_OTLP_ENDPOINT` is set).
     pub otlp_endpoint: Option<String>,
+    /// OTLP transport, `"grpc"` or `"http/protobuf"` (`OTEL_EXPORTER_OTLP_PROTOCOL` wins
+    /// when set). Default `"grpc"`.
+    pub otlp_protocol: OtlpProtocol,
     /// Fraction of traces sampled (ratio in 0.0 ..= 1.0). Default `1.0`.
     pub sample_ratio: f64,
     /// Log format, `"pretty"` or `"json"`. Default `"pretty"`.
@@ -572,6 +623,7 @@ impl Default for TelemetrySettings {
     fn default() -> Self {
         Self {
             otlp_endpoint: None,
+            otlp_protocol: OtlpProtocol::Grpc,
             sample_ratio: 1.0,
             log_format: LogFormat::Pretty,
             log_level: "info".to_owned(),
@@ -695,6 +747,9 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Settin
     apply_table("", root, &mut settings, &mut problems, &mut seen);
     if !seen.contains("session.max_frame_bytes") {
         settings.session.max_frame_bytes = settings.session.max_message_bytes;
+    }
+    if !seen.contains("server.demo_page") {
+        settings.server.demo_page = settings.server.listen.ip().is_loopback();
     }
 
     // Keys whose value did not parse keep their default; do not also report rule
@@ -927,6 +982,7 @@ fn apply_key(s: &mut Settings, key: &str, v: Value) -> Option<Result<(), String>
         "server.grpc_listen" => socket_addr(v).map(|x| s.server.grpc_listen = x),
         "server.pod_id" => string(v).map(|x| s.server.pod_id = x),
         "server.header_read_timeout" => duration(v).map(|x| s.server.header_read_timeout = x),
+        "server.demo_page" => boolean(v).map(|x| s.server.demo_page = x),
         "preflight.allowed_origins" => string_list(v)
             .map(|x| s.preflight.allowed_origins = x.iter().map(|o| o.to_lowercase()).collect()),
         "preflight.require_origin" => boolean(v).map(|x| s.preflight.require_origin = x),
@@ -965,6 +1021,9 @@ fn apply_key(s: &mut Settings, key: &str, v: Value) -> Option<Result<(), String>
         "redis.sentinel_service" => opt_string(v).map(|x| s.redis.sentinel_service = x),
         "registry.pod_ttl" => duration(v).map(|x| s.registry.pod_ttl = x),
         "telemetry.otlp_endpoint" => opt_string(v).map(|x| s.telemetry.otlp_endpoint = x),
+        "telemetry.otlp_protocol" => {
+            parsed::<OtlpProtocol>(v).map(|x| s.telemetry.otlp_protocol = x)
+        }
         "telemetry.sample_ratio" => float(v).map(|x| s.telemetry.sample_ratio = x),
         "telemetry.log_format" => parsed::<LogFormat>(v).map(|x| s.telemetry.log_format = x),
         "telemetry.log_level" => string(v).map(|x| s.telemetry.log_level = x),
@@ -1830,6 +1889,24 @@ allowed_origins = ["https://file.example"]
         assert_eq!(origin_problems, 2, "{err}");
         // The API key itself is never echoed.
         assert!(!err.to_string().contains("tiny-key-xyz"), "{err}");
+    }
+
+    #[test]
+    fn demo_page_follows_loopback_listen_unless_set() {
+        assert!(Settings::default().server.demo_page);
+        assert!(load(None, &HashMap::new()).unwrap().server.demo_page);
+        let public = [
+            ("WSGATE__SERVER__LISTEN", "0.0.0.0:8080"),
+            ("WSGATE__AUTH__ALLOW_INSECURE", "true"),
+        ];
+        assert!(!load(None, &env(&public)).unwrap().server.demo_page);
+        let mut on = public.to_vec();
+        on.push(("WSGATE__SERVER__DEMO_PAGE", "true"));
+        assert!(load(None, &env(&on)).unwrap().server.demo_page);
+        let off = env(&[("WSGATE__SERVER__DEMO_PAGE", "false")]);
+        assert!(!load(None, &off).unwrap().server.demo_page);
+        let err = load(None, &env(&[("WSGATE__SERVER__DEMO_PAGE", "maybe")])).unwrap_err();
+        assert_eq!(keys(&err), ["server.demo_page"]);
     }
 
     #[test]

@@ -222,8 +222,22 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
-    wsgate_server::telemetry::init(&settings.telemetry);
     runtime()?.block_on(async move {
+        let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+        let telemetry = wsgate_server::telemetry::init(&settings, &env)
+            .map_err(|e| anyhow::anyhow!("telemetry: {e}"))?;
+        if telemetry.exporting() {
+            tracing::info!("exporting traces with OTLP");
+        }
+        let result = serve_until_signal(settings).await;
+        // Flushing blocks until the exporter is done: keep it off the async workers.
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        result
+    })
+}
+
+async fn serve_until_signal(settings: Settings) -> anyhow::Result<()> {
+    {
         let http = tokio::net::TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| {
@@ -252,7 +266,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         )
         .await?;
         Ok(())
-    })
+    }
 }
 
 /// Resolves on SIGTERM (Kubernetes) or Ctrl-C.

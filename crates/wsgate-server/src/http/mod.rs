@@ -1,6 +1,8 @@
 //! The HTTP edge: the router (`/ws` behind the preflight chain, `/healthz`, `/readyz`),
 //! the connection loop that serves it, and the WebSocket upgrade.
 
+pub mod demo;
+pub mod handshake;
 pub mod preflight;
 pub mod serve;
 pub mod ws;
@@ -19,9 +21,19 @@ use crate::state::AppState;
 pub fn router(state: Arc<AppState>, preflight: &preflight::Preflight) -> Router {
     let ws_path = state.settings.server.ws_path.clone();
     let routes = Router::new()
-        .route(&ws_path, preflight.wrap(any(ws::upgrade)))
+        .route(
+            &ws_path,
+            preflight
+                .wrap(any(ws::upgrade))
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    handshake::observe,
+                )),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(demo::routes(&state.settings))
         .fallback(not_found)
         .with_state(state);
     with_edge_layers(routes)
@@ -60,6 +72,14 @@ async fn healthz() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
         r#"{"status":"alive"}"#,
+    )
+        .into_response()
+}
+
+async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        state.node.metrics.render(),
     )
         .into_response()
 }

@@ -106,6 +106,8 @@ pub fn rejection_response(r: Rejection) -> Response {
     let body = r.json_body();
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = r.status;
+    // For the handshake span and metric, which see only the response.
+    response.extensions_mut().insert(RejectionCode(r.code));
     let headers = response.headers_mut();
     for (name, value) in r.headers {
         headers.append(name, value);
@@ -117,6 +119,10 @@ pub fn rejection_response(r: Rejection) -> Response {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
+
+/// The error code of a rejected handshake, carried on the response for telemetry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RejectionCode(pub &'static str);
 
 /// Runs `f` on the request's parts in place (a move, not a copy).
 fn with_parts<R>(req: &mut Request, f: impl FnOnce(&mut Parts) -> R) -> R {
@@ -253,6 +259,8 @@ pub struct AuthCheck(pub Arc<Authenticator>);
 impl Check for AuthCheck {
     fn check(&self, req: &mut Request) -> impl Future<Output = Result<(), Rejection>> + Send {
         let result = with_parts(req, |parts| self.0.authenticate(parts)).map(|identity| {
+            // The handshake span is current: name the user on it.
+            tracing::Span::current().record("user.id", identity.user_id.as_str());
             req.extensions_mut().insert(identity);
         });
         std::future::ready(result)

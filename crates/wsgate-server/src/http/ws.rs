@@ -131,8 +131,29 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut req: Request) -> Re
     };
     let params = state.params.clone();
     let config = state.ws_config;
-    state.sessions.spawn(async move {
+    let handshake = tracing::Span::current();
+    handshake.record("user.id", ctx.user_id.as_str());
+    handshake.record("session.id", ctx.session_id.as_str());
+    // The session's span is a child of its handshake and lives until the close.
+    let session_span = tracing::info_span!(
+        "ws.session",
+        session.id = %ctx.session_id,
+        user.id = %ctx.user_id,
+        client.address = %ctx.remote_addr,
+        ws.subprotocol = ctx.subprotocol.unwrap_or(""),
+        ws.close.code = tracing::field::Empty,
+        ws.close.by = tracing::field::Empty,
+        ws.close.error = tracing::field::Empty,
+        ws.messages.received = tracing::field::Empty,
+        ws.messages.sent = tracing::field::Empty,
+        ws.bytes.received = tracing::field::Empty,
+        ws.bytes.sent = tracing::field::Empty,
+        ws.duration_ms = tracing::field::Empty,
+    );
+    let connections = state.node.metrics.connections.clone();
+    let task = async move {
         let _slot = slot;
+        let _open = OpenConnection::new(connections);
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(
@@ -146,7 +167,10 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut req: Request) -> Re
             // Dropping `registered` unregisters the session.
             Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
         }
-    });
+    };
+    state
+        .sessions
+        .spawn(tracing::Instrument::instrument(task, session_span));
 
     let mut response = Response::new(axum::body::Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -160,6 +184,23 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut req: Request) -> Re
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
     response
+}
+
+/// Counts a connection in `wsgate_connections` for as long as it lives, whatever way
+/// its task ends.
+struct OpenConnection(prometheus::IntGauge);
+
+impl OpenConnection {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 #[cfg(test)]

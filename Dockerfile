@@ -1,0 +1,49 @@
+# syntax=docker/dockerfile:1
+#
+# wsgate container image: build with `docker build -t wsgate .` from the repository root.
+#
+# The image listens on 0.0.0.0 (8080 HTTP/WebSocket, 50051 gRPC). wsgate refuses to start
+# on non-loopback listeners without authentication, so a container needs either
+#   WSGATE__AUTH__MODE=jwt + WSGATE__AUTH__JWT__SECRET (or a public key file)
+#   + WSGATE__CONTROL__API_KEYS
+# or, for a local try-out only, WSGATE__AUTH__ALLOW_INSECURE=true. It also wants
+# WSGATE__REDIS__URL when more than one replica runs. See docs/deploy.md.
+
+# --- planner: a skeleton of the workspace (manifests, lockfile, build scripts and their
+# inputs, empty stubs for the crate roots). It changes only when dependencies change, so
+# the dependency layer below stays cached across source edits.
+FROM rust:1-bookworm AS planner
+WORKDIR /src
+COPY . .
+RUN set -eu; mkdir -p /skeleton; \
+    cp Cargo.toml Cargo.lock /skeleton/; \
+    cp -r proto /skeleton/proto; \
+    find . -path ./target -prune -o \( -name Cargo.toml -o -name build.rs \) -type f -print \
+      | while read -r f; do mkdir -p "/skeleton/$(dirname "$f")"; cp "$f" "/skeleton/$f"; done; \
+    find . -path ./target -prune -o \( -name main.rs -o -name lib.rs \) -type f -print \
+      | while read -r f; do \
+          mkdir -p "/skeleton/$(dirname "$f")"; \
+          case "$f" in */main.rs) echo 'fn main() {}' > "/skeleton/$f" ;; *) : > "/skeleton/$f" ;; esac; \
+        done
+
+# --- builder: dependencies first (cached layer), then the real sources.
+FROM rust:1-bookworm AS builder
+WORKDIR /src
+COPY --from=planner /skeleton/ ./
+RUN cargo build --release --locked -p wsgate
+COPY . .
+# The stubs were built after the sources' timestamps: make cargo rebuild our crates.
+RUN find crates -name '*.rs' -exec touch {} + \
+    && cargo build --release --locked -p wsgate \
+    && cp target/release/wsgate /wsgate
+
+# --- runtime: glibc + libgcc, no shell, non-root (uid 65532).
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=builder /wsgate /usr/local/bin/wsgate
+ENV WSGATE__SERVER__LISTEN=0.0.0.0:8080 \
+    WSGATE__SERVER__GRPC_LISTEN=0.0.0.0:50051 \
+    WSGATE__TELEMETRY__LOG_FORMAT=json
+USER nonroot:nonroot
+EXPOSE 8080 50051
+ENTRYPOINT ["/usr/local/bin/wsgate"]
+CMD ["serve"]
