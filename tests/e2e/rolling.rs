@@ -133,9 +133,10 @@ async fn sigterm_spreads_1001_over_the_grace_and_clients_move_to_the_other_pod()
     let redis = RedisServer::start();
     let grace = format!("{}s", GRACE.as_secs());
     let env = [("WSGATE__SHUTDOWN__GRACE", grace.as_str())];
+    let url = redis.url();
     let (mut a, b) = tokio::join!(
-        Pod::start("pod-a", &redis.url(), &env),
-        Pod::start("pod-b", &redis.url(), &env),
+        Pod::start("pod-a", &url, &env),
+        Pod::start("pod-b", &url, &env),
     );
     let b_ws = format!("ws://{}/ws", b.http);
 
@@ -168,7 +169,11 @@ async fn sigterm_spreads_1001_over_the_grace_and_clients_move_to_the_other_pod()
 
     // Every client got 1001 with the reconnect reason...
     for o in &outcomes {
-        assert_eq!(o.code, 1001, "{}: close code {} ({:?})", o.user, o.code, o.reason);
+        assert_eq!(
+            o.code, 1001,
+            "{}: close code {} ({:?})",
+            o.user, o.code, o.reason
+        );
         assert!(
             o.reason.contains("reconnect"),
             "{}: the 1001 reason should tell the client to reconnect: {:?}",

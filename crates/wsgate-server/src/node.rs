@@ -63,7 +63,7 @@ impl Inbox for HubInbox {
         if matches!(envelope.command, Command::Deliver(_)) {
             self.metrics.deliveries.inc_by(reached as u64);
         }
-        span.record("wsgate.sessions.reached", reached);
+        span.record("wsgate.sessions.reached", reached as i64);
         if !noted.is_empty() {
             let ids: Vec<&str> = noted.iter().map(SessionId::as_str).collect();
             span.record("wsgate.sessions", ids.join(","));
@@ -330,7 +330,7 @@ impl Node {
             messaging.operation.type = "publish",
             messaging.message.id = %message_id,
             messaging.destination.name = channel_kind(&channel),
-            wsgate.targets = targets,
+            wsgate.targets = targets as i64,
         );
         let started = std::time::Instant::now();
         async {

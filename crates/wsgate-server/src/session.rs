@@ -13,7 +13,8 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use wsgate_core::auth::TopicPolicy;
 use wsgate_core::backend::SessionRecord;
@@ -288,11 +289,11 @@ fn record_end(metrics: &Metrics, end: &SessionEnd) {
     if let Some(code) = code {
         span.record("ws.close.code", code);
     }
-    span.record("ws.messages.received", end.messages_in);
-    span.record("ws.messages.sent", end.messages_out);
-    span.record("ws.bytes.received", end.bytes_in);
-    span.record("ws.bytes.sent", end.bytes_out);
-    span.record("ws.duration_ms", end.duration.as_millis() as u64);
+    span.record("ws.messages.received", end.messages_in as i64);
+    span.record("ws.messages.sent", end.messages_out as i64);
+    span.record("ws.bytes.received", end.bytes_in as i64);
+    span.record("ws.bytes.sent", end.bytes_out as i64);
+    span.record("ws.duration_ms", end.duration.as_millis() as i64);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -375,6 +376,10 @@ fn on_read_error(e: WsError) -> Step {
             Step::Close(close::TOO_BIG, "message too big".into())
         }
         WsError::Capacity(_) => Step::Close(close::TOO_BIG, "frame too big".into()),
+        // The peer vanished without a close frame: nothing to answer.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Step::Ended(
+            EndedBy::Transport("connection reset without a close handshake".into()),
+        ),
         WsError::Protocol(p) => Step::Close(close::PROTOCOL_ERROR, truncate(&p.to_string())),
         WsError::Utf8(_) => Step::Close(1007, "invalid UTF-8 in a text frame".into()),
         WsError::ConnectionClosed | WsError::AlreadyClosed => {
