@@ -4,6 +4,7 @@
 
 mod browser;
 mod cluster;
+mod conformance;
 mod control;
 mod observability;
 mod preflight;

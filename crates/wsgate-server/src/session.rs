@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use wsgate_core::auth::TopicPolicy;
@@ -58,6 +58,8 @@ pub struct SessionContext {
     pub user_agent: Option<String>,
     /// The negotiated subprotocol, if any.
     pub subprotocol: Option<&'static str>,
+    /// Echo mode (`server.echo_path`): no welcome, data frames are sent back as they came.
+    pub echo: bool,
 }
 
 /// How a session ended.
@@ -228,10 +230,16 @@ where
         params.heartbeat_interval.as_secs().max(1),
     );
     let welcome_len = welcome.len() as u64;
-    let first = ws.send(to_message(welcome)).await;
+    let first = if ctx.echo {
+        Ok(())
+    } else {
+        ws.send(to_message(welcome)).await
+    };
     let step = match first {
         Ok(()) => {
-            tally.sent(1, welcome_len);
+            if !ctx.echo {
+                tally.sent(1, welcome_len);
+            }
             session_loop(
                 &mut ws,
                 &ctx,
@@ -466,6 +474,17 @@ async fn on_message<S>(
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
+    if ctx.echo && (msg.is_text() || msg.is_binary()) {
+        let len = msg.len();
+        tally.received(len);
+        return match write_with_limits(ws.send(msg), closing, params).await {
+            Ok(()) => {
+                tally.sent(1, len as u64);
+                Step::Continue
+            }
+            Err(step) => step,
+        };
+    }
     let reply = match msg {
         Message::Text(text) => {
             tally.received(text.len());

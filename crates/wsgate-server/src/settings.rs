@@ -40,6 +40,7 @@ pub const MIN_API_KEY_CHARS: usize = 16;
 pub const KEYS: &[&str] = &[
     "server.listen",
     "server.ws_path",
+    "server.echo_path",
     "server.grpc_listen",
     "server.pod_id",
     "server.header_read_timeout",
@@ -402,6 +403,11 @@ pub struct ServerSettings {
     /// [`load`] applies that rule when the key is not set, and [`Settings::default`]
     /// listens on loopback, so it is `true` there.
     pub demo_page: bool,
+    /// Path of the conformance echo endpoint: the same preflight and session machinery
+    /// as `ws_path`, but data frames are echoed back (for the Autobahn test suite). With
+    /// `auth.mode = "none"` a missing `?user=` is allowed there (user `echo`). Default:
+    /// unset = off.
+    pub echo_path: Option<String>,
 }
 
 impl Default for ServerSettings {
@@ -413,6 +419,7 @@ impl Default for ServerSettings {
             pod_id: default_pod_id(&HashMap::new()),
             header_read_timeout: Duration::from_secs(10),
             demo_page: true,
+            echo_path: None,
         }
     }
 }
@@ -979,6 +986,7 @@ fn apply_key(s: &mut Settings, key: &str, v: Value) -> Option<Result<(), String>
     let r = match key {
         "server.listen" => socket_addr(v).map(|x| s.server.listen = x),
         "server.ws_path" => string(v).map(|x| s.server.ws_path = x),
+        "server.echo_path" => opt_string(v).map(|x| s.server.echo_path = x),
         "server.grpc_listen" => socket_addr(v).map(|x| s.server.grpc_listen = x),
         "server.pod_id" => string(v).map(|x| s.server.pod_id = x),
         "server.header_read_timeout" => duration(v).map(|x| s.server.header_read_timeout = x),
@@ -1215,6 +1223,29 @@ impl Settings {
                     s.ws_path
                 ),
             ));
+        }
+        if let Some(echo) = &s.echo_path {
+            let reserved = ["/healthz", "/readyz", "/metrics"];
+            if !echo.starts_with('/')
+                || echo
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
+            {
+                p.push(Problem::new(
+                    "server.echo_path",
+                    format!("must be a plain path starting with '/', got {echo:?}"),
+                ));
+            } else if *echo == s.ws_path || reserved.contains(&echo.as_str()) {
+                p.push(Problem::new(
+                    "server.echo_path",
+                    format!("{echo:?} is already taken (server.ws_path or a built-in endpoint)"),
+                ));
+            } else if s.demo_page && (echo == "/" || echo.starts_with("/demo/")) {
+                p.push(Problem::new(
+                    "server.echo_path",
+                    format!("{echo:?} is taken by the try-it page; set server.demo_page = false"),
+                ));
+            }
         }
         if s.listen == s.grpc_listen && s.listen.port() != 0 {
             p.push(Problem::new(

@@ -30,6 +30,7 @@ pub fn router(state: Arc<AppState>, preflight: &preflight::Preflight) -> Router 
                     handshake::observe,
                 )),
         )
+        .merge(echo_route(&state, preflight))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -37,6 +38,22 @@ pub fn router(state: Arc<AppState>, preflight: &preflight::Preflight) -> Router 
         .fallback(not_found)
         .with_state(state);
     with_edge_layers(routes)
+}
+
+/// The conformance echo endpoint, when `server.echo_path` is set.
+fn echo_route(state: &Arc<AppState>, preflight: &preflight::Preflight) -> Router<Arc<AppState>> {
+    let Some(path) = &state.settings.server.echo_path else {
+        return Router::new();
+    };
+    Router::new().route(
+        path,
+        preflight
+            .wrap_echo(any(ws::echo))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                handshake::observe,
+            )),
+    )
 }
 
 /// Layers every route gets: a panic in a handler becomes a JSON 500 for that request

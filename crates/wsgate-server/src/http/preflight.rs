@@ -258,12 +258,42 @@ pub struct AuthCheck(pub Arc<Authenticator>);
 
 impl Check for AuthCheck {
     fn check(&self, req: &mut Request) -> impl Future<Output = Result<(), Rejection>> + Send {
-        let result = with_parts(req, |parts| self.0.authenticate(parts)).map(|identity| {
-            // The handshake span is current: name the user on it.
-            tracing::Span::current().record("user.id", identity.user_id.as_str());
-            req.extensions_mut().insert(identity);
-        });
-        std::future::ready(result)
+        std::future::ready(authenticate_into(&self.0, req))
+    }
+}
+
+/// Authenticates `req` and puts its [`Identity`] in the request extensions.
+fn authenticate_into(auth: &Authenticator, req: &mut Request) -> Result<(), Rejection> {
+    with_parts(req, |parts| auth.authenticate(parts)).map(|identity| {
+        // The handshake span is current: name the user on it.
+        tracing::Span::current().record("user.id", identity.user_id.as_str());
+        req.extensions_mut().insert(identity);
+    })
+}
+
+/// [`AuthCheck`] for the echo endpoint: with auth off and no `?user=`, the user is
+/// `echo`; everything else (tokens in JWT mode included) is checked as usual.
+#[derive(Debug, Clone)]
+pub struct EchoAuthCheck(pub Arc<Authenticator>);
+
+impl Check for EchoAuthCheck {
+    fn check(&self, req: &mut Request) -> impl Future<Output = Result<(), Rejection>> + Send {
+        let anonymous = matches!(*self.0, Authenticator::None)
+            && !req
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .any(|kv| kv.split('=').next() == Some(wsgate_core::auth::USER_QUERY_PARAM));
+        if anonymous {
+            req.extensions_mut().insert(Identity {
+                user_id: "echo".to_owned(),
+                topics: wsgate_core::auth::TopicPolicy::Any,
+                expires_at: None,
+            });
+            return std::future::ready(Ok(()));
+        }
+        std::future::ready(authenticate_into(&self.0, req))
     }
 }
 
@@ -377,13 +407,35 @@ impl Preflight {
     where
         S: Clone + Send + Sync + 'static,
     {
+        self.wrap_with_auth(route, AuthCheck(self.authenticator.clone()))
+    }
+
+    /// [`wrap`](Self::wrap) for the conformance echo endpoint: identical, except that with
+    /// auth off a request without `?user=` is let in as user `echo` (test suites such as
+    /// Autobahn cannot add query parameters).
+    pub fn wrap_echo<S>(&self, route: MethodRouter<S, Infallible>) -> MethodRouter<S, Infallible>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        self.wrap_with_auth(route, EchoAuthCheck(self.authenticator.clone()))
+    }
+
+    fn wrap_with_auth<S, A>(
+        &self,
+        route: MethodRouter<S, Infallible>,
+        auth: A,
+    ) -> MethodRouter<S, Infallible>
+    where
+        S: Clone + Send + Sync + 'static,
+        A: Check,
+    {
         // The last `.layer()` is the outermost, so it runs first: list in reverse.
         route
             .layer::<_, Infallible>(CheckLayer(UserLimitCheck {
                 registry: self.registry.clone(),
                 max: self.max_sessions_per_user,
             }))
-            .layer::<_, Infallible>(CheckLayer(AuthCheck(self.authenticator.clone())))
+            .layer::<_, Infallible>(CheckLayer(auth))
             .layer::<_, Infallible>(CheckLayer(CapacityCheck {
                 gauge: self.gauge.clone(),
                 max: self.max_connections,

@@ -35,7 +35,17 @@ pub fn negotiate_subprotocol(headers: &axum::http::HeaderMap) -> Option<&'static
 }
 
 /// Completes the handshake and starts the session task.
-pub async fn upgrade(State(state): State<Arc<AppState>>, mut req: Request) -> Response {
+pub async fn upgrade(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    upgrade_session(state, req, false).await
+}
+
+/// The conformance echo endpoint (`server.echo_path`): the same session, echoing data
+/// frames instead of reading ops.
+pub async fn echo(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    upgrade_session(state, req, true).await
+}
+
+async fn upgrade_session(state: Arc<AppState>, mut req: Request, echo: bool) -> Response {
     let Some(identity) = req.extensions_mut().remove::<Identity>() else {
         // The preflight chain always sets it; reaching here without means a wiring bug.
         tracing::error!("upgrade reached without an authenticated identity");
@@ -91,6 +101,7 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut req: Request) -> Re
         remote_addr,
         user_agent,
         subprotocol,
+        echo,
     };
     // Registered before the 101: the registry enforces the per-user limit atomically
     // (the preflight's count is only the early answer), and pushes that arrive while the

@@ -1,0 +1,807 @@
+//! `wsgate-bench`: a load generator for wsgate deployments (and, for comparison, plain
+//! WebSocket servers, Socket.IO and the bare limit probe).
+//!
+//! Scenarios: `connect` (handshake rate and failures), `idle` (resident memory per held
+//! connection), `push` (SendToUser latency over gRPC), `fanout` (topic subscribers spread
+//! over pods, publishes at a rate or in a burst) and `broadcast`. Every delivery carries the
+//! time it was sent (`{"t":µs,"seq":n}`), so latency is measured from the call to receipt.
+//! Network errors are counted by class, never fatal.
+
+mod conn;
+mod stats;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use futures_util::SinkExt;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::{Ascii, MetadataValue};
+use wsgate_proto::pb;
+
+use conn::{Dialer, OpenPlan, Protocol, Sink, Ws};
+use stats::{Snapshot, new_hist, now_us, summary};
+
+type GrpcClient = pb::gateway_client::GatewayClient<tonic::transport::Channel>;
+
+#[derive(Parser)]
+#[command(
+    name = "wsgate-bench",
+    version,
+    about = "Load generator for wsgate: connect, idle, push, fanout, broadcast",
+    after_help = "One process holds at most `ulimit -n` sockets (20,000 here): for larger runs \
+                  start several wsgate-bench processes, each with a share of the connections."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Open N connections at a target rate; report the handshake rate and failures by status.
+    Connect {
+        #[command(flatten)]
+        c: Common,
+        /// Connections to open.
+        #[arg(long, short = 'n', default_value_t = 1000)]
+        connections: usize,
+        /// Keep them open this long after the last one opened.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        hold: Duration,
+    },
+    /// Hold N connections for --duration; report the server's resident memory per
+    /// connection (with --pid or --metrics-url).
+    Idle {
+        #[command(flatten)]
+        c: Common,
+        /// Connections to hold.
+        #[arg(long, short = 'n', default_value_t = 1000)]
+        connections: usize,
+    },
+    /// SendToUser over gRPC at --rate for --duration to users connected over WebSocket;
+    /// report end-to-end latency.
+    Push {
+        #[command(flatten)]
+        c: Common,
+        /// Users, one connection each, spread over the --ws endpoints.
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+    },
+    /// M subscribers of one topic spread over the --ws endpoints; publish --publishes
+    /// messages at --rate (0 = one burst); report deliveries/s and latency.
+    Fanout {
+        #[command(flatten)]
+        c: Common,
+        /// Subscribers.
+        #[arg(long, short = 'm', default_value_t = 1000)]
+        subscribers: usize,
+        /// Messages to publish.
+        #[arg(long, default_value_t = 100)]
+        publishes: u64,
+        /// The topic.
+        #[arg(long, default_value = "bench.fanout")]
+        topic: String,
+    },
+    /// N connections; Broadcast --publishes messages at --rate (0 = one burst).
+    Broadcast {
+        #[command(flatten)]
+        c: Common,
+        /// Connections.
+        #[arg(long, short = 'n', default_value_t = 1000)]
+        connections: usize,
+        /// Messages to broadcast.
+        #[arg(long, default_value_t = 10)]
+        publishes: u64,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// WebSocket endpoint (`ws://HOST:PORT/ws`); repeat for several pods. Connections are
+    /// spread round-robin. For Socket.IO: `ws://HOST:PORT/socket.io/`.
+    #[arg(long = "ws", required = true)]
+    ws: Vec<String>,
+    /// gRPC control plane (`http://HOST:PORT`); repeat for several pods (calls round-robin).
+    #[arg(long = "grpc")]
+    grpc: Vec<String>,
+    /// API key for the control plane.
+    #[arg(long, env = "WSGATE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// HS256 secret: mint a token per user (`access_token`). Without it, `?user=` is sent.
+    #[arg(long, env = "WSGATE_BENCH_TOKEN_SECRET", hide_env_values = true)]
+    token_secret: Option<String>,
+    /// What the server speaks.
+    #[arg(long, value_enum, default_value = "wsgate")]
+    protocol: Protocol,
+    /// Spread connections over this many source addresses 127.0.0.2, 127.0.0.3, … (loopback
+    /// targets only; 0 = let the OS pick).
+    #[arg(long, default_value_t = 1)]
+    sources: u8,
+    /// Hold time (idle), send period (push).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// connect/idle: handshakes per second (0 = as fast as --concurrency allows); push:
+    /// sends per second (0 = 1000); fanout/broadcast: publishes per second (0 = one burst).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// push/fanout/broadcast: handshakes per second while connecting (0 = unpaced).
+    #[arg(long, default_value_t = 0.0)]
+    connect_rate: f64,
+    /// Handshakes (and gRPC calls) in flight at most.
+    #[arg(long, default_value_t = 200)]
+    concurrency: usize,
+    /// User ids are PREFIX0, PREFIX1, …
+    #[arg(long, default_value = "bench-")]
+    user_prefix: String,
+    /// A server process to watch (RSS and CPU time from /proc); repeatable (pods, Redis).
+    #[arg(long)]
+    pid: Vec<u32>,
+    /// A Prometheus endpoint to read `wsgate_process_resident_memory_bytes` from; repeatable.
+    #[arg(long)]
+    metrics_url: Vec<String>,
+    /// Per-handshake timeout, and how long deliveries may stall before the run gives up.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Extra payload bytes per message.
+    #[arg(long, default_value_t = 0)]
+    pad: usize,
+    /// Print one JSON object on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Runtime worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let c = match &cli.cmd {
+        Cmd::Connect { c, .. }
+        | Cmd::Idle { c, .. }
+        | Cmd::Push { c, .. }
+        | Cmd::Fanout { c, .. }
+        | Cmd::Broadcast { c, .. } => c.clone(),
+    };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = c.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wsgate-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(run(cli.cmd));
+    rt.shutdown_timeout(Duration::from_secs(2));
+    match result {
+        Ok(report) => {
+            if c.json {
+                println!("{report}");
+            } else {
+                print_table(&report);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wsgate-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cmd: Cmd) -> anyhow::Result<Value> {
+    match cmd {
+        Cmd::Connect {
+            c,
+            connections,
+            hold,
+        } => connect(c, connections, hold).await,
+        Cmd::Idle { c, connections } => idle(c, connections).await,
+        Cmd::Push { c, users } => push(c, users).await,
+        Cmd::Fanout {
+            c,
+            subscribers,
+            publishes,
+            topic,
+        } => fanout(c, subscribers, publishes, Some(topic)).await,
+        Cmd::Broadcast {
+            c,
+            connections,
+            publishes,
+        } => fanout(c, connections, publishes, None).await,
+    }
+}
+
+fn bar(c: &Common, len: u64, msg: &'static str) -> ProgressBar {
+    if c.json || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec})",
+    ) {
+        pb.set_style(style);
+    }
+    pb.set_message(msg);
+    pb
+}
+
+async fn dialer(c: &Common, topics: Option<Vec<String>>) -> anyhow::Result<Arc<Dialer>> {
+    Ok(Arc::new(
+        Dialer::new(
+            &c.ws,
+            c.sources,
+            c.protocol,
+            c.token_secret.clone(),
+            topics,
+            c.timeout,
+        )
+        .await?,
+    ))
+}
+
+fn header(c: &Common, scenario: &str) -> Value {
+    json!({
+        "scenario": scenario,
+        "protocol": format!("{:?}", c.protocol).to_lowercase(),
+        "ws": c.ws,
+        "grpc": c.grpc,
+        "sources": c.sources,
+        "auth": if c.token_secret.is_some() { "jwt" } else { "none" },
+        "started_unix_ms": now_us() / 1000,
+    })
+}
+
+fn opened_json(o: &conn::Opened, requested: usize) -> Value {
+    let secs = o.elapsed.as_secs_f64();
+    json!({
+        "requested": requested,
+        "ok": o.ok,
+        "failed": o.failures.values().sum::<u64>(),
+        "failures": o.failures,
+        "elapsed_s": secs,
+        "handshakes_per_s": if secs > 0.0 { o.ok as f64 / secs } else { 0.0 },
+        "handshake_latency": summary(&o.handshake),
+    })
+}
+
+fn merge(mut a: Value, b: Value) -> Value {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}
+
+async fn connect(c: Common, n: usize, hold: Duration) -> anyhow::Result<Value> {
+    conn::check_open_files(n)?;
+    let d = dialer(&c, None).await?;
+    let sink = Sink::new();
+    let stop = CancellationToken::new();
+    let tck = stats::clk_tck();
+    let before = Snapshot::take(&c.pid, &[]).await;
+    let pb = bar(&c, n as u64, "connect");
+    let plan = OpenPlan {
+        n,
+        rate: c.rate,
+        concurrency: c.concurrency,
+        user_prefix: c.user_prefix.clone(),
+        topic: None,
+    };
+    let opened = conn::open_many(d, &plan, sink.clone(), stop.clone(), &pb).await;
+    pb.finish_and_clear();
+    let after = Snapshot::take(&c.pid, &[]).await;
+    if !hold.is_zero() {
+        tokio::time::sleep(hold).await;
+    }
+    let cpu = after.cpu_seconds_since(&before, tck);
+    let report = merge(
+        header(&c, "connect"),
+        json!({
+            "target_rate": c.rate,
+            "concurrency": c.concurrency,
+            "connections": opened_json(&opened, n),
+            "dropped_while_held": sink.dropped.load(Ordering::Relaxed),
+            "server_cpu_s": cpu,
+            "server_cpu_us_per_handshake": cpu.filter(|_| opened.ok > 0).map(|s| s * 1e6 / opened.ok as f64),
+            "servers": after.detail(&before, tck),
+        }),
+    );
+    conn::close_all(&stop, opened.readers).await;
+    Ok(report)
+}
+
+async fn idle(c: Common, n: usize) -> anyhow::Result<Value> {
+    conn::check_open_files(n)?;
+    let d = dialer(&c, None).await?;
+    let sink = Sink::new();
+    let stop = CancellationToken::new();
+    let tck = stats::clk_tck();
+    let before = Snapshot::take(&c.pid, &c.metrics_url).await;
+    let pb = bar(&c, n as u64, "idle");
+    let plan = OpenPlan {
+        n,
+        rate: c.rate,
+        concurrency: c.concurrency,
+        user_prefix: c.user_prefix.clone(),
+        topic: None,
+    };
+    let opened = conn::open_many(d, &plan, sink.clone(), stop.clone(), &pb).await;
+    pb.finish_and_clear();
+    tokio::time::sleep(c.duration).await;
+    let after = Snapshot::take(&c.pid, &c.metrics_url).await;
+    let held = opened
+        .ok
+        .saturating_sub(sink.dropped.load(Ordering::Relaxed));
+    let per_conn = (after.has_rss() && held > 0)
+        .then(|| (after.total_rss() as f64 - before.total_rss() as f64) / held as f64);
+    let report = merge(
+        header(&c, "idle"),
+        json!({
+            "connections": opened_json(&opened, n),
+            "held_s": c.duration.as_secs_f64(),
+            "held": held,
+            "dropped_while_held": sink.dropped.load(Ordering::Relaxed),
+            "drop_reasons": *sink.drop_reasons.lock(),
+            "server_rss_before_bytes": before.has_rss().then(|| before.total_rss()),
+            "server_rss_after_bytes": after.has_rss().then(|| after.total_rss()),
+            "server_rss_bytes_per_connection": per_conn,
+            "server_rss_kib_per_connection": per_conn.map(|b| b / 1024.0),
+            "client_rss_bytes": stats::rss_bytes(std::process::id()),
+            "servers": after.detail(&before, tck),
+        }),
+    );
+    if per_conn.is_none() {
+        eprintln!("wsgate-bench: give --pid or --metrics-url to measure the server's memory");
+    }
+    conn::close_all(&stop, opened.readers).await;
+    Ok(report)
+}
+
+/// What one publish addresses.
+#[derive(Clone)]
+enum Op {
+    User(String),
+    Topic(String),
+    Broadcast,
+}
+
+/// How publishes reach the server under test.
+enum Publisher {
+    /// wsgate's control plane, round-robin over the pods.
+    Grpc {
+        clients: Vec<GrpcClient>,
+        auth: Option<MetadataValue<Ascii>>,
+    },
+    /// A client connection of Socket.IO (`publish`/`broadcast` events) or of the limit
+    /// probe (every frame it sends goes to every other connection).
+    Ws(Box<Ws>, Protocol),
+}
+
+impl Publisher {
+    async fn new(c: &Common, d: &Dialer) -> anyhow::Result<Self> {
+        match c.protocol {
+            Protocol::Wsgate => {
+                if c.grpc.is_empty() {
+                    bail!("this scenario publishes over gRPC: give --grpc http://HOST:PORT");
+                }
+                let mut clients = Vec::new();
+                for url in &c.grpc {
+                    let url = if url.contains("://") {
+                        url.clone()
+                    } else {
+                        format!("http://{url}")
+                    };
+                    let ch = tonic::transport::Endpoint::from_shared(url.clone())
+                        .with_context(|| format!("bad --grpc {url}"))?
+                        .connect_timeout(Duration::from_secs(5))
+                        .tcp_nodelay(true)
+                        .connect()
+                        .await
+                        .with_context(|| format!("cannot reach the gateway at {url}"))?;
+                    clients.push(GrpcClient::new(ch));
+                }
+                let auth = match &c.api_key {
+                    Some(k) => Some(
+                        MetadataValue::try_from(format!("Bearer {k}"))
+                            .context("the API key has characters not allowed in metadata")?,
+                    ),
+                    None => None,
+                };
+                Ok(Self::Grpc { clients, auth })
+            }
+            Protocol::Socketio | Protocol::Probe => {
+                let (ws, _) = d
+                    .dial(usize::MAX / 2, "publisher")
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot connect the publisher: {e}"))?;
+                Ok(Self::Ws(Box::new(ws), c.protocol))
+            }
+            Protocol::Plain => bail!("a plain WebSocket server cannot be published to"),
+        }
+    }
+}
+
+fn payload(seq: u64, pad: usize) -> String {
+    if pad == 0 {
+        format!(r#"{{"t":{},"seq":{seq}}}"#, now_us())
+    } else {
+        format!(
+            r#"{{"t":{},"seq":{seq},"pad":"{}"}}"#,
+            now_us(),
+            "x".repeat(pad)
+        )
+    }
+}
+
+struct Published {
+    ok: u64,
+    targets: u64,
+    failures: BTreeMap<String, u64>,
+    call: Histogram<u64>,
+    started_us: u64,
+    elapsed: Duration,
+}
+
+async fn grpc_call(
+    mut client: GrpcClient,
+    auth: Option<MetadataValue<Ascii>>,
+    op: Op,
+    body: String,
+) -> Result<u64, String> {
+    fn req<T>(msg: T, auth: &Option<MetadataValue<Ascii>>) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.set_timeout(Duration::from_secs(10));
+        if let Some(a) = auth {
+            r.metadata_mut().insert("authorization", a.clone());
+        }
+        r
+    }
+    let payload = Some(pb::Payload {
+        body: Some(pb::payload::Body::Json(body)),
+    });
+    let r = match op {
+        Op::User(user_id) => {
+            client
+                .send_to_user(req(pb::SendToUserRequest { user_id, payload }, &auth))
+                .await
+        }
+        Op::Topic(topic) => {
+            client
+                .publish(req(pb::PublishRequest { topic, payload }, &auth))
+                .await
+        }
+        Op::Broadcast => {
+            client
+                .broadcast(req(pb::BroadcastRequest { payload }, &auth))
+                .await
+        }
+    };
+    r.map(|r| r.into_inner().targets)
+        .map_err(|s| format!("grpc_{:?}", s.code()).to_lowercase())
+}
+
+/// Sends `count` publishes at `rate` per second (0 = all at once).
+async fn publish(
+    c: &Common,
+    publisher: &mut Publisher,
+    count: u64,
+    rate: f64,
+    op_of: impl Fn(u64) -> Op,
+    pb: &ProgressBar,
+) -> Published {
+    let start = Instant::now();
+    let started_us = now_us();
+    let mut out = Published {
+        ok: 0,
+        targets: 0,
+        failures: BTreeMap::new(),
+        call: new_hist(),
+        started_us,
+        elapsed: Duration::ZERO,
+    };
+    match publisher {
+        Publisher::Grpc { clients, auth } => {
+            let sem = Arc::new(Semaphore::new(c.concurrency.max(1)));
+            let (tx, mut rx) = mpsc::unbounded_channel::<(Result<u64, String>, u64)>();
+            for seq in 0..count {
+                if rate > 0.0 {
+                    let at = start + Duration::from_secs_f64(seq as f64 / rate);
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                let Ok(permit) = sem.clone().acquire_owned().await else {
+                    break;
+                };
+                let client = clients[(seq as usize) % clients.len()].clone();
+                let (auth, op, tx, pad) = (auth.clone(), op_of(seq), tx.clone(), c.pad);
+                tokio::spawn(async move {
+                    let t0 = Instant::now();
+                    let r = grpc_call(client, auth, op, payload(seq, pad)).await;
+                    drop(permit);
+                    let _ = tx.send((r, u64::try_from(t0.elapsed().as_micros()).unwrap_or(0)));
+                });
+            }
+            drop(tx);
+            while let Some((r, us)) = rx.recv().await {
+                stats::record(&mut out.call, us);
+                match r {
+                    Ok(t) => {
+                        out.ok += 1;
+                        out.targets += t;
+                    }
+                    Err(code) => *out.failures.entry(code).or_default() += 1,
+                }
+                pb.inc(1);
+            }
+        }
+        Publisher::Ws(ws, protocol) => {
+            for seq in 0..count {
+                if rate > 0.0 {
+                    let at = start + Duration::from_secs_f64(seq as f64 / rate);
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                let body = payload(seq, c.pad);
+                let frame = match (*protocol, op_of(seq)) {
+                    (Protocol::Socketio, Op::Topic(t)) => format!(
+                        r#"42["publish",{{"topic":{},"data":{body}}}]"#,
+                        serde_json::json!(t)
+                    ),
+                    (Protocol::Socketio, _) => format!(r#"42["broadcast",{{"data":{body}}}]"#),
+                    (_, Op::Topic(t)) => format!(
+                        r#"{{"op":"message","topic":{},"data":{body}}}"#,
+                        serde_json::json!(t)
+                    ),
+                    _ => format!(r#"{{"op":"message","data":{body}}}"#),
+                };
+                let t0 = Instant::now();
+                match ws.send(Message::text(frame)).await {
+                    Ok(()) => out.ok += 1,
+                    Err(e) => *out.failures.entry(conn::ws_class(&e)).or_default() += 1,
+                }
+                stats::record(
+                    &mut out.call,
+                    u64::try_from(t0.elapsed().as_micros()).unwrap_or(0),
+                );
+                pb.inc(1);
+            }
+        }
+    }
+    out.elapsed = start.elapsed();
+    out
+}
+
+/// Waits until `expected` deliveries arrived, or none arrived for `quiet`.
+async fn drain(sink: &Sink, expected: u64, quiet: Duration, pb: &ProgressBar) -> bool {
+    let mut last = sink.delivered();
+    let mut since = Instant::now();
+    loop {
+        let now = sink.delivered();
+        pb.set_position(now);
+        if now >= expected {
+            return true;
+        }
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn deliveries_json(
+    sink: &Sink,
+    p: &Published,
+    expected: u64,
+    complete: bool,
+    cpu: Option<f64>,
+) -> Value {
+    let delivered = sink.delivered();
+    let last = sink.last_us.load(Ordering::Relaxed);
+    let window_s = last.saturating_sub(p.started_us) as f64 / 1e6;
+    json!({
+        "publishes_ok": p.ok,
+        "publish_failures": p.failures,
+        "publish_elapsed_s": p.elapsed.as_secs_f64(),
+        "publishes_per_s": if p.elapsed.as_secs_f64() > 0.0 { p.ok as f64 / p.elapsed.as_secs_f64() } else { 0.0 },
+        "registry_targets": p.targets,
+        "call_latency": summary(&p.call),
+        "expected_deliveries": expected,
+        "delivered": delivered,
+        "missing": expected.saturating_sub(delivered),
+        "complete": complete,
+        "delivery_window_s": window_s,
+        "deliveries_per_s": if window_s > 0.0 { delivered as f64 / window_s } else { 0.0 },
+        "latency": summary(&sink.hist.lock()),
+        "server_cpu_s": cpu,
+        "server_cpu_us_per_delivery": cpu.filter(|_| delivered > 0).map(|s| s * 1e6 / delivered as f64),
+    })
+}
+
+async fn push(c: Common, users: usize) -> anyhow::Result<Value> {
+    if c.protocol != Protocol::Wsgate {
+        bail!("push calls wsgate's SendToUser: use --protocol wsgate");
+    }
+    conn::check_open_files(users)?;
+    let d = dialer(&c, None).await?;
+    let mut publisher = Publisher::new(&c, &d).await?;
+    let sink = Sink::new();
+    let stop = CancellationToken::new();
+    let tck = stats::clk_tck();
+    let pb = bar(&c, users as u64, "connect");
+    let plan = OpenPlan {
+        n: users,
+        rate: c.connect_rate,
+        concurrency: c.concurrency,
+        user_prefix: c.user_prefix.clone(),
+        topic: None,
+    };
+    let opened = conn::open_many(d, &plan, sink.clone(), stop.clone(), &pb).await;
+    pb.finish_and_clear();
+    if opened.ok == 0 {
+        conn::close_all(&stop, opened.readers).await;
+        bail!("no connection could be opened: {:?}", opened.failures);
+    }
+    let rate = if c.rate > 0.0 { c.rate } else { 1000.0 };
+    let count = ((rate * c.duration.as_secs_f64()).round() as u64).max(1);
+    let before = Snapshot::take(&c.pid, &[]).await;
+    let pb = bar(&c, count, "push");
+    let prefix = c.user_prefix.clone();
+    let n = users as u64;
+    let p = publish(
+        &c,
+        &mut publisher,
+        count,
+        rate,
+        |seq| Op::User(format!("{prefix}{}", seq % n)),
+        &pb,
+    )
+    .await;
+    pb.finish_and_clear();
+    let pb = bar(&c, p.targets, "deliver");
+    let complete = drain(&sink, p.targets, c.timeout, &pb).await;
+    pb.finish_and_clear();
+    let after = Snapshot::take(&c.pid, &[]).await;
+    let cpu = after.cpu_seconds_since(&before, tck);
+    let report = merge(
+        header(&c, "push"),
+        json!({
+            "target_rate": rate,
+            "duration_s": c.duration.as_secs_f64(),
+            "connections": opened_json(&opened, users),
+            "sends_requested": count,
+            "deliveries": deliveries_json(&sink, &p, p.targets, complete, cpu),
+            "dropped": sink.dropped.load(Ordering::Relaxed),
+            "servers": after.detail(&before, tck),
+        }),
+    );
+    conn::close_all(&stop, opened.readers).await;
+    Ok(report)
+}
+
+async fn fanout(
+    c: Common,
+    n: usize,
+    publishes: u64,
+    topic: Option<String>,
+) -> anyhow::Result<Value> {
+    conn::check_open_files(n + 1)?;
+    let scenario = if topic.is_some() {
+        "fanout"
+    } else {
+        "broadcast"
+    };
+    let d = dialer(&c, topic.clone().map(|t| vec![t])).await?;
+    let mut publisher = Publisher::new(&c, &d).await?;
+    let sink = Sink::new();
+    let stop = CancellationToken::new();
+    let tck = stats::clk_tck();
+    let pb = bar(&c, n as u64, "subscribe");
+    let plan = OpenPlan {
+        n,
+        rate: c.connect_rate,
+        concurrency: c.concurrency,
+        user_prefix: c.user_prefix.clone(),
+        topic: topic.clone(),
+    };
+    let opened = conn::open_many(d, &plan, sink.clone(), stop.clone(), &pb).await;
+    pb.finish_and_clear();
+    if opened.ok == 0 {
+        conn::close_all(&stop, opened.readers).await;
+        bail!("no connection could be opened: {:?}", opened.failures);
+    }
+    // Let the last subscriptions settle everywhere (remote pods, adapters).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = Snapshot::take(&c.pid, &[]).await;
+    let pb = bar(&c, publishes, "publish");
+    let p = publish(
+        &c,
+        &mut publisher,
+        publishes,
+        c.rate,
+        |_| match &topic {
+            Some(t) => Op::Topic(t.clone()),
+            None => Op::Broadcast,
+        },
+        &pb,
+    )
+    .await;
+    pb.finish_and_clear();
+    let expected = opened.ok * p.ok;
+    let pb = bar(&c, expected, "deliver");
+    let complete = drain(&sink, expected, c.timeout, &pb).await;
+    pb.finish_and_clear();
+    let after = Snapshot::take(&c.pid, &[]).await;
+    let cpu = after.cpu_seconds_since(&before, tck);
+    let report = merge(
+        header(&c, scenario),
+        json!({
+            "topic": topic,
+            "publishes_requested": publishes,
+            "target_rate": c.rate,
+            "connections": opened_json(&opened, n),
+            "deliveries": deliveries_json(&sink, &p, expected, complete, cpu),
+            "dropped": sink.dropped.load(Ordering::Relaxed),
+            "drop_reasons": *sink.drop_reasons.lock(),
+            "servers": after.detail(&before, tck),
+        }),
+    );
+    conn::close_all(&stop, opened.readers).await;
+    Ok(report)
+}
+
+/// A readable summary: every scalar of the report, one per line, dotted keys.
+fn print_table(report: &Value) {
+    let mut rows = Vec::new();
+    flatten("", report, &mut rows);
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    println!("{:-<1$}", "", width + 30);
+    for (k, v) in rows {
+        println!("{k:<width$}  {v}");
+    }
+    println!("{:-<1$}", "", width + 30);
+}
+
+fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        Value::Array(items) if items.iter().any(|i| i.is_object()) => {
+            for (i, v) in items.iter().enumerate() {
+                flatten(&format!("{prefix}[{i}]"), v, out);
+            }
+        }
+        Value::Null => {}
+        Value::Number(n) => {
+            let s = match n.as_f64() {
+                Some(f) if n.is_f64() => format!("{f:.3}"),
+                _ => n.to_string(),
+            };
+            out.push((prefix.to_owned(), s));
+        }
+        Value::String(s) => out.push((prefix.to_owned(), s.clone())),
+        other => out.push((prefix.to_owned(), other.to_string())),
+    }
+}
