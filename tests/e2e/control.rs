@@ -185,6 +185,7 @@ async fn a_handler_panic_is_a_json_500_and_the_server_lives_on() {
         listener,
         app,
         std::time::Duration::from_secs(5),
+        None,
         stop.clone(),
     ));
     let r = raw_request(addr, b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\n")

@@ -2,13 +2,17 @@
 //! WebSocket client, a real tonic client and, where it matters, the real binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod bench_smoke;
 mod browser;
+mod chaos;
 mod cluster;
 mod conformance;
 mod control;
+mod hostile;
 mod observability;
 mod preflight;
 mod process;
 mod redis_backend;
 mod rolling;
+mod security;
 mod sessions;

@@ -236,3 +236,57 @@ async fn sigterm_closes_every_client_with_1001_spread_over_the_grace_period_and_
         "closes were not spread over the grace period: {closes:?}"
     );
 }
+
+#[tokio::test]
+async fn a_grpc_client_that_never_goes_away_does_not_hold_the_shutdown() {
+    use tokio::io::AsyncWriteExt;
+    let grpc_port = free_port();
+    let grpc = format!("127.0.0.1:{grpc_port}");
+    let mut served = serve(
+        None,
+        &[
+            ("WSGATE__SHUTDOWN__GRACE", "1s"),
+            ("WSGATE__SERVER__GRPC_LISTEN", grpc.as_str()),
+        ],
+    )
+    .await;
+    // An HTTP/2 connection that says hello and then never reads: it cannot acknowledge
+    // a graceful GOAWAY.
+    let mut stuck = tokio::net::TcpStream::connect(&grpc).await.unwrap();
+    stuck
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let pid = served.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exited = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = served.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    let status = exited.expect("wsgate did not exit with a stuck gRPC client connected");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(stuck);
+}

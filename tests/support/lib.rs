@@ -3,6 +3,7 @@
 //! raw HTTP bytes, a WebSocket client, a tonic gRPC client.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+pub mod hostile;
 pub mod pods;
 pub mod redis;
 

@@ -110,11 +110,6 @@ impl Dialer {
         })
     }
 
-    /// How many `--ws` endpoints there are.
-    pub fn endpoints(&self) -> usize {
-        self.targets.len()
-    }
-
     fn url(&self, i: usize, user: &str) -> anyhow::Result<String> {
         let base = &self.targets[i % self.targets.len()].url;
         let sep = if base.contains('?') { '&' } else { '?' };

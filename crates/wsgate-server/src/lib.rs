@@ -15,6 +15,7 @@ pub mod settings;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,6 +30,9 @@ use crate::http::preflight::Preflight;
 use crate::node::Node;
 use crate::settings::{AuthMode, Settings};
 use crate::state::AppState;
+
+/// How long open gRPC connections get to finish once the pod stops.
+const GRPC_DRAIN: Duration = Duration::from_secs(2);
 
 /// The listeners the gateway serves, bound by the caller.
 pub struct Listeners {
@@ -180,7 +184,20 @@ pub async fn run(
         &settings.control.api_keys,
     );
     let grpc_stop = CancellationToken::new();
-    let grpc_server = tonic::transport::Server::builder()
+    let mut grpc_builder = tonic::transport::Server::builder();
+    if let (Some(cert), Some(key)) = (
+        &settings.control.tls_cert_file,
+        &settings.control.tls_key_file,
+    ) {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| RunError::Config(format!("{}: {e}", p.display())))
+        };
+        let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+        grpc_builder = grpc_builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| RunError::Config(format!("control.tls_cert_file: {e}")))?;
+    }
+    let grpc_server = grpc_builder
         .layer(grpc::telemetry::GrpcTelemetryLayer::new(
             node.metrics.clone(),
         ))
@@ -195,10 +212,21 @@ pub async fn run(
     let grpc_task = tokio::spawn(grpc_server);
 
     let http_stop = CancellationToken::new();
+    let http_tls = match (
+        &settings.server.tls_cert_file,
+        &settings.server.tls_key_file,
+    ) {
+        (Some(cert), Some(key)) => Some(
+            tls::http_server_config(cert, key)
+                .map_err(|e| RunError::Config(format!("server.tls_cert_file: {e}")))?,
+        ),
+        _ => None,
+    };
     let http_task = tokio::spawn(http::serve::serve(
         listeners.http,
         app,
         settings.server.header_read_timeout,
+        http_tls,
         http_stop.clone(),
     ));
 
@@ -229,7 +257,17 @@ pub async fn run(
     shutdown::drain(&state, settings.shutdown.grace).await;
     let _ = http_task.await;
     grpc_stop.cancel();
-    let grpc_result = grpc_task.await;
+    // tonic's graceful stop waits for every client connection to go away; a caller that
+    // keeps its channel open must not hold the pod past its grace period.
+    let grpc_task_abort = grpc_task.abort_handle();
+    let grpc_result = match tokio::time::timeout(GRPC_DRAIN, grpc_task).await {
+        Ok(joined) => joined,
+        Err(_) => {
+            tracing::warn!("gRPC clients still connected after {GRPC_DRAIN:?}: closing them");
+            grpc_task_abort.abort();
+            Ok(Ok(()))
+        }
+    };
     upkeep_stop.cancel();
     let _ = upkeep.await;
     node.leave().await;

@@ -41,6 +41,8 @@ pub const KEYS: &[&str] = &[
     "server.listen",
     "server.ws_path",
     "server.echo_path",
+    "server.tls_cert_file",
+    "server.tls_key_file",
     "server.grpc_listen",
     "server.pod_id",
     "server.header_read_timeout",
@@ -69,6 +71,8 @@ pub const KEYS: &[&str] = &[
     "session.read_buffer_bytes",
     "session.write_buffer_bytes",
     "control.api_keys",
+    "control.tls_cert_file",
+    "control.tls_key_file",
     "redis.url",
     "redis.namespace",
     "redis.mode",
@@ -408,6 +412,11 @@ pub struct ServerSettings {
     /// `auth.mode = "none"` a missing `?user=` is allowed there (user `echo`). Default:
     /// unset = off.
     pub echo_path: Option<String>,
+    /// PEM certificate (chain) for TLS on `listen` (wss://). Set together with
+    /// `tls_key_file`. Default: unset = plain TCP (terminate TLS at the load balancer).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for `tls_cert_file`. Default: unset.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for ServerSettings {
@@ -420,6 +429,8 @@ impl Default for ServerSettings {
             header_read_timeout: Duration::from_secs(10),
             demo_page: true,
             echo_path: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -564,6 +575,11 @@ pub struct ControlSettings {
     /// Bearer keys accepted by the gRPC control plane, each >= 16 characters.
     /// Default `[]` (no authentication on the control plane).
     pub api_keys: Vec<String>,
+    /// PEM certificate (chain) for TLS on the gRPC listener. Set together with
+    /// `tls_key_file`. Default: unset = plaintext gRPC.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for `tls_cert_file`. Default: unset.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// `[redis]` section (takes effect in cluster mode).
@@ -987,6 +1003,18 @@ fn apply_key(s: &mut Settings, key: &str, v: Value) -> Option<Result<(), String>
         "server.listen" => socket_addr(v).map(|x| s.server.listen = x),
         "server.ws_path" => string(v).map(|x| s.server.ws_path = x),
         "server.echo_path" => opt_string(v).map(|x| s.server.echo_path = x),
+        "server.tls_cert_file" => {
+            opt_string(v).map(|x| s.server.tls_cert_file = x.map(PathBuf::from))
+        }
+        "server.tls_key_file" => {
+            opt_string(v).map(|x| s.server.tls_key_file = x.map(PathBuf::from))
+        }
+        "control.tls_cert_file" => {
+            opt_string(v).map(|x| s.control.tls_cert_file = x.map(PathBuf::from))
+        }
+        "control.tls_key_file" => {
+            opt_string(v).map(|x| s.control.tls_key_file = x.map(PathBuf::from))
+        }
         "server.grpc_listen" => socket_addr(v).map(|x| s.server.grpc_listen = x),
         "server.pod_id" => string(v).map(|x| s.server.pod_id = x),
         "server.header_read_timeout" => duration(v).map(|x| s.server.header_read_timeout = x),
@@ -1169,6 +1197,24 @@ fn ip_nets(v: Value) -> Result<Vec<IpNet>, String> {
 // Validation
 // ---------------------------------------------------------------------------
 
+/// A TLS certificate and key are set together, and they load.
+fn tls_pair(
+    p: &mut Vec<Problem>,
+    (cert_key, cert): (&str, &Option<PathBuf>),
+    (key_key, key): (&str, &Option<PathBuf>),
+) {
+    match (cert, key) {
+        (None, None) => {}
+        (Some(_), None) => p.push(Problem::new(key_key, format!("required with {cert_key}"))),
+        (None, Some(_)) => p.push(Problem::new(cert_key, format!("required with {key_key}"))),
+        (Some(c), Some(k)) => {
+            if let Err(e) = crate::tls::read_pem(c, k) {
+                p.push(Problem::new(cert_key, e));
+            }
+        }
+    }
+}
+
 impl Settings {
     /// Checks every value rule and cross-key rule (ranges, syntax of origins/hosts/URLs,
     /// the secure-default rule, JWT key consistency including reading the public key
@@ -1247,6 +1293,16 @@ impl Settings {
                 ));
             }
         }
+        tls_pair(
+            p,
+            ("server.tls_cert_file", &s.tls_cert_file),
+            ("server.tls_key_file", &s.tls_key_file),
+        );
+        tls_pair(
+            p,
+            ("control.tls_cert_file", &self.control.tls_cert_file),
+            ("control.tls_key_file", &self.control.tls_key_file),
+        );
         if s.listen == s.grpc_listen && s.listen.port() != 0 {
             p.push(Problem::new(
                 "server.grpc_listen",

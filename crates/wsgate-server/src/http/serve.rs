@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -27,6 +28,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     header_read_timeout: Duration,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: CancellationToken,
 ) {
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -35,6 +37,7 @@ pub async fn serve(
         .header_read_timeout(header_read_timeout)
         .max_buf_size(MAX_HEADER_BYTES.max(8192))
         .max_header_size(MAX_HEADER_BYTES);
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -51,36 +54,62 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-            let app = app.clone();
-            async move {
-                Ok::<_, Infallible>(
-                    app.oneshot(req.map(axum::body::Body::new))
-                        .await
-                        .unwrap_or_else(|e| match e {}),
-                )
-            }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
+        let builder = builder.clone();
         let stop = stop.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                res = conn.as_mut() => {
-                    if let Err(e) = res {
-                        tracing::debug!(%peer, error = %e, "http connection ended with an error");
+            match tls {
+                None => serve_connection(&builder, stream, peer, app, stop).await,
+                Some(acceptor) => {
+                    // The TLS handshake counts against the header read timeout: a client
+                    // that opens a connection and stalls is dropped either way.
+                    match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_connection(&builder, tls, peer, app, stop).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                    return;
                 }
-                () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
             }
-            let _ = tokio::time::timeout(CONNECTION_DRAIN, conn).await;
         });
     }
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// Serves one connection (plain or TLS) until it ends, or drains it on `stop`.
+async fn serve_connection<IO>(
+    builder: &hyper::server::conn::http1::Builder,
+    io: IO,
+    peer: SocketAddr,
+    app: Router,
+    stop: CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+        let app = app.clone();
+        async move {
+            Ok::<_, Infallible>(
+                app.oneshot(req.map(axum::body::Body::new))
+                    .await
+                    .unwrap_or_else(|e| match e {}),
+            )
+        }
+    });
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(%peer, error = %e, "http connection ended with an error");
+            }
+            return;
+        }
+        () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = tokio::time::timeout(CONNECTION_DRAIN, conn).await;
 }
