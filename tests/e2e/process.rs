@@ -102,6 +102,7 @@ fn a_public_listener_without_auth_refuses_to_start() {
 struct Served {
     child: std::process::Child,
     http: String,
+    grpc: String,
 }
 
 impl Drop for Served {
@@ -113,7 +114,13 @@ impl Drop for Served {
 
 async fn serve(file: Option<&std::path::Path>, env: &[(&str, &str)]) -> Served {
     let http = format!("127.0.0.1:{}", free_port());
-    let grpc = format!("127.0.0.1:{}", free_port());
+    // A port just released can be handed out again at once: make sure the two differ.
+    let grpc = loop {
+        let candidate = format!("127.0.0.1:{}", free_port());
+        if candidate != http {
+            break candidate;
+        }
+    };
     let mut args = vec!["serve".to_string()];
     if let Some(f) = file {
         args.extend(["--config".into(), f.display().to_string()]);
@@ -129,7 +136,7 @@ async fn serve(file: Option<&std::path::Path>, env: &[(&str, &str)]) -> Served {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let served = Served { child, http };
+    let served = Served { child, http, grpc };
     let addr = served.http.parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -240,16 +247,8 @@ async fn sigterm_closes_every_client_with_1001_spread_over_the_grace_period_and_
 #[tokio::test]
 async fn a_grpc_client_that_never_goes_away_does_not_hold_the_shutdown() {
     use tokio::io::AsyncWriteExt;
-    let grpc_port = free_port();
-    let grpc = format!("127.0.0.1:{grpc_port}");
-    let mut served = serve(
-        None,
-        &[
-            ("WSGATE__SHUTDOWN__GRACE", "1s"),
-            ("WSGATE__SERVER__GRPC_LISTEN", grpc.as_str()),
-        ],
-    )
-    .await;
+    let mut served = serve(None, &[("WSGATE__SHUTDOWN__GRACE", "1s")]).await;
+    let grpc = served.grpc.clone();
     // An HTTP/2 connection that says hello and then never reads: it cannot acknowledge
     // a graceful GOAWAY.
     let mut stuck = tokio::net::TcpStream::connect(&grpc).await.unwrap();

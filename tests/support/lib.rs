@@ -396,11 +396,21 @@ pub fn wsgate_binary() -> PathBuf {
     bin
 }
 
-/// A free loopback port (bound and released; good enough for tests that start a process).
+/// A free loopback port (bound and released; good enough for tests that start a
+/// process). Never the same port twice in one test process: the kernel may hand a just
+/// released port out again at once, and two servers of one test would then collide.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
