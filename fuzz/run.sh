@@ -26,7 +26,7 @@ for t in "${targets[@]}"; do
     set +e
     cargo fuzz run "$t" "corpus/$t" "seeds/$t" -- \
         -max_total_time="$secs" -print_final_stats=1 2>&1 |
-        grep -E '^#[0-9]+ +(INITED|DONE)|stat::|^Done|panicked|ERROR|SUMMARY|Test unit written'
+        grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|stat::|^Done|panicked|ERROR|SUMMARY|Test unit written'
     # cargo fuzz exits non-zero on a finding; PIPESTATUS carries it past grep.
     rc=${PIPESTATUS[0]}
     set -e

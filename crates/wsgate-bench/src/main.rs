@@ -293,6 +293,7 @@ async fn connect(c: Common, n: usize, hold: Duration) -> anyhow::Result<Value> {
     let stop = CancellationToken::new();
     let tck = stats::clk_tck();
     let before = Snapshot::take(&c.pid, &[]).await;
+    let client0 = stats::cpu_ticks(std::process::id());
     let pb = bar(&c, n as u64, "connect");
     let plan = OpenPlan {
         n,
@@ -304,6 +305,7 @@ async fn connect(c: Common, n: usize, hold: Duration) -> anyhow::Result<Value> {
     let opened = conn::open_many(d, &plan, sink.clone(), stop.clone(), &pb).await;
     pb.finish_and_clear();
     let after = Snapshot::take(&c.pid, &[]).await;
+    let client_cpu = client_cpu_since(client0, tck);
     if !hold.is_zero() {
         tokio::time::sleep(hold).await;
     }
@@ -317,6 +319,8 @@ async fn connect(c: Common, n: usize, hold: Duration) -> anyhow::Result<Value> {
             "dropped_while_held": sink.dropped.load(Ordering::Relaxed),
             "server_cpu_s": cpu,
             "server_cpu_us_per_handshake": cpu.filter(|_| opened.ok > 0).map(|s| s * 1e6 / opened.ok as f64),
+            "client_cpu_s": client_cpu,
+            "client_cpu_us_per_handshake": client_cpu.filter(|_| opened.ok > 0).map(|s| s * 1e6 / opened.ok as f64),
             "servers": after.detail(&before, tck),
         }),
     );
@@ -609,6 +613,7 @@ fn deliveries_json(
     expected: u64,
     complete: bool,
     cpu: Option<f64>,
+    client_cpu: Option<f64>,
 ) -> Value {
     let delivered = sink.delivered();
     let last = sink.last_us.load(Ordering::Relaxed);
@@ -629,6 +634,8 @@ fn deliveries_json(
         "latency": summary(&sink.hist.lock()),
         "server_cpu_s": cpu,
         "server_cpu_us_per_delivery": cpu.filter(|_| delivered > 0).map(|s| s * 1e6 / delivered as f64),
+        "client_cpu_s": client_cpu,
+        "client_cpu_us_per_delivery": client_cpu.filter(|_| delivered > 0).map(|s| s * 1e6 / delivered as f64),
     })
 }
 
@@ -659,6 +666,7 @@ async fn push(c: Common, users: usize) -> anyhow::Result<Value> {
     let rate = if c.rate > 0.0 { c.rate } else { 1000.0 };
     let count = ((rate * c.duration.as_secs_f64()).round() as u64).max(1);
     let before = Snapshot::take(&c.pid, &[]).await;
+    let client0 = stats::cpu_ticks(std::process::id());
     let pb = bar(&c, count, "push");
     let prefix = c.user_prefix.clone();
     let n = users as u64;
@@ -677,6 +685,7 @@ async fn push(c: Common, users: usize) -> anyhow::Result<Value> {
     pb.finish_and_clear();
     let after = Snapshot::take(&c.pid, &[]).await;
     let cpu = after.cpu_seconds_since(&before, tck);
+    let client_cpu = client_cpu_since(client0, tck);
     let report = merge(
         header(&c, "push"),
         json!({
@@ -684,7 +693,7 @@ async fn push(c: Common, users: usize) -> anyhow::Result<Value> {
             "duration_s": c.duration.as_secs_f64(),
             "connections": opened_json(&opened, users),
             "sends_requested": count,
-            "deliveries": deliveries_json(&sink, &p, p.targets, complete, cpu),
+            "deliveries": deliveries_json(&sink, &p, p.targets, complete, cpu, client_cpu),
             "dropped": sink.dropped.load(Ordering::Relaxed),
             "servers": after.detail(&before, tck),
         }),
@@ -727,6 +736,7 @@ async fn fanout(
     // Let the last subscriptions settle everywhere (remote pods, adapters).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = Snapshot::take(&c.pid, &[]).await;
+    let client0 = stats::cpu_ticks(std::process::id());
     let pb = bar(&c, publishes, "publish");
     let p = publish(
         &c,
@@ -747,6 +757,7 @@ async fn fanout(
     pb.finish_and_clear();
     let after = Snapshot::take(&c.pid, &[]).await;
     let cpu = after.cpu_seconds_since(&before, tck);
+    let client_cpu = client_cpu_since(client0, tck);
     let report = merge(
         header(&c, scenario),
         json!({
@@ -754,7 +765,7 @@ async fn fanout(
             "publishes_requested": publishes,
             "target_rate": c.rate,
             "connections": opened_json(&opened, n),
-            "deliveries": deliveries_json(&sink, &p, expected, complete, cpu),
+            "deliveries": deliveries_json(&sink, &p, expected, complete, cpu, client_cpu),
             "dropped": sink.dropped.load(Ordering::Relaxed),
             "drop_reasons": *sink.drop_reasons.lock(),
             "servers": after.detail(&before, tck),
@@ -762,6 +773,12 @@ async fn fanout(
     );
     conn::close_all(&stop, opened.readers).await;
     Ok(report)
+}
+
+/// CPU seconds this process used since `before` ticks.
+fn client_cpu_since(before: Option<u64>, tck: u64) -> Option<f64> {
+    let now = stats::cpu_ticks(std::process::id())?;
+    Some(now.saturating_sub(before?) as f64 / tck as f64)
 }
 
 /// A readable summary: every scalar of the report, one per line, dotted keys.

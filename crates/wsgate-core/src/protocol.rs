@@ -37,6 +37,10 @@ impl PartialEq for Payload {
 impl Payload {
     /// Validates `json` and wraps it. The error names what is wrong, for the caller.
     pub fn json(json: &str) -> Result<Self, String> {
+        // `RawValue` checks the grammar only; a full parse also refuses what strict
+        // clients cannot read back, such as a lone UTF-16 surrogate escape ("\ud800").
+        serde_json::from_str::<serde_json::Value>(json)
+            .map_err(|e| format!("payload.json is not valid JSON: {e}"))?;
         RawValue::from_string(json.to_owned())
             .map(Payload::Json)
             .map_err(|e| format!("payload.json is not valid JSON: {e}"))
@@ -314,6 +318,28 @@ mod tests {
     fn invalid_json_payload_is_refused() {
         assert!(Payload::json("{nope").is_err());
         assert!(Payload::json("").is_err());
+        // Valid JSON grammar, but no strict parser can read it back (found by fuzzing).
+        assert!(Payload::json(r#""\ud800""#).is_err());
+        assert!(Payload::json(r#"{"a":"\ud83dx"}"#).is_err());
+        assert!(
+            Payload::json(r#""\ud83d\ude00""#).is_ok(),
+            "a surrogate pair is fine"
+        );
+    }
+
+    #[test]
+    fn float_request_ids_are_echoed_exactly() {
+        // What JavaScript writes for this number; found by fuzzing.
+        let r = decode_client(r#"{"op":"ping","id":1.2345678901234557e+20}"#).unwrap();
+        let reply = encode_reply(&Reply::Pong, r.id.as_ref());
+        let OutFrame::Text(t) = reply else {
+            panic!("text")
+        };
+        assert!(
+            t.as_str().contains("1.2345678901234557e+20"),
+            "{}",
+            t.as_str()
+        );
     }
 
     #[test]
