@@ -96,6 +96,8 @@ def main():
             for k in ("go", "wsgate_embedded", "wsgate_redis")}
     cpu_hs = {k: get(runs[f"connect_{k}"], "server_cpu_us_per_handshake")
               for k in ("go", "wsgate_embedded", "wsgate_redis")}
+    client_hs = {k: get(runs[f"connect_{k}_c64"], "client_cpu_us_per_handshake")
+                 for k in ("go", "wsgate_embedded", "wsgate_redis")}
     p99_hs = {k: get(runs[f"connect_{k}"], "connections", "handshake_latency", "p99_ms")
               for k in ("go", "wsgate_embedded", "wsgate_redis")}
     idle = {k: get(runs[f"idle_{k}"], "server_rss_kib_per_connection") for k in ("go", "wsgate")}
@@ -152,7 +154,8 @@ def main():
         "git_revision": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                        text=True).stdout.strip(),
         "summary": {"handshakes_per_s": hs, "handshakes_per_s_concurrency_64": hs64,
-                    "server_cpu_us_per_handshake": cpu_hs, "handshake_p99_ms": p99_hs, "handshake_failures": hs_fail,
+                    "server_cpu_us_per_handshake": cpu_hs,
+                    "client_cpu_us_per_handshake_concurrency_64": client_hs, "handshake_p99_ms": p99_hs, "handshake_failures": hs_fail,
                     "idle_kib_per_connection": idle, "fanout": fan,
                     "push": {"rate": push_rate, "p50_ms": get(push, "latency", "p50_ms"),
                              "p99_ms": push_p99, "p999_ms": get(push, "latency", "p999_ms"),
@@ -186,6 +189,8 @@ def main():
         f"{fmt(cpu_hs['wsgate_embedded'], 0)} / {fmt(cpu_hs['wsgate_redis'], 0)} µs | Go: {fmt(p99_hs['go'], 0)} ms, {fmt(cpu_hs['go'], 0)} µs | CPU {fmt(ratio(cpu_hs['wsgate_embedded'], cpu_hs['go']), 2, '×')} |",
         f"| handshakes/s with 64 in flight (below wsgate's 128 listen backlog), embedded / Redis | {fmt(hs64['wsgate_embedded'], 0)} / {fmt(hs64['wsgate_redis'], 0)} "
         f"| Go: {fmt(hs64['go'], 0)} | {fmt(ratio(hs64['wsgate_embedded'], hs64['go']), 2, '×')} / {fmt(ratio(hs64['wsgate_redis'], hs64['go']), 2, '×')} |",
+        f"| load generator's own CPU per handshake (same client for all; 64 in flight) | {fmt(client_hs['wsgate_embedded'], 0)} / {fmt(client_hs['wsgate_redis'], 0)} µs "
+        f"| Go run: {fmt(client_hs['go'], 0)} µs | — |",
         f"| idle RSS per connection ({fmt(get(runs['idle_wsgate'], 'held'))} held, JWT) | {fmt(idle['wsgate'], 2, ' KiB')} "
         f"| Go ({fmt(get(runs['idle_go'], 'held'))} held): {fmt(idle['go'], 2, ' KiB')} | {fmt(r_idle, 2, '×')} |",
         f"| fan-out server CPU per delivery (2 pods + Redis; {fmt(fan['wsgate']['delivered'])}/{fmt(fan['wsgate']['expected'])} delivered) "
