@@ -549,7 +549,9 @@ pub struct SessionSettings {
     /// Outbound messages queued per session before it is closed as a slow consumer
     /// (1 ..= 1000000). Default `256`.
     pub outbound_queue: usize,
-    /// Socket read buffer per connection in bytes (>= 256). Default `4096`.
+    /// Socket read buffer per connection, allocated up front (bytes, >= 256). Default
+    /// `1024`: most frames are small, larger ones are read in several calls; every
+    /// idle connection pays for it.
     pub read_buffer_bytes: usize,
     /// Socket write buffer per connection in bytes (0 = write eagerly). Default `4096`.
     pub write_buffer_bytes: usize,
@@ -563,7 +565,7 @@ impl Default for SessionSettings {
             max_message_bytes: 65_536,
             max_frame_bytes: 65_536,
             outbound_queue: 256,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 1024,
             write_buffer_bytes: 4096,
         }
     }

@@ -238,22 +238,18 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
 
 async fn serve_until_signal(settings: Settings) -> anyhow::Result<()> {
     {
-        let http = tokio::net::TcpListener::bind(settings.server.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} (server.listen)",
-                    settings.server.listen
-                )
-            })?;
-        let grpc = tokio::net::TcpListener::bind(settings.server.grpc_listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} (server.grpc_listen)",
-                    settings.server.grpc_listen
-                )
-            })?;
+        let http = listen(settings.server.listen).with_context(|| {
+            format!(
+                "cannot listen on {} (server.listen)",
+                settings.server.listen
+            )
+        })?;
+        let grpc = listen(settings.server.grpc_listen).with_context(|| {
+            format!(
+                "cannot listen on {} (server.grpc_listen)",
+                settings.server.grpc_listen
+            )
+        })?;
         tracing::info!(
             http = %http.local_addr()?,
             grpc = %grpc.local_addr()?,
@@ -267,6 +263,23 @@ async fn serve_until_signal(settings: Settings) -> anyhow::Result<()> {
         .await?;
         Ok(())
     }
+}
+
+/// Pending connections the kernel queues per listener. tokio's `bind` uses 128, which a
+/// burst of reconnecting clients overflows (each dropped SYN costs the client a 1 s
+/// retransmit); Go's net package, for comparison, uses the system maximum.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with address reuse and a deep accept backlog.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Resolves on SIGTERM (Kubernetes) or Ctrl-C.
