@@ -364,3 +364,27 @@ async fn no_token_or_api_key_reaches_the_logs() {
         assert!(!logs.contains(secret), "a secret is in the logs: {secret}");
     }
 }
+
+#[tokio::test]
+async fn a_session_does_not_outlive_its_token() {
+    let mut s = jwt_settings();
+    s.auth.jwt.leeway = Duration::from_secs(0);
+    let gw = Gateway::start(s).await;
+    let short = token_with(serde_json::json!({"sub":"brief","exp":now() + 2}));
+    let (mut brief, _) = gw.connect_token(&short).await;
+    let (mut lasting, _) = gw.connect_token(&token("lasting", None)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        close_code(&mut brief).await,
+        Some(3005),
+        "closed as token expired"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "closed {took:?} after connecting with 2 s left on the token"
+    );
+    // The other session, with a token valid for an hour, carries on.
+    send_json(&mut lasting, serde_json::json!({"op":"ping"})).await;
+    assert_eq!(next_json(&mut lasting).await["op"], "pong");
+}

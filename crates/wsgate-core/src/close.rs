@@ -19,6 +19,8 @@ pub const INTERNAL: u16 = 1011;
 pub const HEARTBEAT_TIMEOUT: u16 = 3001;
 /// Disconnected by the control plane without a caller-chosen code. Do not reconnect.
 pub const KICKED: u16 = 3003;
+/// The session's token expired: get a fresh token, then reconnect.
+pub const TOKEN_EXPIRED: u16 = 3005;
 /// Slow consumer: the client did not read fast enough and its queue filled up. Reconnect.
 pub const SLOW_CONSUMER: u16 = 3008;
 

@@ -41,6 +41,8 @@ pub struct SessionParams {
     pub heartbeat_timeout: Duration,
     /// Outbound queue capacity in messages.
     pub outbound_queue: usize,
+    /// Clock skew allowed on token expiry (`auth.jwt.leeway`).
+    pub token_leeway: Duration,
 }
 
 /// Who the session belongs to and where it comes from (DESIGN §2.4).
@@ -60,6 +62,9 @@ pub struct SessionContext {
     pub subprotocol: Option<&'static str>,
     /// Echo mode (`server.echo_path`): no welcome, data frames are sent back as they came.
     pub echo: bool,
+    /// The token's `exp` (seconds since the Unix epoch); the session closes with 3005
+    /// then (plus the leeway). `None` with auth off.
+    pub expires_at: Option<u64>,
 }
 
 /// How a session ended.
@@ -326,6 +331,12 @@ where
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Set when a ping is out and nothing has come back yet.
     let mut pong_deadline: Option<tokio::time::Instant> = None;
+    // A session never outlives its token.
+    let token_deadline = ctx.expires_at.map(|exp| {
+        let now = crate::node::now_ms() / 1000;
+        let left = Duration::from_secs(exp.saturating_sub(now)) + params.token_leeway;
+        tokio::time::Instant::now() + left
+    });
 
     loop {
         let step = tokio::select! {
@@ -339,6 +350,9 @@ where
             }
             () = sleep_until_opt(pong_deadline) => {
                 Step::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout".into())
+            }
+            () = sleep_until_opt(token_deadline) => {
+                Step::Close(close::TOKEN_EXPIRED, "token expired; reconnect with a new token".into())
             }
             frame = outbound.recv() => match frame {
                 Some(frame) => write_batch(ws, frame, outbound, &closing, params, tally).await,

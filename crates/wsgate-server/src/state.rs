@@ -37,6 +37,7 @@ impl AppState {
             heartbeat_interval: s.heartbeat_interval,
             heartbeat_timeout: s.heartbeat_timeout,
             outbound_queue: s.outbound_queue,
+            token_leeway: settings.auth.jwt.leeway,
         };
         Self {
             settings,

@@ -102,6 +102,7 @@ async fn upgrade_session(state: Arc<AppState>, mut req: Request, echo: bool) -> 
         user_agent,
         subprotocol,
         echo,
+        expires_at: identity.expires_at,
     };
     // Registered before the 101: the registry enforces the per-user limit atomically
     // (the preflight's count is only the early answer), and pushes that arrive while the

@@ -23,6 +23,7 @@
     1011: "internal error: the session could not be registered",
     3001: "heartbeat timeout",
     3003: "kicked by a Disconnect call",
+    3005: "token expired (get a new token, then reconnect)",
     3008: "slow consumer",
   };
 
