@@ -4,27 +4,23 @@
 //! empty under load, and every client of a lost pod reconnecting to the survivor at
 //! once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use serde_json::Value;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tonic::Code;
 use wsgate_tests::hostile::*;
 use wsgate_tests::pods::Pod;
+use wsgate_tests::recorder::*;
 use wsgate_tests::redis::RedisServer;
 use wsgate_tests::*;
 
 fn lo(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, last)
-}
-
-fn session_id(welcome: &Value) -> String {
-    welcome["session_id"].as_str().unwrap().to_string()
 }
 
 /// The `process_id` of a running `redis-server`, from `INFO server`.
@@ -45,101 +41,6 @@ impl Drop for Resume {
             .args(["-CONT", &self.0.to_string()])
             .status();
     }
-}
-
-/// Every frame a socket receives, read by a task of its own (so pings are answered).
-struct Recorder {
-    frames: Arc<Mutex<Vec<Message>>>,
-    ended: Arc<Mutex<Option<String>>>,
-}
-
-impl Recorder {
-    fn start(mut ws: Ws) -> Self {
-        let frames = Arc::new(Mutex::new(Vec::new()));
-        let ended = Arc::new(Mutex::new(None));
-        let (f, e) = (frames.clone(), ended.clone());
-        tokio::spawn(async move {
-            let why = loop {
-                match ws.next().await {
-                    Some(Ok(m)) => f.lock().unwrap().push(m),
-                    Some(Err(err)) => break format!("error: {err}"),
-                    None => break "stream ended".to_string(),
-                }
-            };
-            *e.lock().unwrap() = Some(why);
-        });
-        Self { frames, ended }
-    }
-
-    /// The `data` of every push received so far.
-    fn pushes(&self) -> Vec<String> {
-        self.frames
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|m| match m {
-                Message::Text(t) => serde_json::from_str::<Value>(t.as_str()).ok(),
-                _ => None,
-            })
-            .filter(|v| v["op"] == "message")
-            .map(|v| v["data"].as_str().unwrap_or_default().to_string())
-            .collect()
-    }
-
-    /// Panics if the socket received a close frame or ended.
-    fn assert_open(&self, who: &str) {
-        let closes: Vec<Message> = self
-            .frames
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|m| matches!(m, Message::Close(_)))
-            .cloned()
-            .collect();
-        assert!(closes.is_empty(), "{who} received a close: {closes:?}");
-        let ended = self.ended.lock().unwrap().clone();
-        assert!(ended.is_none(), "{who}'s socket ended: {ended:?}");
-    }
-
-    fn assert_no_duplicates(&self, who: &str) {
-        let pushes = self.pushes();
-        let unique: BTreeSet<&String> = pushes.iter().collect();
-        assert_eq!(
-            unique.len(),
-            pushes.len(),
-            "{who} got a message twice: {pushes:?}"
-        );
-    }
-}
-
-/// Sends `prefix-N` to `user` via `grpc` until `rec` has received one of them.
-async fn send_until_received(
-    what: &str,
-    within: Duration,
-    grpc: &mut GrpcClient,
-    user: &str,
-    prefix: &str,
-    rec: &Recorder,
-) {
-    let mut n = 0u32;
-    eventually(what, within, async || {
-        if rec.pushes().iter().any(|d| d.starts_with(prefix)) {
-            return Ok(());
-        }
-        n += 1;
-        let data = format!("{prefix}-{n}");
-        let r = tokio::time::timeout(Duration::from_secs(3), grpc.send_to_user(user, text(&data)))
-            .await
-            .map_err(|_| format!("SendToUser {data} hung"))?
-            .map_err(|e| format!("SendToUser {data}: {e:?}"))?;
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        if rec.pushes().iter().any(|d| d.starts_with(prefix)) {
-            Ok(())
-        } else {
-            Err(format!("{data} (targets {}) not received", r.targets))
-        }
-    })
-    .await;
 }
 
 /// Both pods' `/readyz` statuses.

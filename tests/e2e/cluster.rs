@@ -4,51 +4,22 @@
 //! lost and restarted empty without any client reconnecting.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
+use serde_json::json;
 use tonic::Code;
 use wsgate_proto::pb;
+use wsgate_tests::hostile::eventually;
 use wsgate_tests::pods::Pod;
+use wsgate_tests::recorder::*;
 use wsgate_tests::redis::{RedisCluster, RedisServer};
 use wsgate_tests::*;
 
 /// How long a socket must stay quiet to count as "received nothing (more)".
 const QUIET: Duration = Duration::from_millis(300);
-/// Poll interval of [`eventually`].
+/// Poll interval of the waits here (as in `hostile::eventually`).
 const POLL: Duration = Duration::from_millis(100);
-
-/// Polls `check` every [`POLL`] until it returns `Ok`, failing after `within` with the
-/// last reason it gave.
-async fn eventually<T>(
-    what: &str,
-    within: Duration,
-    mut check: impl AsyncFnMut() -> Result<T, String>,
-) -> T {
-    let start = Instant::now();
-    loop {
-        match check().await {
-            Ok(v) => return v,
-            Err(why) => {
-                assert!(
-                    start.elapsed() < within,
-                    "{what}: not within {within:?}; last: {why}"
-                );
-            }
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-fn session_id(welcome: &Value) -> String {
-    welcome["session_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("welcome without session_id: {welcome}"))
-        .to_string()
-}
 
 /// Reads the next frame and checks it is a push of text `data` (from `topic`, if any).
 async fn expect_message(ws: &mut Ws, data: &str, topic: Option<&str>) {
@@ -369,92 +340,6 @@ async fn a_killed_pod_leaves_presence_within_the_bound() {
         killed.elapsed()
     );
     assert_silent(&mut alice_b, QUIET).await;
-}
-
-/// Every frame a socket receives, read by a task of its own (so pings are answered).
-struct Recorder {
-    frames: Arc<Mutex<Vec<Message>>>,
-    ended: Arc<Mutex<Option<String>>>,
-}
-
-impl Recorder {
-    fn start(mut ws: Ws) -> Self {
-        let frames = Arc::new(Mutex::new(Vec::new()));
-        let ended = Arc::new(Mutex::new(None));
-        let (f, e) = (frames.clone(), ended.clone());
-        tokio::spawn(async move {
-            let why = loop {
-                match ws.next().await {
-                    Some(Ok(m)) => f.lock().unwrap().push(m),
-                    Some(Err(err)) => break format!("error: {err}"),
-                    None => break "stream ended".to_string(),
-                }
-            };
-            *e.lock().unwrap() = Some(why);
-        });
-        Self { frames, ended }
-    }
-
-    /// The `data` of every push received so far.
-    fn pushes(&self) -> Vec<String> {
-        self.frames
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|m| match m {
-                Message::Text(t) => serde_json::from_str::<Value>(t.as_str()).ok(),
-                _ => None,
-            })
-            .filter(|v| v["op"] == "message")
-            .map(|v| v["data"].as_str().unwrap_or_default().to_string())
-            .collect()
-    }
-
-    /// Panics if the socket received a close frame or ended.
-    fn assert_open(&self, who: &str) {
-        let closes: Vec<Message> = self
-            .frames
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|m| matches!(m, Message::Close(_)))
-            .cloned()
-            .collect();
-        assert!(closes.is_empty(), "{who} received a close: {closes:?}");
-        let ended = self.ended.lock().unwrap().clone();
-        assert!(ended.is_none(), "{who}'s socket ended: {ended:?}");
-    }
-}
-
-/// Sends `prefix-N` to `user` via `grpc` until `rec` has received one of them; returns
-/// after the first arrives.
-async fn send_until_received(
-    what: &str,
-    within: Duration,
-    grpc: &mut GrpcClient,
-    user: &str,
-    prefix: &str,
-    rec: &Recorder,
-) {
-    let mut n = 0u32;
-    eventually(what, within, async || {
-        if rec.pushes().iter().any(|d| d.starts_with(prefix)) {
-            return Ok(());
-        }
-        n += 1;
-        let data = format!("{prefix}-{n}");
-        let r = tokio::time::timeout(Duration::from_secs(2), grpc.send_to_user(user, text(&data)))
-            .await
-            .map_err(|_| format!("SendToUser {data} hung"))?
-            .map_err(|e| format!("SendToUser {data}: {e:?}"))?;
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        if rec.pushes().iter().any(|d| d.starts_with(prefix)) {
-            Ok(())
-        } else {
-            Err(format!("{data} (targets {}) not received", r.targets))
-        }
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

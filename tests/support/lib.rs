@@ -5,6 +5,7 @@
 
 pub mod hostile;
 pub mod pods;
+pub mod recorder;
 pub mod redis;
 
 use std::net::SocketAddr;
