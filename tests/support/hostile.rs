@@ -10,12 +10,12 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::MaybeTlsStream;
 use wsgate_proto::pb;
 
-use crate::{GrpcClient, RawResponse, WAIT, Ws};
+use crate::{GrpcClient, RawResponse, Ws, read_response};
 
 /// Number of open file descriptors of process `pid` (entries of `/proc/<pid>/fd`).
 pub fn fd_count(pid: u32) -> usize {
@@ -141,61 +141,6 @@ pub async fn ws_from(
         .await
         .map_err(tokio_tungstenite::tungstenite::Error::Io)?;
     ws_on(stream, url).await
-}
-
-/// Reads one HTTP response (head, then a body by `Content-Length`) from `stream`.
-pub async fn read_response(stream: &mut TcpStream) -> std::io::Result<RawResponse> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos + 4;
-        }
-        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no response"))??;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "closed before a response",
-            ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .unwrap_or_default()
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers: Vec<(String, String)> = lines
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[head_end..].to_vec();
-    while body.len() < len {
-        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "body"))??;
-        if n == 0 {
-            break;
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    Ok(RawResponse {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).to_string(),
-    })
 }
 
 /// Sends `request` from source address `from` and reads one response.

@@ -316,6 +316,11 @@ impl RawResponse {
 pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> std::io::Result<RawResponse> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.write_all(request).await?;
+    read_response(&mut stream).await
+}
+
+/// Reads one HTTP response (head, then a body by `Content-Length`) from `stream`.
+pub async fn read_response(stream: &mut TcpStream) -> std::io::Result<RawResponse> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
