@@ -98,6 +98,12 @@ impl JwtAlgorithm {
             JwtAlgorithm::ES256 => "ES256",
         }
     }
+
+    /// Whether this algorithm verifies with a public key (RS256, ES256) rather than a
+    /// shared secret.
+    pub fn uses_public_key(self) -> bool {
+        !matches!(self, JwtAlgorithm::HS256)
+    }
 }
 
 impl std::fmt::Display for JwtAlgorithm {
@@ -110,7 +116,7 @@ impl std::str::FromStr for JwtAlgorithm {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_uppercase().as_str() {
+        match s.trim().to_ascii_uppercase().as_str() {
             "HS256" => Ok(JwtAlgorithm::HS256),
             "RS256" => Ok(JwtAlgorithm::RS256),
             "ES256" => Ok(JwtAlgorithm::ES256),

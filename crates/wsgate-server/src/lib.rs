@@ -78,10 +78,7 @@ pub fn authenticator(settings: &Settings) -> Result<Authenticator, RunError> {
             };
             let algorithm = jwt
                 .effective_algorithm()
-                .map(|a| a.as_str())
-                .unwrap_or("HS256")
-                .parse()
-                .map_err(|e: String| RunError::Config(format!("auth.jwt.algorithm: {e}")))?;
+                .unwrap_or(wsgate_core::auth::JwtAlgorithm::HS256);
             Authenticator::jwt(JwtConfig {
                 algorithm,
                 key,

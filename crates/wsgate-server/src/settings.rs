@@ -190,52 +190,8 @@ impl fmt::Display for AuthMode {
     }
 }
 
-/// JWT signature algorithm (`auth.jwt.algorithm`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum JwtAlgorithm {
-    /// `"HS256"`: HMAC-SHA256 with `auth.jwt.secret`.
-    HS256,
-    /// `"RS256"`: RSA PKCS#1 v1.5 SHA-256 with the PEM key in `auth.jwt.public_key_file`.
-    RS256,
-    /// `"ES256"`: ECDSA P-256 SHA-256 with the PEM key in `auth.jwt.public_key_file`.
-    ES256,
-}
-
-impl JwtAlgorithm {
-    /// The configuration string of this algorithm.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JwtAlgorithm::HS256 => "HS256",
-            JwtAlgorithm::RS256 => "RS256",
-            JwtAlgorithm::ES256 => "ES256",
-        }
-    }
-
-    /// Whether this algorithm verifies with a public key (RS256, ES256) rather than a secret.
-    pub fn uses_public_key(self) -> bool {
-        !matches!(self, JwtAlgorithm::HS256)
-    }
-}
-
-impl FromStr for JwtAlgorithm {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_uppercase().as_str() {
-            "HS256" => Ok(JwtAlgorithm::HS256),
-            "RS256" => Ok(JwtAlgorithm::RS256),
-            "ES256" => Ok(JwtAlgorithm::ES256),
-            _ => Err(format!(
-                "invalid value {s:?}: expected \"HS256\", \"RS256\" or \"ES256\""
-            )),
-        }
-    }
-}
-
-impl fmt::Display for JwtAlgorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// JWT signature algorithm (`auth.jwt.algorithm`): the one the verifier uses.
+pub use wsgate_core::auth::JwtAlgorithm;
 
 /// Redis deployment kind (`redis.mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
