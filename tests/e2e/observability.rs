@@ -270,34 +270,13 @@ async fn one_trace_follows_a_push_from_the_control_call_to_the_delivery_on_anoth
     );
 }
 
-fn scrape(text: &str) -> HashMap<String, f64> {
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    let parsed = prometheus_parse::Scrape::parse(lines).expect("metrics parse");
-    parsed
-        .samples
-        .into_iter()
-        .filter_map(|s| {
-            let value = match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => return None,
-            };
-            let mut labels: Vec<String> =
-                s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            labels.sort();
-            Some((format!("{}{{{}}}", s.metric, labels.join(",")), value))
-        })
-        .collect()
-}
-
 async fn metrics(gw: &Gateway) -> HashMap<String, f64> {
     let r = raw_request(gw.http, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
         .unwrap();
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("text/plain"));
-    scrape(&r.body)
+    wsgate_tests::hostile::parse_metrics(&r.body).0
 }
 
 #[tokio::test]

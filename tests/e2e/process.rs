@@ -195,14 +195,7 @@ async fn sigterm_closes_every_client_with_1001_spread_over_the_grace_period_and_
     }
 
     let started = Instant::now();
-    let pid = served.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    wsgate_tests::hostile::signal(served.child.id(), "-TERM");
 
     let mut closes = Vec::new();
     for r in readers {
@@ -258,14 +251,7 @@ async fn a_grpc_client_that_never_goes_away_does_not_hold_the_shutdown() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
-    let pid = served.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    wsgate_tests::hostile::signal(served.child.id(), "-TERM");
     let exited = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
