@@ -17,4 +17,5 @@ pub mod hub;
 pub mod ids;
 pub mod preflight;
 pub mod protocol;
+pub mod rejection;
 pub mod subscriptions;

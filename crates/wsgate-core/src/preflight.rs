@@ -24,74 +24,10 @@ use http::{Method, StatusCode, Version};
 use ipnet::IpNet;
 
 use crate::admission::ConnectionGauge;
+pub use crate::rejection::Rejection;
 
 /// How many bytes of a client-supplied value a message may quote.
 pub const ECHO_LIMIT: usize = 64;
-
-/// `Retry-After` for 503s and the session limit: long enough for a reconnect loop not to
-/// hammer a full or draining pod, short enough for a rolling update.
-const RETRY_AFTER_BUSY_S: u64 = 5;
-
-/// Why a handshake is refused: the status, a stable machine-readable `code`, a human
-/// `message` and any headers the status calls for (`Allow`, `Retry-After`, …).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    /// HTTP status of the response.
-    pub status: StatusCode,
-    /// Stable error code, the `error` field of the JSON body.
-    pub code: &'static str,
-    /// Human-readable explanation, the `message` field of the JSON body.
-    pub message: String,
-    /// Extra response headers required by the status.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-impl Rejection {
-    /// A rejection without extra headers.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            headers: Vec::new(),
-        }
-    }
-
-    /// Adds a response header.
-    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.push((name, value));
-        self
-    }
-
-    /// Adds `Retry-After: seconds`.
-    pub fn with_retry_after(self, seconds: u64) -> Self {
-        self.with_header(header::RETRY_AFTER, HeaderValue::from(seconds))
-    }
-
-    /// The response body: `{"error":code,"message":message}`.
-    pub fn json_body(&self) -> String {
-        serde_json::json!({ "error": self.code, "message": self.message }).to_string()
-    }
-
-    /// The value of `name` among [`Rejection::headers`], if set.
-    pub fn header(&self, name: &HeaderName) -> Option<&HeaderValue> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v)
-    }
-}
-
-impl std::fmt::Display for Rejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            self.status.as_u16(),
-            self.code,
-            self.message
-        )
-    }
-}
-
-impl std::error::Error for Rejection {}
 
 /// A client-supplied value made safe to quote in a message: at most [`ECHO_LIMIT`] bytes
 /// (cut at a char boundary), control characters escaped.
@@ -619,12 +555,7 @@ impl HandshakeLimiter {
             Err(not_until) => {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                Err(Rejection::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "too many handshakes from this address; retry later",
-                )
-                .with_retry_after(seconds.max(1)))
+                Err(Rejection::rate_limited(seconds))
             }
         }
     }
@@ -655,20 +586,10 @@ impl HandshakeLimiter {
 /// This is the cheap early answer; [`ConnectionGauge::try_acquire`] settles races.
 pub fn check_capacity(gauge: &ConnectionGauge, max: usize) -> Result<(), Rejection> {
     if gauge.is_draining() {
-        return Err(Rejection::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "this gateway is shutting down; reconnect to another one",
-        )
-        .with_retry_after(RETRY_AFTER_BUSY_S));
+        return Err(Rejection::draining());
     }
     if gauge.open() >= max {
-        return Err(Rejection::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "at_capacity",
-            "this gateway is at its connection limit; retry later",
-        )
-        .with_retry_after(RETRY_AFTER_BUSY_S));
+        return Err(Rejection::at_capacity());
     }
     Ok(())
 }
@@ -679,12 +600,7 @@ pub fn check_user_sessions(current: usize, max: usize) -> Result<(), Rejection> 
     if max == 0 || current < max {
         return Ok(());
     }
-    Err(Rejection::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_sessions",
-        format!("this user already has the maximum of {max} open sessions"),
-    )
-    .with_retry_after(RETRY_AFTER_BUSY_S))
+    Err(Rejection::too_many_sessions(max))
 }
 
 #[cfg(test)]

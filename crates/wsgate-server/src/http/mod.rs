@@ -14,6 +14,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use tower_http::catch_panic::CatchPanicLayer;
+use wsgate_core::rejection::Rejection;
 
 use crate::state::AppState;
 
@@ -64,25 +65,15 @@ pub fn with_edge_layers(routes: Router) -> Router {
 
 fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked");
-    json_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
+    preflight::rejection_response(Rejection::internal(
         "internal error; the request was not completed",
-    )
+    ))
 }
 
-/// A JSON error response in the same shape as preflight rejections.
-pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = serde_json::json!({ "error": code, "message": message }).to_string();
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        body,
-    )
-        .into_response()
+/// A JSON error response `{"error": code, "message": message}`, built like every
+/// preflight rejection.
+pub fn json_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
+    preflight::rejection_response(Rejection::new(status, code, message))
 }
 
 async fn healthz() -> Response {
@@ -108,7 +99,7 @@ async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>
             r#"{"status":"ready"}"#,
         )
             .into_response(),
-        Err(reason) => json_error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", &reason),
+        Err(reason) => json_error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason),
     }
 }
 

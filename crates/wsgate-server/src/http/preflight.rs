@@ -21,7 +21,6 @@ use axum::extract::connect_info::MockConnectInfo;
 use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 use axum::routing::MethodRouter;
-use http::StatusCode;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use ipnet::IpNet;
@@ -316,15 +315,6 @@ impl std::fmt::Debug for UserLimitCheck {
     }
 }
 
-fn backend_unavailable() -> Rejection {
-    Rejection::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "backend_unavailable",
-        "the session registry is unavailable; retry shortly",
-    )
-    .with_retry_after(5)
-}
-
 impl Check for UserLimitCheck {
     fn check(&self, req: &mut Request) -> impl Future<Output = Result<(), Rejection>> + Send {
         let user = req
@@ -340,22 +330,18 @@ impl Check for UserLimitCheck {
             let Some(user) = user else {
                 // The chain is wired wrongly (no AuthCheck before this one): fail closed.
                 tracing::error!("UserLimitCheck ran without an Identity; is AuthCheck missing?");
-                return Err(Rejection::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
-                    "the gateway is misconfigured",
-                ));
+                return Err(Rejection::internal("the gateway is misconfigured"));
             };
             match tokio::time::timeout(REGISTRY_TIMEOUT, registry.count_user_sessions(&user)).await
             {
                 Ok(Ok(current)) => preflight::check_user_sessions(current, max),
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "cannot count the user's sessions");
-                    Err(backend_unavailable())
+                    Err(Rejection::backend_unavailable())
                 }
                 Err(_) => {
                     tracing::warn!("counting the user's sessions timed out");
-                    Err(backend_unavailable())
+                    Err(Rejection::backend_unavailable())
                 }
             }
         }
@@ -462,6 +448,7 @@ mod tests {
     use async_trait::async_trait;
     use axum::Router;
     use axum::routing::any;
+    use http::StatusCode;
     use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
     use wsgate_core::auth::{JwtAlgorithm, JwtConfig, JwtKey, mint_hs256};

@@ -14,8 +14,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use wsgate_core::auth::Identity;
 use wsgate_core::ids::SessionId;
-use wsgate_core::preflight::{Rejection, check_user_sessions};
 use wsgate_core::protocol::SUBPROTOCOL;
+use wsgate_core::rejection::Rejection;
 
 use super::json_error;
 use super::preflight::{ClientAddr, rejection_response};
@@ -49,11 +49,7 @@ async fn upgrade_session(state: Arc<AppState>, mut req: Request, echo: bool) -> 
     let Some(identity) = req.extensions_mut().remove::<Identity>() else {
         // The preflight chain always sets it; reaching here without means a wiring bug.
         tracing::error!("upgrade reached without an authenticated identity");
-        return json_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        );
+        return rejection_response(Rejection::internal("internal error"));
     };
     let remote_addr = match req.extensions().get::<ClientAddr>() {
         Some(ClientAddr(ip)) => ip.to_string(),
@@ -69,14 +65,7 @@ async fn upgrade_session(state: Arc<AppState>, mut req: Request, echo: bool) -> 
         .gauge
         .try_acquire(state.settings.limits.max_connections)
     else {
-        return rejection_response(
-            Rejection::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "at_capacity",
-                "the gateway is at capacity; retry later",
-            )
-            .with_retry_after(5),
-        );
+        return rejection_response(Rejection::at_capacity());
     };
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
         return json_error(
@@ -117,28 +106,13 @@ async fn upgrade_session(state: Arc<AppState>, mut req: Request, echo: bool) -> 
     {
         Ok(r) => r,
         Err(OpenError::UserLimit) => {
-            return rejection_response(
-                check_user_sessions(usize::MAX, state.settings.limits.max_sessions_per_user)
-                    .err()
-                    .unwrap_or_else(|| {
-                        Rejection::new(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            "too_many_sessions",
-                            "this user has too many sessions",
-                        )
-                    }),
-            );
+            return rejection_response(Rejection::too_many_sessions(
+                state.settings.limits.max_sessions_per_user,
+            ));
         }
         Err(OpenError::Backend(e)) => {
             tracing::warn!(error = %e, "session registration failed");
-            return rejection_response(
-                Rejection::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "backend_unavailable",
-                    "the session registry is unavailable; retry later",
-                )
-                .with_retry_after(5),
-            );
+            return rejection_response(Rejection::backend_unavailable());
         }
     };
     let params = state.params.clone();
