@@ -13,6 +13,7 @@ pub mod backend;
 pub mod close;
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
+pub mod hosts;
 pub mod hub;
 pub mod ids;
 pub mod preflight;
