@@ -63,7 +63,7 @@ async fn tls_on_the_websocket_and_grpc_listeners() {
     let stop = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(wsgate_server::run(
         wsgate_server::Listeners { http, grpc },
-        s,
+        s.build().unwrap(),
         stop.clone().cancelled_owned(),
     ));
 

@@ -85,9 +85,12 @@ impl Gateway {
         let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
         let stop = CancellationToken::new();
         let shutdown = stop.clone().cancelled_owned();
+        let config = settings
+            .build()
+            .unwrap_or_else(|e| panic!("invalid test settings:\n{e}"));
         let task = tokio::spawn(wsgate_server::run(
             wsgate_server::Listeners { http, grpc },
-            settings.clone(),
+            config,
             shutdown,
         ));
         let gw = Self {

@@ -2,7 +2,7 @@
 //! and the helpers that keep tokens out of logs.
 //!
 //! The preflight's auth step calls [`Authenticator::authenticate`] on the request parts
-//! after every cheap check has passed (DESIGN §2), so a flood is turned away before any
+//! after every cheap check has passed (see the preflight table in `docs/protocol.md`), so a flood is turned away before any
 //! signature is verified. Tokens come from `Authorization: Bearer` or, because browsers
 //! cannot set headers on a WebSocket, from the `access_token` query parameter; anything
 //! that logs a request target must go through [`redact_query`] first.
@@ -70,8 +70,23 @@ pub enum AuthError {
     Sign(#[source] jsonwebtoken::errors::Error),
 }
 
-/// The signature algorithms wsgate accepts (`auth.jwt.algorithm`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// The signature algorithms wsgate accepts (`auth.jwt.algorithm`); names as in a token
+/// header, parsed case-insensitively.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantNames,
+)]
+#[strum(ascii_case_insensitive)]
 pub enum JwtAlgorithm {
     /// HMAC-SHA256 with a shared secret (`auth.jwt.secret`).
     HS256,
@@ -90,40 +105,10 @@ impl JwtAlgorithm {
         }
     }
 
-    /// The name as it appears in a token header and in configuration.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JwtAlgorithm::HS256 => "HS256",
-            JwtAlgorithm::RS256 => "RS256",
-            JwtAlgorithm::ES256 => "ES256",
-        }
-    }
-
     /// Whether this algorithm verifies with a public key (RS256, ES256) rather than a
     /// shared secret.
     pub fn uses_public_key(self) -> bool {
         !matches!(self, JwtAlgorithm::HS256)
-    }
-}
-
-impl std::fmt::Display for JwtAlgorithm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for JwtAlgorithm {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_uppercase().as_str() {
-            "HS256" => Ok(JwtAlgorithm::HS256),
-            "RS256" => Ok(JwtAlgorithm::RS256),
-            "ES256" => Ok(JwtAlgorithm::ES256),
-            _ => Err(format!(
-                "unsupported JWT algorithm {s:?}: use HS256, RS256 or ES256"
-            )),
-        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The handshake preflight as pure functions over request parts.
 //!
-//! Each function answers one row of the preflight table in DESIGN §2 and returns a
+//! Each function answers one row of the preflight table in `docs/protocol.md` and returns a
 //! [`Rejection`] that the HTTP edge (`wsgate-server`'s `http::preflight`) turns into a JSON
 //! response. Nothing here touches a socket or a web framework, so every rule is tested
 //! directly. The order in which the checks run is the edge's business: cheap header

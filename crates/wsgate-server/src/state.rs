@@ -7,11 +7,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::node::Node;
 use crate::session::SessionParams;
-use crate::settings::Settings;
+use crate::settings::{GatewayConfig, Settings};
 
 /// State shared by the HTTP handlers.
 pub struct AppState {
-    /// Validated settings.
+    /// The settings as loaded.
     pub settings: Arc<Settings>,
     /// This pod.
     pub node: Arc<Node>,
@@ -25,26 +25,14 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Derives the WebSocket and session parameters from `settings`.
-    pub fn new(settings: Arc<Settings>, node: Arc<Node>) -> Self {
-        let s = &settings.session;
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(s.read_buffer_bytes)
-            .write_buffer_size(s.write_buffer_bytes)
-            .max_message_size(Some(s.max_message_bytes))
-            .max_frame_size(Some(s.max_frame_bytes));
-        let params = SessionParams {
-            heartbeat_interval: s.heartbeat_interval,
-            heartbeat_timeout: s.heartbeat_timeout,
-            outbound_queue: s.outbound_queue,
-            token_leeway: settings.auth.jwt.leeway,
-        };
+    /// The handlers' state for `node`, configured by `config`.
+    pub fn new(config: &GatewayConfig, node: Arc<Node>) -> Self {
         Self {
-            settings,
+            settings: config.settings.clone(),
             node,
             sessions: TaskTracker::new(),
-            ws_config,
-            params,
+            ws_config: config.websocket,
+            params: config.session.clone(),
         }
     }
 }

@@ -13,6 +13,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tonic::metadata::MetadataValue;
 use wsgate_proto::pb;
+use wsgate_server::GatewayConfig;
 use wsgate_server::settings::{self, Settings};
 
 /// Exit code for a configuration that does not validate (EX_USAGE).
@@ -94,28 +95,21 @@ struct ControlArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match settings::load_from_process_env(cli.config.as_deref()) {
-        Ok(s) => s,
+    let config = match settings::load_from_process_env(cli.config.as_deref()) {
+        Ok(config) => config,
         Err(e) => {
             eprintln!("wsgate: the configuration has problems:\n{e}");
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    let problems = settings.validate();
-    if !problems.is_empty() {
-        eprintln!("wsgate: the configuration has problems:");
-        for p in &problems {
-            eprintln!("{p}");
-        }
-        return ExitCode::from(EXIT_BAD_CONFIG);
-    }
+    let settings = config.settings.clone();
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
             println!("configuration OK");
             Ok(())
         }
         Command::Token { user, ttl, topics } => token(&settings, &user, ttl, topics.as_deref()),
-        Command::Serve => serve(settings),
+        Command::Serve => serve(config),
         Command::Send { user, text, target } => control(
             &settings,
             &target,
@@ -221,23 +215,24 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn serve(settings: Settings) -> anyhow::Result<()> {
+fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-        let telemetry = wsgate_server::telemetry::init(&settings, &env)
+        let telemetry = wsgate_server::telemetry::init(&config.settings, &env)
             .map_err(|e| anyhow::anyhow!("telemetry: {e}"))?;
         if telemetry.exporting() {
             tracing::info!("exporting traces with OTLP");
         }
-        let result = serve_until_signal(settings).await;
+        let result = serve_until_signal(config).await;
         // Flushing blocks until the exporter is done: keep it off the async workers.
         let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
         result
     })
 }
 
-async fn serve_until_signal(settings: Settings) -> anyhow::Result<()> {
+async fn serve_until_signal(config: GatewayConfig) -> anyhow::Result<()> {
     {
+        let settings = config.settings.clone();
         let http = listen(settings.server.listen).with_context(|| {
             format!(
                 "cannot listen on {} (server.listen)",
@@ -257,7 +252,7 @@ async fn serve_until_signal(settings: Settings) -> anyhow::Result<()> {
         );
         wsgate_server::run(
             wsgate_server::Listeners { http, grpc },
-            settings,
+            config,
             shutdown_signal(),
         )
         .await?;

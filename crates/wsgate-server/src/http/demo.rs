@@ -97,7 +97,7 @@ fn asset(content_type: &'static str, cache_control: &'static str, body: Bytes) -
 pub fn render_page(settings: &Settings) -> String {
     INDEX_HTML
         .replace("{{WS_PATH}}", &escape_html(&settings.server.ws_path))
-        .replace("{{AUTH_MODE}}", settings.auth.mode.as_str())
+        .replace("{{AUTH_MODE}}", settings.auth.mode.into())
 }
 
 /// Escapes text for an HTML text node or a double-quoted attribute value.
@@ -119,7 +119,6 @@ fn escape_html(text: &str) -> String {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use std::sync::Arc;
 
     use axum::body::Body;
     use http::{Request, StatusCode};
@@ -127,17 +126,14 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
-    use crate::node::Node;
     use crate::settings::AuthMode;
-    use crate::state::AppState;
 
     /// The gateway's whole router, as `run` builds it.
     async fn gateway_router(settings: Settings) -> Router {
-        let settings = Arc::new(settings);
-        let node = Node::embedded("demo-test".into()).await.unwrap();
-        let preflight = crate::preflight(&settings, &node).unwrap();
-        let state = Arc::new(AppState::new(settings, node));
-        crate::http::router(state, &preflight)
+        crate::start(settings.build().unwrap())
+            .await
+            .unwrap()
+            .router()
     }
 
     async fn get(router: &Router, path: &str) -> (StatusCode, http::HeaderMap, String) {

@@ -1,5 +1,5 @@
 //! The preflight chain as tower layers: one [`CheckLayer`] per row of the table in
-//! DESIGN §2, each usable and testable on its own, and [`Preflight::wrap`] to stack them
+//! `docs/protocol.md`, each usable and testable on its own, and [`Preflight::wrap`] to stack them
 //! on the WebSocket route in the documented order.
 //!
 //! The rules themselves live in `wsgate_core::preflight` and `wsgate_core::auth` as pure
@@ -385,7 +385,7 @@ impl std::fmt::Debug for Preflight {
 }
 
 impl Preflight {
-    /// Wraps the WebSocket route in the whole chain, which then runs in DESIGN order:
+    /// Wraps the WebSocket route in the whole chain, which then runs in the documented order:
     /// method, HTTP version, Upgrade, Connection, version, key, Host, Origin, rate,
     /// capacity, auth, user limit. The route should accept any method
     /// (`axum::routing::any`) so that the method check is the one that answers 405.

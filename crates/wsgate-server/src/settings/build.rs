@@ -1,0 +1,230 @@
+//! Building: the settings turned into the objects the gateway runs with, every rule
+//! checked on the way and every problem reported at once.
+//!
+//! A value is checked by building what it configures: the Host and Origin policies
+//! parse the allow-lists with the same grammar the running checks use, the JWT key file
+//! is read once and handed to the verifier, the TLS files are read once and become the
+//! listeners' configurations. So `wsgate check-config` and `wsgate serve` cannot
+//! disagree, and [`crate::run`] has nothing left that could fail on configuration.
+
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use wsgate_core::auth::Authenticator;
+use wsgate_core::hosts::{HostPolicy, HostPort, OriginPolicy, OriginRule};
+use wsgate_core::preflight::HandshakeLimiter;
+
+use super::sections::{RedisMode, Settings};
+use super::{Problem, SettingsError};
+use crate::session::SessionParams;
+use crate::tls::{GRPC_ALPN, HTTP_ALPN, PemPair};
+
+/// The configuration the gateway runs with: the settings as loaded, and what they mean
+/// built into the parts that use them.
+#[derive(Clone)]
+pub struct GatewayConfig {
+    /// The settings as loaded; plain values (paths, durations, limits) are read from here.
+    pub settings: Arc<Settings>,
+    /// `preflight.*` and the per-IP rate of `limits.*`.
+    pub preflight: PreflightPolicies,
+    /// `auth.*`: the authenticator, its key loaded.
+    pub authenticator: Arc<Authenticator>,
+    /// `session.*` and `auth.jwt.leeway`: what each session runs with.
+    pub session: SessionParams,
+    /// `session.*`: the WebSocket codec's buffers and limits.
+    pub websocket: WebSocketConfig,
+    /// `server.tls_*`: TLS for the HTTP/WebSocket listener.
+    pub http_tls: Option<Arc<rustls::ServerConfig>>,
+    /// `control.tls_*`: TLS for the gRPC listener.
+    pub grpc_tls: Option<tonic::transport::ServerTlsConfig>,
+    /// `redis.*` and `registry.*`: which backends the node uses.
+    pub backend: Backend,
+}
+
+impl std::fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("preflight", &self.preflight)
+            .field("session", &self.session)
+            .field("http_tls", &self.http_tls.is_some())
+            .field("grpc_tls", &self.grpc_tls.is_some())
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The policies of the preflight chain that come from configuration alone (the chain
+/// also needs the node's connection gauge and registry).
+#[derive(Debug, Clone)]
+pub struct PreflightPolicies {
+    /// `preflight.allowed_hosts`.
+    pub host: Arc<HostPolicy>,
+    /// `preflight.allowed_origins` and `preflight.require_origin`.
+    pub origin: Arc<OriginPolicy>,
+    /// `preflight.trusted_proxies`.
+    pub trusted_proxies: Arc<[IpNet]>,
+    /// `limits.handshakes_per_ip_per_s` and `limits.handshake_burst`.
+    pub limiter: Arc<HandshakeLimiter>,
+}
+
+/// The node's backends.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// No `redis.url`: the embedded in-memory broker and registry (one pod).
+    Embedded,
+    /// Cluster mode over Redis.
+    Redis(wsgate_redis::RedisOptions),
+}
+
+impl Settings {
+    /// Builds the gateway's configuration, or reports every problem at once: bad values,
+    /// broken cross-key rules, key and certificate files that cannot be read or used.
+    pub fn build(&self) -> Result<GatewayConfig, SettingsError> {
+        let mut p = Vec::new();
+        self.check_server(&mut p);
+        self.check_limits(&mut p);
+        self.check_session(&mut p);
+        self.check_control(&mut p);
+        self.check_redis(&mut p);
+        self.check_telemetry(&mut p);
+        self.check_registry_and_shutdown(&mut p);
+        let http_tls = tls_pair(
+            &mut p,
+            ("server.tls_cert_file", &self.server.tls_cert_file),
+            ("server.tls_key_file", &self.server.tls_key_file),
+            HTTP_ALPN,
+        );
+        let grpc_tls = tls_pair(
+            &mut p,
+            ("control.tls_cert_file", &self.control.tls_cert_file),
+            ("control.tls_key_file", &self.control.tls_key_file),
+            GRPC_ALPN,
+        );
+        let preflight = self.preflight_policies(&mut p);
+        let authenticator = self.authenticator(&mut p);
+        let (Some(http_tls), Some(grpc_tls), Some(preflight), Some(authenticator)) =
+            (http_tls, grpc_tls, preflight, authenticator)
+        else {
+            return Err(SettingsError { problems: p });
+        };
+        if !p.is_empty() {
+            return Err(SettingsError { problems: p });
+        }
+        Ok(GatewayConfig {
+            preflight,
+            authenticator: Arc::new(authenticator),
+            session: self.session_params(),
+            websocket: self.websocket_config(),
+            http_tls: http_tls.map(|(_, config)| config),
+            grpc_tls: grpc_tls.map(|(pair, _)| pair.grpc_config()),
+            backend: self.backend(),
+            settings: Arc::new(self.clone()),
+        })
+    }
+
+    /// Every problem [`Settings::build`] finds; empty means the settings are valid.
+    pub fn validate(&self) -> Vec<Problem> {
+        self.build().err().map(|e| e.problems).unwrap_or_default()
+    }
+
+    fn preflight_policies(&self, p: &mut Vec<Problem>) -> Option<PreflightPolicies> {
+        let pre = &self.preflight;
+        let before = p.len();
+        let mut hosts = Vec::new();
+        for entry in &pre.allowed_hosts {
+            match HostPort::parse_entry(entry) {
+                Ok(host) => hosts.push(host),
+                Err(e) => p.push(Problem::new(
+                    "preflight.allowed_hosts",
+                    format!("invalid host {entry:?}: {e}"),
+                )),
+            }
+        }
+        let mut origins = Vec::new();
+        for entry in &pre.allowed_origins {
+            match OriginRule::parse(entry) {
+                Ok(rule) => origins.push(rule),
+                Err(e) => p.push(Problem::new(
+                    "preflight.allowed_origins",
+                    format!("invalid origin {entry:?}: {e}"),
+                )),
+            }
+        }
+        (p.len() == before).then(|| PreflightPolicies {
+            host: Arc::new(HostPolicy::from_entries(hosts)),
+            origin: Arc::new(OriginPolicy::from_rules(origins, pre.require_origin)),
+            trusted_proxies: pre.trusted_proxies.clone().into(),
+            limiter: Arc::new(HandshakeLimiter::new(
+                self.limits.handshakes_per_ip_per_s,
+                self.limits.handshake_burst,
+            )),
+        })
+    }
+
+    fn session_params(&self) -> SessionParams {
+        let s = &self.session;
+        SessionParams {
+            heartbeat_interval: s.heartbeat_interval,
+            heartbeat_timeout: s.heartbeat_timeout,
+            outbound_queue: s.outbound_queue,
+            token_leeway: self.auth.jwt.leeway,
+        }
+    }
+
+    fn websocket_config(&self) -> WebSocketConfig {
+        let s = &self.session;
+        WebSocketConfig::default()
+            .read_buffer_size(s.read_buffer_bytes)
+            .write_buffer_size(s.write_buffer_bytes)
+            .max_message_size(Some(s.max_message_bytes))
+            .max_frame_size(Some(s.max_frame_bytes))
+    }
+
+    fn backend(&self) -> Backend {
+        let redis = &self.redis;
+        let Some(url) = &redis.url else {
+            return Backend::Embedded;
+        };
+        let topology = match redis.mode {
+            RedisMode::Standalone => wsgate_redis::Topology::Standalone,
+            RedisMode::Cluster => wsgate_redis::Topology::Cluster,
+            RedisMode::Sentinel => wsgate_redis::Topology::Sentinel {
+                service: redis.sentinel_service.clone().unwrap_or_default(),
+            },
+        };
+        let mut options =
+            wsgate_redis::RedisOptions::new(url.clone(), redis.namespace.clone(), topology);
+        options.pod_ttl = self.registry.pod_ttl;
+        Backend::Redis(options)
+    }
+}
+
+/// A TLS certificate and key are set together, are read once and fit together.
+/// `Some(None)`: TLS is off; `None`: a problem was reported.
+fn tls_pair(
+    p: &mut Vec<Problem>,
+    (cert_key, cert): (&str, &Option<std::path::PathBuf>),
+    (key_key, key): (&str, &Option<std::path::PathBuf>),
+    alpn: &[&[u8]],
+) -> Option<Option<(PemPair, Arc<rustls::ServerConfig>)>> {
+    let problem = |p: &mut Vec<Problem>, key: &str, message: String| {
+        p.push(Problem::new(key, message));
+        None
+    };
+    match (cert, key) {
+        (None, None) => Some(None),
+        (Some(_), None) => problem(p, key_key, format!("required with {cert_key}")),
+        (None, Some(_)) => problem(p, cert_key, format!("required with {key_key}")),
+        (Some(c), Some(k)) => {
+            let pair = match PemPair::read(c, k) {
+                Ok(pair) => pair,
+                Err(e) => return problem(p, cert_key, e),
+            };
+            match pair.server_config(alpn) {
+                Ok(config) => Some(Some((pair, config))),
+                Err(e) => problem(p, cert_key, e),
+            }
+        }
+    }
+}

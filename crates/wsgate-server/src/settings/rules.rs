@@ -1,0 +1,265 @@
+//! The rules on single values and between keys that no built object checks by itself:
+//! ranges, paths, listeners, the secure-default rule for the control plane, Redis and
+//! telemetry syntax.
+
+use std::time::Duration;
+
+use super::sections::{RedisMode, Settings};
+use super::{MIN_API_KEY_CHARS, Problem};
+
+impl Settings {
+    pub(super) fn check_server(&self, p: &mut Vec<Problem>) {
+        let s = &self.server;
+        if !s.ws_path.starts_with('/') {
+            p.push(Problem::new(
+                "server.ws_path",
+                format!("must start with '/', got {:?}", s.ws_path),
+            ));
+        } else if s
+            .ws_path
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
+        {
+            p.push(Problem::new(
+                "server.ws_path",
+                format!(
+                    "must be a plain path without spaces, '?' or '#', got {:?}",
+                    s.ws_path
+                ),
+            ));
+        }
+        if let Some(echo) = &s.echo_path {
+            let reserved = ["/healthz", "/readyz", "/metrics"];
+            if !echo.starts_with('/')
+                || echo
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
+            {
+                p.push(Problem::new(
+                    "server.echo_path",
+                    format!("must be a plain path starting with '/', got {echo:?}"),
+                ));
+            } else if *echo == s.ws_path || reserved.contains(&echo.as_str()) {
+                p.push(Problem::new(
+                    "server.echo_path",
+                    format!("{echo:?} is already taken (server.ws_path or a built-in endpoint)"),
+                ));
+            } else if s.demo_page && (echo == "/" || echo.starts_with("/demo/")) {
+                p.push(Problem::new(
+                    "server.echo_path",
+                    format!("{echo:?} is taken by the try-it page; set server.demo_page = false"),
+                ));
+            }
+        }
+        if s.listen == s.grpc_listen && s.listen.port() != 0 {
+            p.push(Problem::new(
+                "server.grpc_listen",
+                format!("must differ from server.listen (both are {})", s.listen),
+            ));
+        }
+        if s.pod_id.is_empty() || s.pod_id.len() > 128 || !s.pod_id.chars().all(is_name_char) {
+            p.push(Problem::new(
+                "server.pod_id",
+                format!(
+                    "must be 1 to 128 characters of [A-Za-z0-9._-], got {:?}",
+                    s.pod_id
+                ),
+            ));
+        }
+        if s.header_read_timeout.is_zero() {
+            p.push(Problem::new(
+                "server.header_read_timeout",
+                "must be greater than 0",
+            ));
+        }
+    }
+
+    pub(super) fn check_limits(&self, p: &mut Vec<Problem>) {
+        let l = &self.limits;
+        if l.handshakes_per_ip_per_s > 0 && l.handshake_burst == 0 {
+            p.push(Problem::new(
+                "limits.handshake_burst",
+                "must be at least 1 when limits.handshakes_per_ip_per_s is greater than 0",
+            ));
+        }
+        if l.max_connections == 0 {
+            p.push(Problem::new("limits.max_connections", "must be at least 1"));
+        }
+    }
+
+    pub(super) fn check_session(&self, p: &mut Vec<Problem>) {
+        const MIN_FRAME: usize = 125;
+        const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+        let s = &self.session;
+        if s.heartbeat_interval.is_zero() {
+            p.push(Problem::new(
+                "session.heartbeat_interval",
+                "must be greater than 0",
+            ));
+        }
+        if s.heartbeat_timeout.is_zero() {
+            p.push(Problem::new(
+                "session.heartbeat_timeout",
+                "must be greater than 0",
+            ));
+        }
+        let message_ok = (MIN_FRAME..=MAX_MESSAGE).contains(&s.max_message_bytes);
+        if !message_ok {
+            p.push(Problem::new(
+                "session.max_message_bytes",
+                format!(
+                    "must be between {MIN_FRAME} and {MAX_MESSAGE} (64 MiB), got {}",
+                    s.max_message_bytes
+                ),
+            ));
+        }
+        if s.max_frame_bytes < MIN_FRAME {
+            p.push(Problem::new(
+                "session.max_frame_bytes",
+                format!("must be at least {MIN_FRAME}, got {}", s.max_frame_bytes),
+            ));
+        } else if message_ok && s.max_frame_bytes > s.max_message_bytes {
+            p.push(Problem::new(
+                "session.max_frame_bytes",
+                format!(
+                    "must not exceed session.max_message_bytes ({}), got {}",
+                    s.max_message_bytes, s.max_frame_bytes
+                ),
+            ));
+        }
+        if !(1..=1_000_000).contains(&s.outbound_queue) {
+            p.push(Problem::new(
+                "session.outbound_queue",
+                format!("must be between 1 and 1000000, got {}", s.outbound_queue),
+            ));
+        }
+        if s.read_buffer_bytes < 256 {
+            p.push(Problem::new(
+                "session.read_buffer_bytes",
+                format!("must be at least 256, got {}", s.read_buffer_bytes),
+            ));
+        }
+    }
+
+    pub(super) fn check_control(&self, p: &mut Vec<Problem>) {
+        for (i, key) in self.control.api_keys.iter().enumerate() {
+            if key.chars().count() < MIN_API_KEY_CHARS {
+                p.push(Problem::new(
+                    "control.api_keys",
+                    format!(
+                        "entry {} is shorter than {MIN_API_KEY_CHARS} characters",
+                        i + 1
+                    ),
+                ));
+            }
+        }
+        if self.control.api_keys.is_empty()
+            && !self.auth.allow_insecure
+            && !self.server.grpc_listen.ip().is_loopback()
+        {
+            p.push(Problem::new(
+                "control.api_keys",
+                format!(
+                    "the control plane has no API keys but the gRPC listener {} is not on \
+                     loopback; set control.api_keys or auth.allow_insecure = true",
+                    self.server.grpc_listen
+                ),
+            ));
+        }
+    }
+
+    pub(super) fn check_redis(&self, p: &mut Vec<Problem>) {
+        if let Some(raw) = &self.redis.url {
+            match url::Url::parse(raw) {
+                Ok(u) if matches!(u.scheme(), "redis" | "rediss") => {}
+                Ok(u) => p.push(Problem::new(
+                    "redis.url",
+                    format!(
+                        "unsupported scheme {:?}: expected redis:// or rediss://",
+                        u.scheme()
+                    ),
+                )),
+                // The URL may carry a password: do not echo it.
+                Err(e) => p.push(Problem::new("redis.url", format!("invalid URL: {e}"))),
+            }
+        }
+        match (&self.redis.mode, &self.redis.sentinel_service) {
+            (RedisMode::Sentinel, None) => p.push(Problem::new(
+                "redis.sentinel_service",
+                "required when redis.mode = \"sentinel\": the primary's name known to the sentinels",
+            )),
+            (RedisMode::Sentinel, Some(name)) if name.trim().is_empty() => p.push(Problem::new(
+                "redis.sentinel_service",
+                "must not be empty",
+            )),
+            _ => {}
+        }
+        let ns = &self.redis.namespace;
+        if ns.is_empty() || !ns.chars().all(is_name_char) {
+            p.push(Problem::new(
+                "redis.namespace",
+                format!("must be 1 or more characters of [A-Za-z0-9._-], got {ns:?}"),
+            ));
+        }
+    }
+
+    pub(super) fn check_telemetry(&self, p: &mut Vec<Problem>) {
+        let t = &self.telemetry;
+        if let Some(raw) = &t.otlp_endpoint {
+            match url::Url::parse(raw) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+                Ok(_) => p.push(Problem::new(
+                    "telemetry.otlp_endpoint",
+                    format!("invalid endpoint {raw:?}: expected an http:// or https:// URL"),
+                )),
+                Err(e) => p.push(Problem::new(
+                    "telemetry.otlp_endpoint",
+                    format!("invalid URL {raw:?}: {e}"),
+                )),
+            }
+        }
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            p.push(Problem::new(
+                "telemetry.sample_ratio",
+                format!("must be between 0 and 1, got {}", t.sample_ratio),
+            ));
+        }
+        if t.log_level.trim().is_empty() {
+            p.push(Problem::new("telemetry.log_level", "must not be empty"));
+        } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(&t.log_level) {
+            p.push(Problem::new(
+                "telemetry.log_level",
+                format!("invalid filter directive {:?}: {e}", t.log_level),
+            ));
+        }
+    }
+
+    pub(super) fn check_registry_and_shutdown(&self, p: &mut Vec<Problem>) {
+        if self.registry.pod_ttl < Duration::from_secs(1) {
+            p.push(Problem::new(
+                "registry.pod_ttl",
+                format!(
+                    "must be at least 1s, got {}",
+                    fmt_duration(self.registry.pod_ttl)
+                ),
+            ));
+        }
+        if self.shutdown.grace.is_zero() || self.shutdown.grace > Duration::from_secs(3600) {
+            p.push(Problem::new(
+                "shutdown.grace",
+                format!(
+                    "must be greater than 0 and at most 1h, got {}",
+                    fmt_duration(self.shutdown.grace)
+                ),
+            ));
+        }
+    }
+}
+
+pub(super) fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}

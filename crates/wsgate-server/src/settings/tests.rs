@@ -1,0 +1,614 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+use config::{Value, ValueKind};
+use ipnet::IpNet;
+use wsgate_core::hosts::{HostPort, OriginRule};
+
+use super::keys::apply_key;
+use super::*;
+
+const RSA_PUB: &str = "-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAk+qUuqCsWQzaz/M3FnOk
+ss+x6AnB48iSBpaeFk8BGRd8gZz8WTIPk2gCUDvFYzc8E83I62iLzlGhEEye1Mi+
+b5vApV7Rs5VvkwQ3ZjsifElWfFJcC0skiJTIk8fRxmZrygM5Mq7gC9MTBzvIPGVS
+Fz3Wcx6auGWJ20aHE/lVuj7/P6ybypQircykEJ6DK9uJ7FCmw2pQC170QRECTBeb
+ZRb4zW15x2xYKQF8jqR7/MtsaOZRsUp7GsZ1C8obwo0ijRMWofxd5qokGsluVMCC
+ANI+WUn5kCLugHPyHThkeanU5uw/13fb1cACyXuszApYsKIjETJqTymZ2CruSzhA
+CwIDAQAB
+-----END PUBLIC KEY-----
+";
+
+const EC_PUB: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEK/UgFaV9w0zxxB58meX6JGfUDqFT
+c0MLmiNOERrgpVC569U0QDF1/jHzy9umCCX7v5BETtBZNoLmG4xfm+ewGA==
+-----END PUBLIC KEY-----
+";
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn write_file(suffix: &str, content: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(suffix).tempfile().unwrap();
+    f.write_all(content.as_bytes()).unwrap();
+    f.flush().unwrap();
+    f
+}
+
+fn keys(err: &SettingsError) -> Vec<&str> {
+    err.problems.iter().map(|p| p.key.as_str()).collect()
+}
+
+fn problem<'a>(err: &'a SettingsError, key: &str) -> &'a Problem {
+    err.problems
+        .iter()
+        .find(|p| p.key == key)
+        .unwrap_or_else(|| panic!("no problem for {key} in:\n{err}"))
+}
+
+#[test]
+fn defaults_load_and_validate_clean() {
+    let s = load(None, &HashMap::new()).unwrap().settings;
+    assert_eq!(s.server.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(s.server.ws_path, "/ws");
+    assert_eq!(s.server.grpc_listen, "127.0.0.1:50051".parse().unwrap());
+    assert_eq!(s.server.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(s.auth.mode, AuthMode::None);
+    assert_eq!(s.auth.jwt.leeway, Duration::from_secs(30));
+    assert_eq!(s.limits.handshakes_per_ip_per_s, 50);
+    assert_eq!(s.limits.handshake_burst, 100);
+    assert_eq!(s.limits.max_connections, 100_000);
+    assert_eq!(s.session.heartbeat_interval, Duration::from_secs(25));
+    assert_eq!(s.session.max_frame_bytes, 65_536);
+    assert_eq!(s.session.outbound_queue, 256);
+    assert_eq!(s.redis.namespace, "wsgate");
+    assert_eq!(s.redis.mode, RedisMode::Standalone);
+    assert_eq!(s.registry.pod_ttl, Duration::from_secs(5));
+    assert_eq!(s.telemetry.sample_ratio, 1.0);
+    assert_eq!(s.telemetry.log_level, "info");
+    assert_eq!(s.shutdown.grace, Duration::from_secs(10));
+    assert!(s.validate().is_empty());
+    assert!(Settings::default().validate().is_empty());
+}
+
+#[test]
+fn every_key_is_accepted_and_documented() {
+    let docs = include_str!("../../../../docs/configuration.md");
+    for key in KEYS {
+        let mut s = Settings::default();
+        assert!(
+            apply_key(&mut s, key, Value::new(None, ValueKind::Nil)).is_some(),
+            "{key} not handled"
+        );
+        assert!(
+            docs.contains(&format!("| `{key}` |")),
+            "{key} has no row in docs/configuration.md"
+        );
+    }
+    // And the other way round: every key the reference documents is one the loader takes.
+    for row in docs.lines().filter(|l| l.starts_with("| `")) {
+        let documented = row
+            .trim_start_matches("| `")
+            .split('`')
+            .next()
+            .unwrap_or("");
+        if documented.contains('.') {
+            assert!(
+                KEYS.contains(&documented),
+                "docs/configuration.md documents {documented}, which is not a key"
+            );
+        }
+    }
+}
+
+/// `wsgate check-config` and the running gateway read an allow-list entry with one
+/// grammar: whatever loading accepts, the runtime policy accepts (and matches), and
+/// whatever loading refuses, the runtime policy refuses too.
+#[test]
+fn check_config_and_the_runtime_policies_agree_on_hosts_and_origins() {
+    use wsgate_core::preflight::{HostPolicy, OriginPolicy};
+
+    let hosts = [
+        "example.com",
+        "Example.COM:8080",
+        "ws.example.com.",
+        "my_service",
+        "10.0.0.1",
+        "[::1]",
+        "[::1]:9000",
+        "-a.com",
+        "a-.com",
+        "a..com",
+        "exa mple.com",
+        "a.com:0",
+        "a.com:99999",
+        "a.com:",
+        "::1",
+        "[::1",
+        "http://a.com",
+        "u@a.com",
+        "a.com/x",
+    ];
+    for entry in hosts {
+        let loaded = load(None, &env(&[("WSGATE__PREFLIGHT__ALLOWED_HOSTS", entry)]));
+        let runtime = HostPolicy::new(&[entry.to_owned()]);
+        assert_eq!(
+            loaded.is_ok(),
+            runtime.is_ok(),
+            "{entry:?}: check-config {loaded:?} vs runtime {runtime:?}"
+        );
+        if let Ok(config) = loaded {
+            // The policy that loading built lets the entry's own host in.
+            let host = entry.trim_end_matches('.');
+            let request = http::Request::get("/ws")
+                .header("host", host)
+                .body(())
+                .unwrap();
+            let (parts, ()) = request.into_parts();
+            assert!(
+                config.preflight.host.check(&parts).is_ok(),
+                "{entry:?} loads but does not let its own host in"
+            );
+        }
+    }
+
+    let origins = [
+        "*",
+        "null",
+        "https://app.example.com",
+        "HTTPS://App.Example.com:8443",
+        "http://localhost:3000",
+        "https://*.example.com",
+        "wss://*.example.com:9443",
+        "http://[::1]:8080",
+        "https://my_service",
+        "ftp://example.com",
+        "chrome-extension://abc",
+        "example.com",
+        "https://example.com/",
+        "https://a.*.com",
+        "https://*",
+        "https://*.10.0.0.1",
+        "https://ex*.com",
+        "https://-a.com",
+        "https://example.com:0",
+        "https://",
+        "1http://a.com",
+    ];
+    for entry in origins {
+        let loaded = load(None, &env(&[("WSGATE__PREFLIGHT__ALLOWED_ORIGINS", entry)]));
+        let runtime = OriginPolicy::new(&[entry.to_owned()], false);
+        assert_eq!(
+            loaded.is_ok(),
+            runtime.is_ok(),
+            "{entry:?}: check-config {loaded:?} vs runtime {runtime:?}"
+        );
+    }
+}
+
+#[test]
+fn pod_id_defaults() {
+    let s = load(None, &env(&[("POD_NAME", "gw-7")])).unwrap().settings;
+    assert_eq!(s.server.pod_id, "gw-7");
+    let s = load(None, &env(&[("HOSTNAME", "node1")])).unwrap().settings;
+    let suffix = s.server.pod_id.strip_prefix("node1-").unwrap();
+    assert_eq!(suffix.len(), 6);
+    assert!(
+        suffix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    );
+    let s = load(None, &env(&[("WSGATE__SERVER__POD_ID", "explicit")]))
+        .unwrap()
+        .settings;
+    assert_eq!(s.server.pod_id, "explicit");
+    let e = load(None, &env(&[("POD_NAME", "bad name!")])).unwrap_err();
+    assert_eq!(keys(&e), ["server.pod_id"]);
+}
+
+#[test]
+fn toml_with_several_bad_keys_reports_all() {
+    let f = write_file(
+        ".toml",
+        r#"
+[server]
+listen = "foo"
+lisen = "127.0.0.1:1"
+header_read_timeout = "10 parsecs"
+
+[auth]
+mode = "kerberos"
+
+[session]
+outbound_queue = -3
+
+[servr]
+x = 1
+"#,
+    );
+    let err = load(Some(f.path()), &HashMap::new()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("server.listen: invalid socket address \"foo\""),
+        "{text}"
+    );
+    assert!(
+        problem(&err, "server.lisen")
+            .message
+            .starts_with("unknown key")
+    );
+    assert!(
+        problem(&err, "server.lisen")
+            .message
+            .contains("server.listen")
+    );
+    assert!(
+        problem(&err, "server.header_read_timeout")
+            .message
+            .contains("invalid duration")
+    );
+    assert!(problem(&err, "auth.mode").message.contains("kerberos"));
+    problem(&err, "session.outbound_queue");
+    assert!(problem(&err, "servr").message.starts_with("unknown key"));
+    assert_eq!(err.problems.len(), 6, "{text}");
+    assert_eq!(text.lines().count(), 6);
+}
+
+#[test]
+fn env_overrides_file_and_parses_lists() {
+    let f = write_file(
+        ".toml",
+        r#"
+[server]
+ws_path = "/from-file"
+listen = "127.0.0.1:9000"
+
+[preflight]
+allowed_origins = ["https://file.example"]
+"#,
+    );
+    let e = env(&[
+        ("WSGATE__SERVER__WS_PATH", "/from-env"),
+        (
+            "WSGATE__PREFLIGHT__ALLOWED_ORIGINS",
+            "https://a.com, https://*.B.com:8443",
+        ),
+        (
+            "WSGATE__CONTROL__API_KEYS",
+            "k1-0123456789abcdef,k2-0123456789abcdef",
+        ),
+        (
+            "WSGATE__PREFLIGHT__TRUSTED_PROXIES",
+            "10.0.0.0/8,192.168.1.1,::1",
+        ),
+        ("WSGATE__LIMITS__MAX_CONNECTIONS", "7"),
+        ("WSGATE__PREFLIGHT__REQUIRE_ORIGIN", "true"),
+        ("WSGATE__AUTH__JWT__LEEWAY", "1m30s"),
+        ("wsgate__server__grpc_listen", "0.0.0.0:1"), // not a config key: wrong case
+        ("WSGATE_CONFIG", "/nonexistent.toml"),       // not a config key
+        ("PATH", "/usr/bin"),
+    ]);
+    let s = load(Some(f.path()), &e).unwrap().settings;
+    assert_eq!(s.server.ws_path, "/from-env");
+    assert_eq!(s.server.listen, "127.0.0.1:9000".parse().unwrap());
+    assert_eq!(
+        s.preflight.allowed_origins,
+        ["https://a.com", "https://*.b.com:8443"]
+    );
+    assert_eq!(
+        s.control.api_keys,
+        ["k1-0123456789abcdef", "k2-0123456789abcdef"]
+    );
+    assert_eq!(
+        s.preflight.trusted_proxies,
+        [
+            "10.0.0.0/8".parse::<IpNet>().unwrap(),
+            "192.168.1.1/32".parse().unwrap(),
+            "::1/128".parse().unwrap()
+        ]
+    );
+    assert_eq!(s.limits.max_connections, 7);
+    assert!(s.preflight.require_origin);
+    assert_eq!(s.auth.jwt.leeway, Duration::from_secs(90));
+    assert_eq!(s.server.grpc_listen, "127.0.0.1:50051".parse().unwrap());
+}
+
+#[test]
+fn keys_are_case_insensitive_and_env_wins() {
+    let f = write_file(".toml", "[Server]\nWS_Path = \"/file\"\n");
+    let s = load(Some(f.path()), &HashMap::new()).unwrap().settings;
+    assert_eq!(s.server.ws_path, "/file");
+    let s = load(Some(f.path()), &env(&[("WSGATE__SERVER__WS_PATH", "/env")]))
+        .unwrap()
+        .settings;
+    assert_eq!(s.server.ws_path, "/env");
+}
+
+#[test]
+fn env_problems_are_reported_per_key() {
+    let e = env(&[
+        ("WSGATE__SERVER__LISEN", "x"),
+        ("WSGATE__SESSION__MAX_MESSAGE_BYTES", "lots"),
+        ("WSGATE__TELEMETRY__SAMPLE_RATIO", "2"),
+        (
+            "WSGATE__PREFLIGHT__ALLOWED_ORIGINS",
+            "ftp://a.com,https://a.*.com,*",
+        ),
+        ("WSGATE__PREFLIGHT__TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("WSGATE__CONTROL__API_KEYS", "tiny-key-xyz"),
+        ("WSGATE__REDIS__URL", "http://redis:6379"),
+    ]);
+    let err = load(None, &e).unwrap_err();
+    for key in [
+        "server.lisen",
+        "session.max_message_bytes",
+        "telemetry.sample_ratio",
+        "preflight.trusted_proxies",
+        "control.api_keys",
+        "redis.url",
+    ] {
+        problem(&err, key);
+    }
+    let origin_problems = err
+        .problems
+        .iter()
+        .filter(|p| p.key == "preflight.allowed_origins")
+        .count();
+    assert_eq!(origin_problems, 2, "{err}");
+    // The API key itself is never echoed.
+    assert!(!err.to_string().contains("tiny-key-xyz"), "{err}");
+}
+
+#[test]
+fn demo_page_follows_loopback_listen_unless_set() {
+    assert!(Settings::default().server.demo_page);
+    assert!(
+        load(None, &HashMap::new())
+            .unwrap()
+            .settings
+            .server
+            .demo_page
+    );
+    let public = [
+        ("WSGATE__SERVER__LISTEN", "0.0.0.0:8080"),
+        ("WSGATE__AUTH__ALLOW_INSECURE", "true"),
+    ];
+    assert!(!load(None, &env(&public)).unwrap().settings.server.demo_page);
+    let mut on = public.to_vec();
+    on.push(("WSGATE__SERVER__DEMO_PAGE", "true"));
+    assert!(load(None, &env(&on)).unwrap().settings.server.demo_page);
+    let off = env(&[("WSGATE__SERVER__DEMO_PAGE", "false")]);
+    assert!(!load(None, &off).unwrap().settings.server.demo_page);
+    let err = load(None, &env(&[("WSGATE__SERVER__DEMO_PAGE", "maybe")])).unwrap_err();
+    assert_eq!(keys(&err), ["server.demo_page"]);
+}
+
+#[test]
+fn max_frame_follows_max_message_unless_set() {
+    let s = load(
+        None,
+        &env(&[("WSGATE__SESSION__MAX_MESSAGE_BYTES", "1024")]),
+    )
+    .unwrap()
+    .settings;
+    assert_eq!(s.session.max_frame_bytes, 1024);
+    let e = env(&[
+        ("WSGATE__SESSION__MAX_MESSAGE_BYTES", "1024"),
+        ("WSGATE__SESSION__MAX_FRAME_BYTES", "2048"),
+    ]);
+    let err = load(None, &e).unwrap_err();
+    assert_eq!(keys(&err), ["session.max_frame_bytes"]);
+}
+
+#[test]
+fn non_loopback_without_auth_is_refused_unless_insecure() {
+    let e = env(&[("WSGATE__SERVER__LISTEN", "0.0.0.0:8080")]);
+    let err = load(None, &e).unwrap_err();
+    assert_eq!(keys(&err), ["auth.mode"]);
+    let msg = &err.problems[0].message;
+    assert!(
+        msg.contains("loopback") && msg.contains("0.0.0.0:8080"),
+        "{msg}"
+    );
+
+    let e = env(&[("WSGATE__SERVER__GRPC_LISTEN", "[::]:50051")]);
+    let err = load(None, &e).unwrap_err();
+    assert_eq!(keys(&err), ["control.api_keys"]);
+    assert!(err.problems[0].message.contains("loopback"));
+
+    let e = env(&[
+        ("WSGATE__SERVER__LISTEN", "0.0.0.0:8080"),
+        ("WSGATE__SERVER__GRPC_LISTEN", "0.0.0.0:50051"),
+        ("WSGATE__AUTH__ALLOW_INSECURE", "true"),
+    ]);
+    assert!(load(None, &e).is_ok());
+
+    let e = env(&[
+        ("WSGATE__SERVER__LISTEN", "0.0.0.0:8080"),
+        ("WSGATE__SERVER__GRPC_LISTEN", "0.0.0.0:50051"),
+        ("WSGATE__AUTH__MODE", "JWT"),
+        ("WSGATE__AUTH__JWT__SECRET", SECRET),
+        ("WSGATE__CONTROL__API_KEYS", "0123456789abcdef"),
+    ]);
+    let s = load(None, &e).unwrap().settings;
+    assert_eq!(s.auth.mode, AuthMode::Jwt);
+    assert_eq!(s.auth.jwt.effective_algorithm(), Some(JwtAlgorithm::HS256));
+}
+
+#[test]
+fn listen_and_grpc_listen_must_differ() {
+    let mut s = Settings::default();
+    s.server.grpc_listen = s.server.listen;
+    let p = s.validate();
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].key, "server.grpc_listen");
+    // Port 0 means "any free port": both may ask for one.
+    s.server.listen = "127.0.0.1:0".parse().unwrap();
+    s.server.grpc_listen = s.server.listen;
+    assert!(s.validate().is_empty());
+}
+
+#[test]
+fn jwt_key_rules() {
+    let mut s = Settings::default();
+    s.auth.mode = AuthMode::Jwt;
+    let p = s.validate();
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].key, "auth.jwt");
+
+    let key_file = write_file(".pem", RSA_PUB);
+    s.auth.jwt.secret = Some(SECRET.to_owned());
+    s.auth.jwt.public_key_file = Some(key_file.path().to_path_buf());
+    let p = s.validate();
+    assert_eq!(p.len(), 1);
+    assert!(p[0].message.contains("only one"), "{:?}", p);
+
+    s.auth.jwt.public_key_file = None;
+    s.auth.jwt.secret = Some("too-short".to_owned());
+    let p = s.validate();
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].key, "auth.jwt.secret");
+    assert!(!p[0].message.contains("too-short"));
+
+    s.auth.jwt.secret = Some(SECRET.to_owned());
+    s.auth.jwt.algorithm = Some(JwtAlgorithm::RS256);
+    assert_eq!(s.validate()[0].key, "auth.jwt.algorithm");
+
+    s.auth.jwt.secret = None;
+    s.auth.jwt.public_key_file = Some(key_file.path().to_path_buf());
+    assert!(s.validate().is_empty(), "{:?}", s.validate());
+    s.auth.jwt.algorithm = None;
+    assert!(s.validate().is_empty());
+    assert_eq!(s.auth.jwt.effective_algorithm(), Some(JwtAlgorithm::RS256));
+    s.auth.jwt.algorithm = Some(JwtAlgorithm::HS256);
+    assert_eq!(s.validate()[0].key, "auth.jwt.algorithm");
+
+    s.auth.jwt.algorithm = Some(JwtAlgorithm::ES256);
+    let ec_file = write_file(".pem", EC_PUB);
+    s.auth.jwt.public_key_file = Some(ec_file.path().to_path_buf());
+    assert!(s.validate().is_empty(), "{:?}", s.validate());
+    s.auth.jwt.algorithm = Some(JwtAlgorithm::RS256);
+    assert_eq!(s.validate()[0].key, "auth.jwt.public_key_file");
+
+    let garbage = write_file(".pem", "not a key");
+    s.auth.jwt.public_key_file = Some(garbage.path().to_path_buf());
+    assert_eq!(s.validate()[0].key, "auth.jwt.public_key_file");
+}
+
+#[test]
+fn rs256_with_missing_key_file_via_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let e = env(&[
+        ("WSGATE__AUTH__MODE", "jwt"),
+        ("WSGATE__AUTH__JWT__ALGORITHM", "RS256"),
+        (
+            "WSGATE__AUTH__JWT__PUBLIC_KEY_FILE",
+            missing.to_str().unwrap(),
+        ),
+    ]);
+    let err = load(None, &e).unwrap_err();
+    assert_eq!(keys(&err), ["auth.jwt.public_key_file"]);
+    assert!(err.problems[0].message.contains("not found"));
+}
+
+#[test]
+fn yaml_and_json_files_work() {
+    let f = write_file(
+        ".yaml",
+        "server:\n  ws_path: /yaml\n  header_read_timeout: 500ms\nredis:\n  url: redis://localhost:6379\n  mode: cluster\ntelemetry:\n  log_format: json\n  sample_ratio: 0.25\npreflight:\n  allowed_hosts: [example.com, \"[::1]:8080\"]\n",
+    );
+    let s = load(Some(f.path()), &HashMap::new()).unwrap().settings;
+    assert_eq!(s.server.ws_path, "/yaml");
+    assert_eq!(s.server.header_read_timeout, Duration::from_millis(500));
+    assert_eq!(s.redis.url.as_deref(), Some("redis://localhost:6379"));
+    assert_eq!(s.redis.mode, RedisMode::Cluster);
+    assert_eq!(s.telemetry.log_format, LogFormat::Json);
+    assert_eq!(s.telemetry.sample_ratio, 0.25);
+    assert_eq!(s.preflight.allowed_hosts, ["example.com", "[::1]:8080"]);
+
+    let f = write_file(".json", r#"{"shutdown": {"grace": "2h"}}"#);
+    let err = load(Some(f.path()), &HashMap::new()).unwrap_err();
+    assert_eq!(keys(&err), ["shutdown.grace"]);
+}
+
+#[test]
+fn file_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.toml");
+    let err = load(Some(&missing), &HashMap::new()).unwrap_err();
+    assert!(err.problems[0].message.contains("not found"));
+
+    let f = write_file(".toml", "[server\nlisten = ");
+    let err = load(Some(f.path()), &env(&[("WSGATE__SERVER__LISTEN", "nope")])).unwrap_err();
+    assert_eq!(err.problems.len(), 2, "{err}");
+    assert!(err.problems[0].message.contains("cannot parse"));
+    assert_eq!(err.problems[1].key, "server.listen");
+
+    let f = write_file(".ini", "");
+    let err = load(Some(f.path()), &HashMap::new()).unwrap_err();
+    assert!(err.problems[0].message.contains("extension"));
+}
+
+#[test]
+fn host_and_origin_syntax() {
+    for ok in [
+        "*",
+        "https://example.com",
+        "http://localhost:3000",
+        "https://*.example.com",
+        "https://*.example.com:8443",
+        "http://127.0.0.1:8080",
+        "http://[::1]:8080",
+    ] {
+        assert!(OriginRule::parse(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "example.com",
+        "ftp://example.com",
+        "https://example.com/",
+        "https://a.*.com",
+        "https://*",
+        "https://ex*.com",
+        "https://example.com:0",
+        "https://example.com:99999",
+        "https://",
+    ] {
+        assert!(OriginRule::parse(bad).is_err(), "{bad}");
+    }
+    for ok in [
+        "example.com",
+        "example.com:8080",
+        "10.0.0.1",
+        "[::1]",
+        "[::1]:80",
+    ] {
+        assert!(HostPort::parse_entry(ok).is_ok(), "{ok}");
+    }
+    for bad in ["::1", "exa mple.com", "-a.com", "a.com:x", "[::1", ""] {
+        assert!(HostPort::parse_entry(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn error_display_is_one_problem_per_line() {
+    let e = SettingsError {
+        problems: vec![
+            Problem::new("server.listen", "invalid socket address \"foo\""),
+            Problem::new("server.lisen", "unknown key"),
+        ],
+    };
+    assert_eq!(
+        e.to_string(),
+        "server.listen: invalid socket address \"foo\"\nserver.lisen: unknown key"
+    );
+}
