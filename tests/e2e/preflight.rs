@@ -1,4 +1,4 @@
-//! The preflight chain of DESIGN §2 through a real socket: raw HTTP/1.x bytes in, the
+//! The preflight chain of docs/protocol.md through a real socket: raw HTTP/1.x bytes in, the
 //! status, headers and `{"error":…,"message":…}` body out, for every row of the table,
 //! plus the token rules of §3 "Auth" and the order in which the checks run.
 
@@ -299,7 +299,7 @@ async fn upgrade_header_missing_or_other_is_rejected() {
         Hs::user("a").set("Upgrade", ""),
     ] {
         let r = hs.send(&gw).await;
-        // DESIGN allows 400, or 426 with `Upgrade: websocket`.
+        // wsgate answers 400 (docs/protocol.md); 426 with `Upgrade: websocket` is correct too.
         if r.status == 426 {
             assert_eq!(r.header("upgrade"), Some("websocket"), "{r:?}");
             assert_eq!(r.json()["error"], "upgrade_required", "{r:?}");
