@@ -15,6 +15,7 @@ pub mod close;
 pub mod conformance;
 pub mod hub;
 pub mod ids;
+pub mod limiter;
 pub mod preflight;
 pub mod protocol;
 pub mod subscriptions;
