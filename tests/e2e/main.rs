@@ -8,6 +8,7 @@ mod chaos;
 mod cluster;
 mod conformance;
 mod control;
+mod handshake_rate;
 mod hostile;
 mod observability;
 mod preflight;

@@ -16,7 +16,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
@@ -48,6 +48,44 @@ struct Target {
     loopback: bool,
 }
 
+/// How many refusal bodies a run keeps to show.
+const REFUSAL_BODIES_KEPT: usize = 5;
+
+/// A refusal body is cut to this many bytes: wsgate's are small JSON, another server's may
+/// be a whole page.
+const REFUSAL_BODY_LIMIT: usize = 300;
+
+/// Handshakes the server answered with an HTTP status instead of the 101, so that a run
+/// can say why (429 `rate_limited` or 429 `too_many_sessions`, 503 `at_capacity`, …)
+/// rather than only `http_429`.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    /// `"429 rate_limited"` (status, then the `error` of a JSON body, if any) → count.
+    pub counts: BTreeMap<String, u64>,
+    /// The first few refusals as they came: status and body.
+    pub first: Vec<(u16, String)>,
+}
+
+impl Refusals {
+    fn record(&mut self, response: &Response<Option<Vec<u8>>>) {
+        let status = response.status().as_u16();
+        let body = response.body().as_deref().unwrap_or_default();
+        let code = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("error")?.as_str().map(str::to_owned));
+        let key = match code {
+            Some(code) => format!("{status} {code}"),
+            None => status.to_string(),
+        };
+        *self.counts.entry(key).or_default() += 1;
+        if self.first.len() < REFUSAL_BODIES_KEPT {
+            let shown = &body[..body.len().min(REFUSAL_BODY_LIMIT)];
+            self.first
+                .push((status, String::from_utf8_lossy(shown).into_owned()));
+        }
+    }
+}
+
 /// Opens connections spread over the endpoints and the source addresses.
 pub struct Dialer {
     targets: Vec<Target>,
@@ -58,6 +96,8 @@ pub struct Dialer {
     token_topics: Option<Vec<String>>,
     timeout: Duration,
     config: WebSocketConfig,
+    /// Every refused handshake of this dialer so far.
+    refusals: Mutex<Refusals>,
 }
 
 impl Dialer {
@@ -107,6 +147,7 @@ impl Dialer {
             token_topics,
             timeout,
             config,
+            refusals: Mutex::new(Refusals::default()),
         })
     }
 
@@ -167,7 +208,12 @@ impl Dialer {
             }
             let (mut ws, _) = client_async_with_config(req, stream, Some(self.config))
                 .await
-                .map_err(|e| ws_class(&e))?;
+                .map_err(|e| {
+                    if let WsError::Http(response) = &e {
+                        self.refusals.lock().record(response);
+                    }
+                    ws_class(&e)
+                })?;
             let handshake = start.elapsed();
             match self.protocol {
                 Protocol::Wsgate => {
@@ -389,6 +435,8 @@ pub struct Opened {
     pub failures: BTreeMap<String, u64>,
     /// Handshake time (TCP connect to 101), µs.
     pub handshake: Histogram<u64>,
+    /// The refused handshakes among the failures, with their status, code and body.
+    pub refusals: Refusals,
     /// From the first dial to the last outcome.
     pub elapsed: Duration,
     /// The reader tasks, which run until `stop`.
@@ -487,6 +535,7 @@ pub async fn open_many(
         ok,
         failures,
         handshake,
+        refusals: std::mem::take(&mut *dialer.refusals.lock()),
         elapsed: start.elapsed(),
         readers,
     }

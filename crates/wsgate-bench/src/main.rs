@@ -268,11 +268,19 @@ fn header(c: &Common, scenario: &str) -> Value {
 
 fn opened_json(o: &conn::Opened, requested: usize) -> Value {
     let secs = o.elapsed.as_secs_f64();
+    let refusal_bodies: Vec<Value> = o
+        .refusals
+        .first
+        .iter()
+        .map(|(status, body)| json!({ "status": status, "body": body }))
+        .collect();
     json!({
         "requested": requested,
         "ok": o.ok,
         "failed": o.failures.values().sum::<u64>(),
         "failures": o.failures,
+        "refusals": o.refusals.counts,
+        "refusal_bodies": refusal_bodies,
         "elapsed_s": secs,
         "handshakes_per_s": if secs > 0.0 { o.ok as f64 / secs } else { 0.0 },
         "handshake_latency": summary(&o.handshake),

@@ -16,6 +16,7 @@ pub mod conformance;
 pub mod hosts;
 pub mod hub;
 pub mod ids;
+pub mod limiter;
 pub mod preflight;
 pub mod protocol;
 pub mod rejection;

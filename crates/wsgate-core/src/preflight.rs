@@ -10,12 +10,9 @@
 //! Messages are written for a developer reading a failed handshake in the browser's
 //! network tab. They never echo a client-controlled value beyond [`ECHO_LIMIT`] bytes.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::num::NonZeroU32;
+use std::net::{IpAddr, SocketAddr};
 
 use base64::Engine as _;
-use governor::clock::{Clock as _, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, StatusCode, Version};
@@ -202,82 +199,7 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
         .unwrap_or(peer_ip)
 }
 
-/// Per-client-IP handshake rate limit (`limits.handshakes_per_ip_per_s`), a GCRA token
-/// bucket per address.
-///
-/// IPv6 clients are keyed by their /64: one host usually owns a whole /64 and could
-/// otherwise rotate addresses to dodge the limit.
-pub struct HandshakeLimiter {
-    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
-}
-
-impl std::fmt::Debug for HandshakeLimiter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HandshakeLimiter")
-            .field("enabled", &self.limiter.is_some())
-            .field("keys", &self.len())
-            .finish()
-    }
-}
-
-impl HandshakeLimiter {
-    /// `per_second` handshakes per address on average, bursts of up to `burst` (a burst
-    /// of 0 means `per_second`). `per_second == 0` disables the limit.
-    pub fn new(per_second: u32, burst: u32) -> Self {
-        let limiter = NonZeroU32::new(per_second).map(|rate| {
-            let burst = NonZeroU32::new(burst).unwrap_or(rate);
-            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
-        });
-        Self { limiter }
-    }
-
-    /// Whether the limit is enforced at all.
-    pub fn is_enabled(&self) -> bool {
-        self.limiter.is_some()
-    }
-
-    /// Takes one handshake token for `ip`: 429 `rate_limited` with `Retry-After` (whole
-    /// seconds, at least 1) when the address is over its rate.
-    pub fn check(&self, ip: IpAddr) -> Result<(), Rejection> {
-        let Some(limiter) = &self.limiter else {
-            return Ok(());
-        };
-        let key = match ip {
-            IpAddr::V6(v6) => {
-                let bits = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(Ipv6Addr::from(bits))
-            }
-            v4 => v4,
-        };
-        match limiter.check_key(&key) {
-            Ok(()) => Ok(()),
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                Err(Rejection::rate_limited(seconds))
-            }
-        }
-    }
-
-    /// Forgets addresses whose bucket is full again, bounding memory. Call it
-    /// periodically (every few seconds).
-    pub fn retain_recent(&self) {
-        if let Some(limiter) = &self.limiter {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-        }
-    }
-
-    /// How many addresses the limiter currently tracks.
-    pub fn len(&self) -> usize {
-        self.limiter.as_ref().map_or(0, |limiter| limiter.len())
-    }
-
-    /// Whether the limiter tracks no address.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+pub use crate::limiter::HandshakeLimiter;
 
 /// The pod must be neither draining nor at `max` open connections: 503 `draining` or
 /// `at_capacity`, each with `Retry-After: 5`.
@@ -741,45 +663,6 @@ mod tests {
         );
         // Nothing trusted: always the peer.
         assert_eq!(client_ip(proxy, &xff(&["1.2.3.4"]), &[]), ip("10.1.1.1"));
-    }
-
-    #[test]
-    fn handshake_limiter() {
-        let limiter = HandshakeLimiter::new(1, 2);
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!(limiter.check(a).is_ok());
-        assert!(limiter.check(a).is_ok());
-        let r = limiter.check(a).unwrap_err();
-        assert_eq!(
-            (r.status, r.code),
-            (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
-        );
-        let retry: u64 = r
-            .header(&header::RETRY_AFTER)
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!((1..=2).contains(&retry));
-        assert!(limiter.check(b).is_ok(), "keys are independent");
-        assert_eq!(limiter.len(), 2);
-        limiter.retain_recent();
-        assert!(limiter.len() <= 2);
-
-        // One IPv6 /64 is one key.
-        let limiter = HandshakeLimiter::new(1, 1);
-        assert!(limiter.check("2001:db8::1".parse().unwrap()).is_ok());
-        assert!(limiter.check("2001:db8::2".parse().unwrap()).is_err());
-        assert!(limiter.check("2001:db8:0:1::1".parse().unwrap()).is_ok());
-
-        let off = HandshakeLimiter::new(0, 0);
-        assert!(!off.is_enabled());
-        for _ in 0..100 {
-            assert!(off.check(a).is_ok());
-        }
-        assert!(off.is_empty());
     }
 
     #[test]
