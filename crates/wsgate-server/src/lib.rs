@@ -251,7 +251,7 @@ pub async fn run(
         .set_not_serving::<wsgate_proto::pb::gateway_server::GatewayServer<grpc::ControlService>>()
         .await;
     http_stop.cancel();
-    shutdown::drain(&state, settings.shutdown.grace).await;
+    shutdown::drain(&state.node.hub, &state.sessions, settings.shutdown.grace).await;
     let _ = http_task.await;
     grpc_stop.cancel();
     // tonic's graceful stop waits for every client connection to go away; a caller that

@@ -226,7 +226,7 @@ where
     };
     // A session that registered while the pod began draining is told to go at once.
     if node.gauge.is_draining() {
-        handle.close(close::GOING_AWAY, crate::shutdown::RECONNECT_REASON);
+        handle.close_with(close::SHUTDOWN);
     }
 
     let welcome = encode_welcome(
@@ -349,10 +349,10 @@ where
                 Step::Close(reason.code, reason.reason)
             }
             () = sleep_until_opt(pong_deadline) => {
-                Step::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout".into())
+                Step::Close(close::NO_PONG.code, close::NO_PONG.reason.into())
             }
             () = sleep_until_opt(token_deadline) => {
-                Step::Close(close::TOKEN_EXPIRED, "token expired; reconnect with a new token".into())
+                Step::Close(close::TOKEN_EXPIRY.code, close::TOKEN_EXPIRY.reason.into())
             }
             frame = outbound.recv() => match frame {
                 Some(frame) => write_batch(ws, frame, outbound, &closing, params, tally).await,
@@ -394,16 +394,20 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 
 fn on_read_error(e: WsError) -> Step {
     match e {
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-            Step::Close(close::TOO_BIG, "message too big".into())
-        }
-        WsError::Capacity(_) => Step::Close(close::TOO_BIG, "frame too big".into()),
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => Step::Close(
+            close::MESSAGE_TOO_BIG.code,
+            close::MESSAGE_TOO_BIG.reason.into(),
+        ),
+        WsError::Capacity(_) => Step::Close(
+            close::FRAME_TOO_BIG.code,
+            close::FRAME_TOO_BIG.reason.into(),
+        ),
         // The peer vanished without a close frame: nothing to answer.
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Step::Ended(
             EndedBy::Transport("connection reset without a close handshake".into()),
         ),
         WsError::Protocol(p) => Step::Close(close::PROTOCOL_ERROR, truncate(&p.to_string())),
-        WsError::Utf8(_) => Step::Close(1007, "invalid UTF-8 in a text frame".into()),
+        WsError::Utf8(_) => Step::Close(close::BAD_UTF8.code, close::BAD_UTF8.reason.into()),
         WsError::ConnectionClosed | WsError::AlreadyClosed => {
             Step::Ended(EndedBy::Transport("connection closed".into()))
         }
@@ -427,7 +431,7 @@ async fn write_with_limits(
         res = tokio::time::timeout(params.heartbeat_timeout, write) => match res {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Step::Ended(EndedBy::Transport(e.to_string()))),
-            Err(_) => Err(Step::Close(close::SLOW_CONSUMER, "slow consumer: write stalled".into())),
+            Err(_) => Err(Step::Close(close::WRITE_STALLED.code, close::WRITE_STALLED.reason.into())),
         },
         // The close branch of the loop picks up the reason.
         () = closing.cancelled() => Err(Step::Continue),
