@@ -14,6 +14,9 @@
 
 mod io;
 mod ops;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;
 
 use std::borrow::Cow;
 use std::sync::Arc;
