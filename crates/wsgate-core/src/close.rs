@@ -45,53 +45,34 @@ pub struct Close {
     pub reason: &'static str,
 }
 
+impl Close {
+    /// A close with `code` and `reason`.
+    pub const fn new(code: u16, reason: &'static str) -> Self {
+        Self { code, reason }
+    }
+}
+
 /// The pod is shutting down or draining (1001): reconnect, with jitter.
-pub const SHUTDOWN: Close = Close {
-    code: GOING_AWAY,
-    reason: "server shutting down; reconnect",
-};
+pub const SHUTDOWN: Close = Close::new(GOING_AWAY, "server shutting down; reconnect");
 /// The session was told to stop without being told why (1001, no reason): its close
 /// signal fired with no reason recorded, or its outbound queue was closed.
-pub const UNEXPLAINED: Close = Close {
-    code: GOING_AWAY,
-    reason: "",
-};
+pub const UNEXPLAINED: Close = Close::new(GOING_AWAY, "");
 /// The outbound queue filled up: the client reads slower than it is sent to (3008).
-pub const QUEUE_FULL: Close = Close {
-    code: SLOW_CONSUMER,
-    reason: "slow consumer: outbound queue full",
-};
+pub const QUEUE_FULL: Close = Close::new(SLOW_CONSUMER, "slow consumer: outbound queue full");
 /// A write to the socket did not finish within the heartbeat timeout: the client stopped
 /// reading (3008).
-pub const WRITE_STALLED: Close = Close {
-    code: SLOW_CONSUMER,
-    reason: "slow consumer: write stalled",
-};
+pub const WRITE_STALLED: Close = Close::new(SLOW_CONSUMER, "slow consumer: write stalled");
 /// Nothing came back within the heartbeat timeout after a ping (3001).
-pub const NO_PONG: Close = Close {
-    code: HEARTBEAT_TIMEOUT,
-    reason: "heartbeat timeout",
-};
+pub const NO_PONG: Close = Close::new(HEARTBEAT_TIMEOUT, "heartbeat timeout");
 /// The token the session was opened with reached its `exp`, plus the leeway (3005).
-pub const TOKEN_EXPIRY: Close = Close {
-    code: TOKEN_EXPIRED,
-    reason: "token expired; reconnect with a new token",
-};
+pub const TOKEN_EXPIRY: Close =
+    Close::new(TOKEN_EXPIRED, "token expired; reconnect with a new token");
 /// An inbound message exceeded `session.max_message_bytes` (1009).
-pub const MESSAGE_TOO_BIG: Close = Close {
-    code: TOO_BIG,
-    reason: "message too big",
-};
+pub const MESSAGE_TOO_BIG: Close = Close::new(TOO_BIG, "message too big");
 /// An inbound frame exceeded `session.max_frame_bytes` (1009).
-pub const FRAME_TOO_BIG: Close = Close {
-    code: TOO_BIG,
-    reason: "frame too big",
-};
+pub const FRAME_TOO_BIG: Close = Close::new(TOO_BIG, "frame too big");
 /// A text frame (or message) that is not valid UTF-8 (1007).
-pub const BAD_UTF8: Close = Close {
-    code: INVALID_PAYLOAD,
-    reason: "invalid UTF-8 in a text frame",
-};
+pub const BAD_UTF8: Close = Close::new(INVALID_PAYLOAD, "invalid UTF-8 in a text frame");
 
 /// Whether a client that follows the reconnect contract should reconnect after `code`.
 pub fn should_reconnect(code: u16) -> bool {
