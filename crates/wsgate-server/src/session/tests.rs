@@ -46,6 +46,14 @@ fn params() -> SessionParams {
     }
 }
 
+/// [`params`] with pings every `interval`.
+fn pinging_every(interval: Duration) -> SessionParams {
+    SessionParams {
+        heartbeat_interval: interval,
+        ..params()
+    }
+}
+
 fn context(user: &str) -> SessionContext {
     SessionContext {
         session_id: SessionId::generate(),
@@ -128,11 +136,20 @@ impl Running {
         assert_eq!(self.recv_json().await["op"], "welcome");
     }
 
+    async fn send(&mut self, msg: Message) {
+        self.client.send(msg).await.expect("client send");
+    }
+
     async fn send_text(&mut self, text: &str) {
-        self.client
-            .send(Message::text(text))
-            .await
-            .expect("client send");
+        self.send(Message::text(text)).await;
+    }
+
+    /// Expects the server's close frame with `code` and `reason`, then the end of the
+    /// session as closed by the server with that code.
+    async fn closed_by_server(mut self, code: u16, reason: &str) {
+        let (sent_code, sent_reason) = close_of(self.recv().await);
+        assert_eq!((sent_code, sent_reason.as_str()), (code, reason));
+        assert_eq!(self.ends().await.ended_by, EndedBy::Server(code));
     }
 
     /// Waits for the session's end while the client keeps reading, which lets
@@ -273,10 +290,7 @@ async fn ops_are_answered_with_their_ids() {
         serde_json::json!({"op":"error","code":"bad_request","message":"frame is not valid JSON"})
     );
 
-    s.client
-        .send(Message::binary(Bytes::from_static(b"\x01")))
-        .await
-        .expect("client send");
+    s.send(Message::binary(Bytes::from_static(b"\x01"))).await;
     assert_eq!(
         s.recv_json().await,
         serde_json::json!({
@@ -337,10 +351,8 @@ async fn echo_mode_sends_data_back_without_a_welcome() {
     let mut s = start(&node, ctx, params()).await;
     s.send_text("not an op").await;
     assert_eq!(s.recv().await, Message::text("not an op"));
-    s.client
-        .send(Message::binary(Bytes::from_static(b"\x00\x01")))
-        .await
-        .expect("client send");
+    s.send(Message::binary(Bytes::from_static(b"\x00\x01")))
+        .await;
     assert_eq!(
         s.recv().await,
         Message::Binary(Bytes::from_static(b"\x00\x01"))
@@ -399,11 +411,8 @@ async fn a_session_registered_while_draining_is_told_to_reconnect() {
     node.gauge.start_draining();
     let mut s = start(&node, context("alice"), params()).await;
     s.welcomed().await;
-    assert_eq!(
-        close_of(s.recv().await),
-        (1001, "server shutting down; reconnect".to_owned())
-    );
-    assert_eq!(s.ends().await.ended_by, EndedBy::Server(1001));
+    s.closed_by_server(1001, "server shutting down; reconnect")
+        .await;
 }
 
 #[tokio::test]
@@ -425,13 +434,9 @@ async fn a_full_outbound_queue_closes_as_a_slow_consumer() {
     let mut s = spawn(reg, server, client, ctx, params);
     s.welcomed().await;
     // The close request wins over the queued pushes.
-    assert_eq!(
-        close_of(s.recv().await),
-        (3008, "slow consumer: outbound queue full".to_owned())
-    );
-    let metrics = node.metrics.clone();
-    assert_eq!(s.ends().await.ended_by, EndedBy::Server(3008));
-    assert_eq!(metrics.slow_consumer_closes.get(), 1);
+    s.closed_by_server(3008, "slow consumer: outbound queue full")
+        .await;
+    assert_eq!(node.metrics.slow_consumer_closes.get(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -468,8 +473,7 @@ async fn a_write_that_stalls_closes_as_a_slow_consumer() {
 #[tokio::test(start_paused = true)]
 async fn an_unanswered_ping_closes_with_a_heartbeat_timeout() {
     let node = node().await;
-    let mut params = params();
-    params.heartbeat_interval = Duration::from_secs(10);
+    let params = pinging_every(Duration::from_secs(10));
     let ctx = context("alice");
     let reg = registered(&node, &ctx, &params).await;
     let (server, mut client) = tokio::io::duplex(64 * 1024);
@@ -496,8 +500,7 @@ async fn an_unanswered_ping_closes_with_a_heartbeat_timeout() {
 #[tokio::test(start_paused = true)]
 async fn answered_pings_keep_the_session_open() {
     let node = node().await;
-    let mut params = params();
-    params.heartbeat_interval = Duration::from_secs(10);
+    let params = pinging_every(Duration::from_secs(10));
     let mut s = start(&node, context("alice"), params).await;
     s.welcomed().await;
     // Reading lets tungstenite answer each ping with a pong.
@@ -518,17 +521,14 @@ async fn the_session_closes_when_its_token_expires() {
     let mut s = start(&node, ctx, params).await;
     s.welcomed().await;
     let started = tokio::time::Instant::now();
-    assert_eq!(
-        close_of(s.recv().await),
-        (3005, "token expired; reconnect with a new token".to_owned())
-    );
+    s.closed_by_server(3005, "token expired; reconnect with a new token")
+        .await;
     let waited = started.elapsed();
     // `exp` is in whole seconds, so up to one less than asked is left; plus the leeway.
     assert!(
         waited >= Duration::from_secs(24) && waited <= Duration::from_secs(25),
         "closed after {waited:?}"
     );
-    assert_eq!(s.ends().await.ended_by, EndedBy::Server(3005));
 }
 
 #[tokio::test]
@@ -542,11 +542,7 @@ async fn an_oversized_message_closes_with_1009() {
     let mut s = spawn(reg, server, client, ctx, params);
     s.welcomed().await;
     s.send_text(&"x".repeat(100)).await;
-    assert_eq!(
-        close_of(s.recv().await),
-        (1009, "message too big".to_owned())
-    );
-    assert_eq!(s.ends().await.ended_by, EndedBy::Server(1009));
+    s.closed_by_server(1009, "message too big").await;
 }
 
 #[tokio::test]
@@ -559,15 +555,9 @@ async fn invalid_utf8_in_a_text_frame_closes_with_1007() {
         OpCode::Data(Data::Text),
         true,
     );
-    s.client
-        .send(Message::Frame(raw))
-        .await
-        .expect("client send");
-    assert_eq!(
-        close_of(s.recv().await),
-        (1007, "invalid UTF-8 in a text frame".to_owned())
-    );
-    assert_eq!(s.ends().await.ended_by, EndedBy::Server(1007));
+    s.send(Message::Frame(raw)).await;
+    s.closed_by_server(1007, "invalid UTF-8 in a text frame")
+        .await;
 }
 
 #[tokio::test]
