@@ -71,7 +71,7 @@ impl SessionHandle {
         match self.queue.try_send(frame) {
             Ok(()) => Offer::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(close::SLOW_CONSUMER, "slow consumer: outbound queue full");
+                self.close_with(close::QUEUE_FULL);
                 Offer::SlowConsumer
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
@@ -91,6 +91,11 @@ impl SessionHandle {
             }
         }
         self.closing.cancel();
+    }
+
+    /// [`close`](Self::close) with one of the server's named closes.
+    pub fn close_with(&self, close: close::Close) {
+        self.close(close.code, close.reason);
     }
 
     /// The reason given to [`close`](Self::close), if any.
@@ -405,6 +410,11 @@ mod tests {
         assert_eq!(h.offer(frame), Offer::SlowConsumer);
         assert!(h.closing().is_cancelled());
         assert_eq!(h.close_reason().unwrap().code, close::SLOW_CONSUMER);
+        assert_eq!(
+            h.close_reason().unwrap().reason,
+            "slow consumer: outbound queue full",
+            "the reason clients see"
+        );
         h.close(4000, "later reasons do not overwrite");
         assert_eq!(h.close_reason().unwrap().code, close::SLOW_CONSUMER);
     }

@@ -191,7 +191,7 @@ impl Serving {
         node.gauge.start_draining();
         self.health.set_not_serving::<GatewayServer>().await;
         self.http_stop.cancel();
-        shutdown::drain(&state, config.settings.shutdown.grace).await;
+        shutdown::drain(&node.hub, &state.sessions, config.settings.shutdown.grace).await;
         let _ = self.http.await;
         let grpc = self.grpc.stop().await;
         self.upkeep_stop.cancel();

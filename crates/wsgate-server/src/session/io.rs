@@ -1,0 +1,180 @@
+//! The session's socket side: every write runs under the session's limits (the close
+//! signal and the stall timeout) and says how it went in a [`WriteOutcome`]; queued
+//! pushes go out in batches; read errors map to closes; the close handshake is bounded.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+use wsgate_core::close;
+use wsgate_core::hub::truncate_reason;
+use wsgate_core::protocol::OutFrame;
+
+use super::{EndedBy, Exit, Flow, Session};
+
+/// Most queued frames written before one flush.
+const WRITE_BATCH: usize = 64;
+
+/// How one write under the session's limits went.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum WriteOutcome {
+    /// Written and flushed.
+    Written,
+    /// The session was asked to close while writing; the write was abandoned.
+    Closing,
+    /// The write failed or stalled: the session ends this way.
+    Failed(Exit),
+}
+
+/// A queued frame as a WebSocket message (no copy: both share the bytes).
+pub(super) fn to_message(frame: OutFrame) -> Message {
+    match frame {
+        OutFrame::Text(t) => Message::Text(t),
+        OutFrame::Binary(b) => Message::Binary(b),
+    }
+}
+
+/// Runs one write under the session's limits: it gives up when the session is asked to
+/// close, and a write that cannot finish within `stall` means the client stopped reading
+/// (a slow consumer).
+async fn limited(
+    write: impl Future<Output = Result<(), WsError>>,
+    closing: &CancellationToken,
+    stall: Duration,
+) -> WriteOutcome {
+    tokio::select! {
+        res = tokio::time::timeout(stall, write) => match res {
+            Ok(Ok(())) => WriteOutcome::Written,
+            Ok(Err(e)) => WriteOutcome::Failed(Exit::Ended(EndedBy::Transport(e.to_string()))),
+            Err(_) => WriteOutcome::Failed(close::WRITE_STALLED.into()),
+        },
+        () = closing.cancelled() => WriteOutcome::Closing,
+    }
+}
+
+impl<S> Session<S>
+where
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    /// Writes `messages` and flushes once, under the session's limits. With no message it
+    /// only flushes (what tungstenite queued itself, such as a Pong).
+    pub(super) async fn write(
+        &mut self,
+        messages: impl IntoIterator<Item = Message>,
+    ) -> WriteOutcome {
+        let ws = &mut self.ws;
+        let write = async move {
+            for msg in messages {
+                ws.feed(msg).await?;
+            }
+            ws.flush().await
+        };
+        limited(write, self.handle.closing(), self.params.heartbeat_timeout).await
+    }
+
+    /// Writes data frames carrying `bytes` of payload and counts them as sent once they
+    /// are flushed: the one way data reaches the client.
+    pub(super) async fn send_counted<I>(&mut self, messages: I, bytes: u64) -> Flow
+    where
+        I: IntoIterator<Item = Message>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let messages = messages.into_iter();
+        let frames = messages.len() as u64;
+        let outcome = self.write(messages).await;
+        if outcome == WriteOutcome::Written {
+            self.tally.sent(frames, bytes);
+        }
+        self.after_write(outcome)
+    }
+
+    /// What the loop does after a write.
+    pub(super) fn after_write(&self, outcome: WriteOutcome) -> Flow {
+        match outcome {
+            WriteOutcome::Written => Flow::Continue,
+            // The close request that interrupted the write is the session's end.
+            WriteOutcome::Closing => Flow::Stop(self.requested_close()),
+            WriteOutcome::Failed(exit) => Flow::Stop(exit),
+        }
+    }
+
+    /// Writes `first` and whatever else is already queued, up to [`WRITE_BATCH`]
+    /// frames, with one flush.
+    pub(super) async fn flush_queue(&mut self, first: OutFrame) -> Flow {
+        let mut batch = Vec::with_capacity(8);
+        let mut bytes = first.len() as u64;
+        batch.push(to_message(first));
+        while batch.len() < WRITE_BATCH {
+            match self.outbound.try_recv() {
+                Ok(frame) => {
+                    bytes += frame.len() as u64;
+                    batch.push(to_message(frame));
+                }
+                Err(_) => break,
+            }
+        }
+        self.send_counted(batch, bytes).await
+    }
+
+    /// The heartbeat: sends a Ping and starts the pong deadline, unless a ping is out
+    /// already (then the deadline set by that one stands).
+    pub(super) async fn ping(&mut self) -> Flow {
+        if self.pong_deadline.is_some() {
+            return Flow::Continue;
+        }
+        self.pong_deadline = Some(tokio::time::Instant::now() + self.params.heartbeat_timeout);
+        let outcome = self.write([Message::Ping(Default::default())]).await;
+        self.after_write(outcome)
+    }
+}
+
+/// The end a read error means: limits and protocol violations are answered with a close
+/// frame; a vanished peer gets nothing.
+pub(super) fn read_error(e: WsError) -> Exit {
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => close::MESSAGE_TOO_BIG.into(),
+        WsError::Capacity(_) => close::FRAME_TOO_BIG.into(),
+        // The peer vanished without a close frame: nothing to answer.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Exit::Ended(
+            EndedBy::Transport("connection reset without a close handshake".into()),
+        ),
+        WsError::Protocol(p) => Exit::Close {
+            code: close::PROTOCOL_ERROR,
+            reason: Cow::Owned(truncate_reason(&p.to_string())),
+        },
+        WsError::Utf8(_) => close::BAD_UTF8.into(),
+        WsError::ConnectionClosed | WsError::AlreadyClosed => {
+            Exit::Ended(EndedBy::Transport("connection closed".into()))
+        }
+        other => Exit::Ended(EndedBy::Transport(other.to_string())),
+    }
+}
+
+/// Sends a close frame and waits briefly for the client's reply, all bounded by `limit`
+/// (the heartbeat timeout), so a dead peer cannot hold the task.
+pub(super) async fn close_socket<S>(ws: &mut S, code: u16, reason: &str, limit: Duration)
+where
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: truncate_reason(reason).into(),
+    };
+    let _ = tokio::time::timeout(limit, async {
+        if ws.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        // Drain until the client's close reply (or the end of the stream).
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+}

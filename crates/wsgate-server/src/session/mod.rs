@@ -1,0 +1,469 @@
+//! One WebSocket session, from the welcome frame to the close: the client protocol,
+//! heartbeats, the outbound queue and cleanup.
+//!
+//! [`register`] puts a session in the hub, the broker and the registry before the 101 is
+//! sent; [`run`] then drives it on its socket as a [`Session`], one task per connection:
+//! it reads client frames, writes queued pushes (several at a time, one flush), pings on
+//! an interval and watches the close signal that the hub, the control plane and shutdown
+//! use. The socket is any `Sink`/`Stream` of WebSocket messages, so the unit tests drive a
+//! session over an in-memory pipe.
+//!
+//! - this file: the public types, registration, cleanup and the event loop;
+//! - `io.rs`: writes under the session's limits, the close handshake, read errors;
+//! - `ops.rs`: what the client's frames ask for.
+
+mod io;
+mod ops;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use wsgate_core::auth::TopicPolicy;
+use wsgate_core::backend::SessionRecord;
+use wsgate_core::close::{self, Close};
+use wsgate_core::hub::SessionHandle;
+use wsgate_core::ids::SessionId;
+use wsgate_core::protocol::{OutFrame, encode_welcome};
+
+use crate::metrics::Metrics;
+use crate::node::{Node, OpenError, session_record};
+
+/// Session tuning, from `session.*` settings.
+#[derive(Debug, Clone)]
+pub struct SessionParams {
+    /// WebSocket Ping every this long.
+    pub heartbeat_interval: Duration,
+    /// No frame this long after a ping closes the session; also bounds a stalled write
+    /// and the wait for the client's close reply.
+    pub heartbeat_timeout: Duration,
+    /// Outbound queue capacity in messages.
+    pub outbound_queue: usize,
+    /// Clock skew allowed on token expiry (`auth.jwt.leeway`).
+    pub token_leeway: Duration,
+}
+
+/// Who the session belongs to and where it comes from.
+#[derive(Debug, Clone)]
+pub struct SessionContext {
+    /// Unique, sortable id.
+    pub session_id: SessionId,
+    /// The authenticated user.
+    pub user_id: String,
+    /// Which topics the user may subscribe to.
+    pub topics: TopicPolicy,
+    /// Client address after trusted proxies.
+    pub remote_addr: String,
+    /// The client's `User-Agent`, if any.
+    pub user_agent: Option<String>,
+    /// The negotiated subprotocol, if any.
+    pub subprotocol: Option<&'static str>,
+    /// Echo mode (`server.echo_path`): no welcome, data frames are sent back as they came.
+    pub echo: bool,
+    /// The token's `exp` (seconds since the Unix epoch); the session closes with 3005
+    /// then (plus the leeway). `None` with auth off.
+    pub expires_at: Option<u64>,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndedBy {
+    /// The client sent a close frame (with this code, if any).
+    Client(Option<u16>),
+    /// The server closed it with this code.
+    Server(u16),
+    /// The connection failed without a close handshake.
+    Transport(String),
+}
+
+/// A finished session's summary (recorded on its `ws.session` span).
+#[derive(Debug, Clone)]
+pub struct SessionEnd {
+    /// How it ended.
+    pub ended_by: EndedBy,
+    /// Data frames received.
+    pub messages_in: u64,
+    /// Data frames sent.
+    pub messages_out: u64,
+    /// Payload bytes received.
+    pub bytes_in: u64,
+    /// Payload bytes sent.
+    pub bytes_out: u64,
+    /// How long it lived.
+    pub duration: Duration,
+}
+
+/// Counts a session's traffic, for its summary and the pod's metrics at once.
+struct Tally {
+    messages_in: u64,
+    messages_out: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl Tally {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            messages_in: 0,
+            messages_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            metrics,
+        }
+    }
+
+    fn received(&mut self, bytes: usize) {
+        self.messages_in += 1;
+        self.bytes_in += bytes as u64;
+        self.metrics.messages_received.inc();
+        self.metrics.bytes_received.inc_by(bytes as u64);
+    }
+
+    fn sent(&mut self, frames: u64, bytes: u64) {
+        self.messages_out += frames;
+        self.bytes_out += bytes;
+        self.metrics.messages_sent.inc_by(frames);
+        self.metrics.bytes_sent.inc_by(bytes);
+    }
+
+    fn summary(&self, ended_by: EndedBy, duration: Duration) -> SessionEnd {
+        SessionEnd {
+            ended_by,
+            messages_in: self.messages_in,
+            messages_out: self.messages_out,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            duration,
+        }
+    }
+}
+
+/// A session registered in the hub, the broker and the registry, waiting for its socket.
+/// Dropped without [`run`] (the upgrade failed), it unregisters itself.
+pub struct Registered {
+    handle: Arc<SessionHandle>,
+    outbound: mpsc::Receiver<OutFrame>,
+    record: SessionRecord,
+    cleanup: Cleanup,
+}
+
+/// Registers a session before the 101 is sent, so the per-user limit is enforced
+/// atomically by the registry and pushes sent while the upgrade completes are queued.
+pub async fn register(
+    node: &Arc<Node>,
+    ctx: &SessionContext,
+    params: &SessionParams,
+    max_user_sessions: usize,
+) -> Result<Registered, OpenError> {
+    let (handle, outbound) =
+        SessionHandle::new(ctx.session_id.clone(), &ctx.user_id, params.outbound_queue);
+    let record = session_record(
+        node,
+        ctx.session_id.clone(),
+        &ctx.user_id,
+        ctx.remote_addr.clone(),
+    );
+    node.open_session(handle.clone(), &record, max_user_sessions)
+        .await?;
+    Ok(Registered {
+        handle,
+        outbound,
+        cleanup: Cleanup {
+            node: node.clone(),
+            record: Some(record.clone()),
+        },
+        record,
+    })
+}
+
+/// Removes the session everywhere even if the task is cancelled or panics.
+struct Cleanup {
+    node: Arc<Node>,
+    record: Option<SessionRecord>,
+}
+
+impl Cleanup {
+    async fn run(mut self) {
+        if let Some(record) = self.record.take() {
+            self.node.close_session(&record).await;
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            let node = self.node.clone();
+            // Only reached when the task was cancelled or panicked; the hub's removal
+            // is idempotent, so a racing explicit cleanup cannot double-count.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { node.close_session(&record).await });
+            }
+        }
+    }
+}
+
+/// Runs a registered session on its socket until it ends, then unregisters it.
+pub async fn run<S>(
+    ws: S,
+    ctx: SessionContext,
+    params: SessionParams,
+    registered: Registered,
+) -> SessionEnd
+where
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let started = Instant::now();
+    let mut session = Session::new(ws, ctx, params, registered);
+    // A session that registered while the pod began draining is told to go at once.
+    if session.node.gauge.is_draining() {
+        session.handle.close_with(close::SHUTDOWN);
+    }
+    let exit = session.serve().await;
+    session.end(exit, started).await
+}
+
+/// Puts a session's summary on its span (the current one) and into the metrics.
+fn record_end(metrics: &Metrics, end: &SessionEnd) {
+    let span = tracing::Span::current();
+    let (by, code) = match &end.ended_by {
+        EndedBy::Client(code) => ("client", code.map(i64::from)),
+        EndedBy::Server(code) => ("server", Some(i64::from(*code))),
+        EndedBy::Transport(why) => {
+            span.record("ws.close.error", why.as_str());
+            ("transport", None)
+        }
+    };
+    metrics.sessions_closed.with_label_values(&[by]).inc();
+    if let EndedBy::Server(code) = end.ended_by {
+        match code {
+            close::SLOW_CONSUMER => metrics.slow_consumer_closes.inc(),
+            close::HEARTBEAT_TIMEOUT => metrics.heartbeat_timeouts.inc(),
+            _ => {}
+        }
+    }
+    span.record("ws.close.by", by);
+    if let Some(code) = code {
+        span.record("ws.close.code", code);
+    }
+    span.record("ws.messages.received", end.messages_in as i64);
+    span.record("ws.messages.sent", end.messages_out as i64);
+    span.record("ws.bytes.received", end.bytes_in as i64);
+    span.record("ws.bytes.sent", end.bytes_out as i64);
+    span.record("ws.duration_ms", end.duration.as_millis() as i64);
+}
+
+/// How a session stops.
+#[derive(Debug, PartialEq, Eq)]
+enum Exit {
+    /// The server closes it: once it is unregistered, the client gets a close frame with
+    /// this code and reason.
+    Close {
+        /// The close code.
+        code: u16,
+        /// The close reason (cut to 123 bytes when sent).
+        reason: Cow<'static, str>,
+    },
+    /// It is over already (the client closed, or the connection failed): nothing to send.
+    Ended(EndedBy),
+}
+
+impl From<Close> for Exit {
+    fn from(close: Close) -> Self {
+        Exit::Close {
+            code: close.code,
+            reason: Cow::Borrowed(close.reason),
+        }
+    }
+}
+
+/// What the loop does after one event.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    /// Wait for the next event.
+    Continue,
+    /// Leave the loop and end the session this way.
+    Stop(Exit),
+}
+
+impl From<Close> for Flow {
+    fn from(close: Close) -> Self {
+        Flow::Stop(close.into())
+    }
+}
+
+/// One running session: its socket and everything the loop needs, so that each concern
+/// (a client frame, a queued push, a ping, the close) is one method.
+///
+/// The async methods take `&mut self` even when they only read: a `&Session` held across
+/// an `.await` would need the socket to be `Sync`, and hyper's upgraded connection is not.
+struct Session<S> {
+    ws: S,
+    ctx: SessionContext,
+    params: SessionParams,
+    node: Arc<Node>,
+    handle: Arc<SessionHandle>,
+    /// Pushes for this session, filled by the hub.
+    outbound: mpsc::Receiver<OutFrame>,
+    record: SessionRecord,
+    tally: Tally,
+    /// Unregisters the session however the task ends.
+    cleanup: Cleanup,
+    /// Set when a ping is out and nothing has come back yet.
+    pong_deadline: Option<tokio::time::Instant>,
+    /// When the token runs out (plus the leeway): a session never outlives its token.
+    token_deadline: Option<tokio::time::Instant>,
+}
+
+impl<S> Session<S>
+where
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    fn new(ws: S, ctx: SessionContext, params: SessionParams, registered: Registered) -> Self {
+        let Registered {
+            handle,
+            outbound,
+            record,
+            cleanup,
+        } = registered;
+        let node = cleanup.node.clone();
+        Self {
+            ws,
+            ctx,
+            params,
+            tally: Tally::new(node.metrics.clone()),
+            node,
+            handle,
+            outbound,
+            record,
+            cleanup,
+            pong_deadline: None,
+            token_deadline: None,
+        }
+    }
+
+    /// Greets the client, then handles events until the session ends.
+    async fn serve(&mut self) -> Exit {
+        match self.welcome().await {
+            Flow::Continue => self.event_loop().await,
+            Flow::Stop(exit) => exit,
+        }
+    }
+
+    /// Sends the welcome frame (not in echo mode).
+    async fn welcome(&mut self) -> Flow {
+        if self.ctx.echo {
+            return Flow::Continue;
+        }
+        let welcome = encode_welcome(
+            self.ctx.session_id.as_str(),
+            &self.ctx.user_id,
+            self.params.heartbeat_interval.as_secs().max(1),
+        );
+        let len = welcome.len() as u64;
+        match self.ws.send(io::to_message(welcome)).await {
+            Ok(()) => {
+                self.tally.sent(1, len);
+                Flow::Continue
+            }
+            Err(e) => Flow::Stop(Exit::Ended(EndedBy::Transport(e.to_string()))),
+        }
+    }
+
+    /// The event loop. The order of the branches is the order of priority: a close
+    /// request wins over everything, then the deadlines, then traffic.
+    async fn event_loop(&mut self) -> Exit {
+        let mut heartbeat = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.params.heartbeat_interval,
+            self.params.heartbeat_interval,
+        );
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.token_deadline = self.ctx.expires_at.map(|exp| {
+            let now = crate::node::now_ms() / 1000;
+            let left = Duration::from_secs(exp.saturating_sub(now)) + self.params.token_leeway;
+            tokio::time::Instant::now() + left
+        });
+
+        loop {
+            let flow = tokio::select! {
+                biased;
+                () = self.handle.closing().cancelled() => Flow::Stop(self.requested_close()),
+                () = sleep_until_opt(self.pong_deadline) => close::NO_PONG.into(),
+                () = sleep_until_opt(self.token_deadline) => close::TOKEN_EXPIRY.into(),
+                frame = self.outbound.recv() => match frame {
+                    Some(frame) => self.flush_queue(frame).await,
+                    None => close::UNEXPLAINED.into(),
+                },
+                incoming = self.ws.next() => {
+                    // Any frame proves the client alive.
+                    self.pong_deadline = None;
+                    match incoming {
+                        Some(Ok(msg)) => self.on_frame(msg).await,
+                        Some(Err(e)) => Flow::Stop(io::read_error(e)),
+                        None => Flow::Stop(Exit::Ended(EndedBy::Transport(
+                            "connection closed without a close frame".into(),
+                        ))),
+                    }
+                }
+                _ = heartbeat.tick() => self.ping().await,
+            };
+            if let Flow::Stop(exit) = flow {
+                return exit;
+            }
+        }
+    }
+
+    /// The close the session was asked for (by the hub, the control plane or shutdown).
+    fn requested_close(&self) -> Exit {
+        match self.handle.close_reason() {
+            Some(asked) => Exit::Close {
+                code: asked.code,
+                reason: Cow::Owned(asked.reason),
+            },
+            None => close::UNEXPLAINED.into(),
+        }
+    }
+
+    /// Ends the session: unregisters it first (nothing more is read from the queue), then,
+    /// when the server closes, gives the client its close frame, which may take up to the
+    /// heartbeat timeout with a client that does not answer. Records the summary.
+    async fn end(self, exit: Exit, started: Instant) -> SessionEnd {
+        let Session {
+            mut ws,
+            ctx,
+            params,
+            node,
+            outbound,
+            tally,
+            cleanup,
+            ..
+        } = self;
+        drop(outbound);
+        cleanup.run().await;
+        let ended_by = match exit {
+            Exit::Close { code, reason } => {
+                io::close_socket(&mut ws, code, &reason, params.heartbeat_timeout).await;
+                EndedBy::Server(code)
+            }
+            Exit::Ended(by) => by,
+        };
+        let end = tally.summary(ended_by, started.elapsed());
+        record_end(&node.metrics, &end);
+        tracing::debug!(session = %ctx.session_id, user = %ctx.user_id, ended_by = ?end.ended_by, "session ended");
+        end
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
