@@ -20,7 +20,7 @@ use http::{StatusCode, Uri};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::preflight::Rejection;
+use crate::rejection::Rejection;
 
 /// The query parameter that may carry the token.
 pub const TOKEN_QUERY_PARAM: &str = "access_token";

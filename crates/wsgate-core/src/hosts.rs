@@ -22,8 +22,7 @@ use http::StatusCode;
 use http::header;
 use http::request::Parts;
 
-use crate::preflight::quote;
-use crate::rejection::Rejection;
+use crate::rejection::{Rejection, quote};
 
 /// A parsed `host[:port]`: a lower-case DNS name (a trailing dot removed), an IPv4
 /// address or a bracketed IPv6 address, and the port when one is given.

@@ -20,25 +20,7 @@ use ipnet::IpNet;
 
 use crate::admission::ConnectionGauge;
 pub use crate::hosts::{HostPolicy, OriginPolicy};
-pub use crate::rejection::Rejection;
-
-/// How many bytes of a client-supplied value a message may quote.
-pub const ECHO_LIMIT: usize = 64;
-
-/// A client-supplied value made safe to quote in a message: at most [`ECHO_LIMIT`] bytes
-/// (cut at a char boundary), control characters escaped.
-pub fn quote(value: &[u8]) -> String {
-    let text = String::from_utf8_lossy(value);
-    let mut end = text.len().min(ECHO_LIMIT);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut out: String = text[..end].escape_debug().collect();
-    if end < text.len() {
-        out.push('…');
-    }
-    out
-}
+pub use crate::rejection::{ECHO_LIMIT, Rejection, quote};
 
 /// Whether the request is an RFC 8441 WebSocket bootstrap over HTTP/2 (extended CONNECT).
 ///

@@ -13,6 +13,24 @@ use http::header::{self, HeaderName, HeaderValue};
 /// hammer a full or draining pod, short enough for a rolling update.
 pub const RETRY_AFTER_BUSY_S: u64 = 5;
 
+/// How many bytes of a client-supplied value a message may quote.
+pub const ECHO_LIMIT: usize = 64;
+
+/// A client-supplied value made safe to quote in a message: at most [`ECHO_LIMIT`] bytes
+/// (cut at a char boundary), control characters escaped.
+pub fn quote(value: &[u8]) -> String {
+    let text = String::from_utf8_lossy(value);
+    let mut end = text.len().min(ECHO_LIMIT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out: String = text[..end].escape_debug().collect();
+    if end < text.len() {
+        out.push('…');
+    }
+    out
+}
+
 /// Why a handshake is refused: the status, a stable machine-readable `code`, a human
 /// `message` and any headers the status calls for (`Allow`, `Retry-After`, …).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -34,20 +34,8 @@ use wsgate_core::protocol::{OutFrame, encode_welcome};
 
 use crate::metrics::Metrics;
 use crate::node::{Node, OpenError, session_record};
-
-/// Session tuning, from `session.*` settings.
-#[derive(Debug, Clone)]
-pub struct SessionParams {
-    /// WebSocket Ping every this long.
-    pub heartbeat_interval: Duration,
-    /// No frame this long after a ping closes the session; also bounds a stalled write
-    /// and the wait for the client's close reply.
-    pub heartbeat_timeout: Duration,
-    /// Outbound queue capacity in messages.
-    pub outbound_queue: usize,
-    /// Clock skew allowed on token expiry (`auth.jwt.leeway`).
-    pub token_leeway: Duration,
-}
+/// Session tuning; built from the configuration.
+pub use crate::settings::SessionParams;
 
 /// Who the session belongs to and where it comes from.
 #[derive(Debug, Clone)]

@@ -8,6 +8,7 @@
 //! disagree, and [`crate::run`] has nothing left that could fail on configuration.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -17,7 +18,6 @@ use wsgate_core::preflight::HandshakeLimiter;
 
 use super::sections::{RedisMode, Settings};
 use super::{Problem, SettingsError};
-use crate::session::SessionParams;
 use crate::tls::{GRPC_ALPN, HTTP_ALPN, PemPair};
 
 /// The configuration the gateway runs with: the settings as loaded, and what they mean
@@ -52,6 +52,20 @@ impl std::fmt::Debug for GatewayConfig {
             .field("backend", &self.backend)
             .finish_non_exhaustive()
     }
+}
+
+/// What each session runs with, from `session.*` and `auth.jwt.leeway`.
+#[derive(Debug, Clone)]
+pub struct SessionParams {
+    /// WebSocket Ping every this long.
+    pub heartbeat_interval: Duration,
+    /// No frame this long after a ping closes the session; also bounds a stalled write
+    /// and the wait for the client's close reply.
+    pub heartbeat_timeout: Duration,
+    /// Outbound queue capacity in messages.
+    pub outbound_queue: usize,
+    /// Clock skew allowed on token expiry (`auth.jwt.leeway`).
+    pub token_leeway: Duration,
 }
 
 /// The policies of the preflight chain that come from configuration alone (the chain

@@ -34,7 +34,7 @@ mod tests;
 
 use std::fmt;
 
-pub use build::{Backend, GatewayConfig, PreflightPolicies};
+pub use build::{Backend, GatewayConfig, PreflightPolicies, SessionParams};
 pub use keys::KEYS;
 pub use layers::{default_pod_id, load, load_from_process_env};
 pub use sections::*;
