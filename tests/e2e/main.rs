@@ -10,6 +10,7 @@ mod conformance;
 mod control;
 mod handshake_rate;
 mod hostile;
+mod layout;
 mod observability;
 mod preflight;
 mod process;
