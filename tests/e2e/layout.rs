@@ -84,6 +84,15 @@ fn crate_paths(lines: &[String]) -> BTreeSet<String> {
     out
 }
 
+/// The source files of a crate, without modules' tests kept in their own `tests.rs`
+/// (not code to read when changing the module).
+fn code_files(src: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    files.retain(|f| f.file_name().is_none_or(|n| n != "tests.rs"));
+    files
+}
+
 fn crates() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(repo().join("crates"))
         .expect("crates/")
@@ -98,16 +107,11 @@ fn crates() -> Vec<PathBuf> {
 fn no_module_imports_itself_back() {
     let mut cycles = Vec::new();
     for src in crates() {
-        let mut files = Vec::new();
-        rust_files(&src, &mut files);
         let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for file in &files {
+        for file in &code_files(&src) {
             let Some(module) = top_module(&src, file) else {
                 continue;
             };
-            if file.file_name().is_some_and(|n| n == "tests.rs") {
-                continue;
-            }
             let used = crate_paths(&code_lines(file));
             deps.entry(module.clone())
                 .or_default()
@@ -150,13 +154,7 @@ fn no_module_imports_itself_back() {
 fn no_source_file_is_too_long() {
     let mut long = Vec::new();
     for src in crates() {
-        let mut files = Vec::new();
-        rust_files(&src, &mut files);
-        for file in files {
-            // A module's tests in their own file are not code to read when changing it.
-            if file.file_name().is_some_and(|n| n == "tests.rs") {
-                continue;
-            }
+        for file in code_files(&src) {
             let n = code_lines(&file).len();
             if n > MAX_CODE_LINES {
                 long.push(format!("{} has {n} lines of code", file.display()));

@@ -145,26 +145,20 @@ impl Settings {
     fn preflight_policies(&self, p: &mut Vec<Problem>) -> Option<PreflightPolicies> {
         let pre = &self.preflight;
         let before = p.len();
-        let mut hosts = Vec::new();
-        for entry in &pre.allowed_hosts {
-            match HostPort::parse_entry(entry) {
-                Ok(host) => hosts.push(host),
-                Err(e) => p.push(Problem::new(
-                    "preflight.allowed_hosts",
-                    format!("invalid host {entry:?}: {e}"),
-                )),
-            }
-        }
-        let mut origins = Vec::new();
-        for entry in &pre.allowed_origins {
-            match OriginRule::parse(entry) {
-                Ok(rule) => origins.push(rule),
-                Err(e) => p.push(Problem::new(
-                    "preflight.allowed_origins",
-                    format!("invalid origin {entry:?}: {e}"),
-                )),
-            }
-        }
+        let hosts = parse_each(
+            p,
+            "preflight.allowed_hosts",
+            "host",
+            &pre.allowed_hosts,
+            HostPort::parse_entry,
+        );
+        let origins = parse_each(
+            p,
+            "preflight.allowed_origins",
+            "origin",
+            &pre.allowed_origins,
+            OriginRule::parse,
+        );
         (p.len() == before).then(|| PreflightPolicies {
             host: Arc::new(HostPolicy::from_entries(hosts)),
             origin: Arc::new(OriginPolicy::from_rules(origins, pre.require_origin)),
@@ -212,6 +206,24 @@ impl Settings {
         options.pod_ttl = self.registry.pod_ttl;
         Backend::Redis(options)
     }
+}
+
+/// Parses every entry of a list, one problem per bad entry (`invalid host "x": why`).
+fn parse_each<T>(
+    p: &mut Vec<Problem>,
+    key: &str,
+    what: &str,
+    entries: &[String],
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Vec<T> {
+    let mut parsed = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match parse(entry) {
+            Ok(value) => parsed.push(value),
+            Err(e) => p.push(Problem::new(key, format!("invalid {what} {entry:?}: {e}"))),
+        }
+    }
+    parsed
 }
 
 /// A TLS certificate and key are set together, are read once and fit together.

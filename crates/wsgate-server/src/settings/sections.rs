@@ -17,100 +17,79 @@ use super::layers::default_pod_id;
 /// JWT signature algorithm (`auth.jwt.algorithm`): the one the verifier uses.
 pub use wsgate_core::auth::JwtAlgorithm;
 
-/// How WebSocket clients authenticate (`auth.mode`).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Default,
-    strum::Display,
-    strum::EnumString,
-    strum::IntoStaticStr,
-    strum::VariantNames,
-)]
-#[strum(serialize_all = "lowercase", ascii_case_insensitive)]
-pub enum AuthMode {
-    /// `"jwt"`: a JWT is required (header or `access_token` query parameter).
-    Jwt,
-    /// `"none"`: no authentication; the user id comes from `?user=`. Default.
-    #[default]
-    None,
+/// Declares a settings enum whose values are named in configuration: its string forms
+/// (`Display`, `FromStr`, `&'static str`, the list of names for error messages) are
+/// derived by strum, with the `#[strum(...)]` attributes given.
+macro_rules! choice {
+    ($(#[$meta:meta])* pub enum $name:ident { $($body:tt)* }) => {
+        #[derive(
+            Debug,
+            Clone,
+            Copy,
+            PartialEq,
+            Eq,
+            Hash,
+            Default,
+            strum::Display,
+            strum::EnumString,
+            strum::IntoStaticStr,
+            strum::VariantNames,
+        )]
+        $(#[$meta])*
+        pub enum $name { $($body)* }
+    };
 }
 
-/// Redis deployment kind (`redis.mode`).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Default,
-    strum::Display,
-    strum::EnumString,
-    strum::IntoStaticStr,
-    strum::VariantNames,
-)]
-#[strum(serialize_all = "lowercase", ascii_case_insensitive)]
-pub enum RedisMode {
-    /// `"standalone"`: a single Redis (or a primary behind a proxy). Default.
-    #[default]
-    Standalone,
-    /// `"cluster"`: Redis Cluster.
-    Cluster,
-    /// `"sentinel"`: a primary found through Redis Sentinel.
-    Sentinel,
+choice! {
+    /// How WebSocket clients authenticate (`auth.mode`).
+    #[strum(serialize_all = "lowercase", ascii_case_insensitive)]
+    pub enum AuthMode {
+        /// `"jwt"`: a JWT is required (header or `access_token` query parameter).
+        Jwt,
+        /// `"none"`: no authentication; the user id comes from `?user=`. Default.
+        #[default]
+        None,
+    }
 }
 
-/// Log output format (`telemetry.log_format`).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Default,
-    strum::Display,
-    strum::EnumString,
-    strum::IntoStaticStr,
-    strum::VariantNames,
-)]
-#[strum(serialize_all = "lowercase", ascii_case_insensitive)]
-pub enum LogFormat {
-    /// `"pretty"`: human-readable lines. Default.
-    #[default]
-    Pretty,
-    /// `"json"`: one JSON object per line.
-    Json,
+choice! {
+    /// Redis deployment kind (`redis.mode`).
+    #[strum(serialize_all = "lowercase", ascii_case_insensitive)]
+    pub enum RedisMode {
+        /// `"standalone"`: a single Redis (or a primary behind a proxy). Default.
+        #[default]
+        Standalone,
+        /// `"cluster"`: Redis Cluster.
+        Cluster,
+        /// `"sentinel"`: a primary found through Redis Sentinel.
+        Sentinel,
+    }
 }
 
-/// OTLP transport (`telemetry.otlp_protocol`).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Default,
-    strum::Display,
-    strum::EnumString,
-    strum::IntoStaticStr,
-    strum::VariantNames,
-)]
-#[strum(ascii_case_insensitive)]
-pub enum OtlpProtocol {
-    /// `"grpc"`: OTLP over gRPC (port 4317 by convention). Default.
-    #[default]
-    #[strum(serialize = "grpc")]
-    Grpc,
-    /// `"http/protobuf"`: OTLP over HTTP with protobuf bodies (port 4318 by convention).
-    #[strum(serialize = "http/protobuf")]
-    HttpProtobuf,
+choice! {
+    /// Log output format (`telemetry.log_format`).
+    #[strum(serialize_all = "lowercase", ascii_case_insensitive)]
+    pub enum LogFormat {
+        /// `"pretty"`: human-readable lines. Default.
+        #[default]
+        Pretty,
+        /// `"json"`: one JSON object per line.
+        Json,
+    }
+}
+
+choice! {
+    /// OTLP transport (`telemetry.otlp_protocol`).
+    #[strum(ascii_case_insensitive)]
+    pub enum OtlpProtocol {
+        /// `"grpc"`: OTLP over gRPC (port 4317 by convention). Default.
+        #[default]
+        #[strum(serialize = "grpc")]
+        Grpc,
+        /// `"http/protobuf"`: OTLP over HTTP with protobuf bodies (port 4318 by convention).
+        #[strum(serialize = "http/protobuf")]
+        HttpProtobuf,
+    }
 }
 
 /// The whole gateway configuration.
