@@ -13,7 +13,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::backend::{
-    Broker, Channel, Command, Envelope, Inbox, Liveness, Registry, SessionRecord, Target,
+    Broker, Channel, Command, Envelope, HistoryPolicy, Idempotency, Inbox, Liveness, Registry,
+    SessionRecord, StreamPosition, Target,
 };
 use crate::ids::SessionId;
 use crate::protocol::Payload;
@@ -313,4 +314,261 @@ where
     assert_eq!(reg.count_sessions().await.unwrap(), total_before - 3);
     assert_eq!(reg.reap_dead_pods().await.unwrap(), 0, "every pod is alive");
     reg.healthy().await.unwrap();
+}
+
+fn policy(size: usize, ttl_ms: u64) -> HistoryPolicy {
+    HistoryPolicy {
+        size,
+        ttl: Duration::from_millis(ttl_ms),
+    }
+}
+
+/// The next `n` envelopes of `pod`, with their offsets.
+async fn offsets(pod: &mut TestPod, n: usize) -> Vec<u64> {
+    let mut got = Vec::with_capacity(n);
+    for _ in 0..n {
+        let envelope = pod.next().await;
+        let position = envelope
+            .position
+            .clone()
+            .unwrap_or_else(|| panic!("a stream message without a position: {envelope:?}"));
+        got.push(position.offset);
+    }
+    got
+}
+
+/// Runs every check of streams with history (offsets, epochs, trimming, expiry,
+/// idempotency, order under concurrent publishers). `make` as for [`broker_suite`].
+pub async fn history_suite<F, Fut>(make: F)
+where
+    F: Fn(String, Arc<dyn Inbox>) -> Fut,
+    Fut: Future<Output = Arc<dyn Broker>>,
+{
+    let run = unique("hist");
+    let mut a = pod(&make, format!("{run}-a")).await;
+    let mut b = pod(&make, format!("{run}-b")).await;
+    let keep = policy(100, 60_000);
+
+    // A stream is created by its first read: an epoch, offset 0, nothing kept; the
+    // epoch stays the same for later reads and for the first publish.
+    let topic = Channel::Topic(unique("stream"));
+    let empty = a.broker.read_stream(&topic, 0, 100, &keep).await.unwrap();
+    assert!(!empty.position.epoch.is_empty());
+    assert_eq!(empty.position.offset, 0);
+    assert!(empty.entries.is_empty());
+    assert_eq!(empty.first_kept, 1);
+    let again = b.broker.read_stream(&topic, 0, 100, &keep).await.unwrap();
+    assert_eq!(again.position, empty.position);
+    let epoch = empty.position.epoch.clone();
+
+    // Publishes get offsets 1, 2, 3 in the stream's epoch; every subscriber receives
+    // them in that order with their positions, payloads intact.
+    a.broker.subscribe(&topic).await.unwrap();
+    b.broker.subscribe(&topic).await.unwrap();
+    for i in 1..=3u64 {
+        let sent = text(&a.id, Target::Topic("t".into()), &format!("m{i}"));
+        let appended = b
+            .broker
+            .publish_stream(&topic, sent.clone(), &keep, None)
+            .await
+            .unwrap();
+        assert!(!appended.duplicate);
+        assert_eq!(
+            appended.position,
+            StreamPosition {
+                epoch: epoch.clone(),
+                offset: i
+            }
+        );
+        for p in [&mut a, &mut b] {
+            let got = p.next().await;
+            assert_eq!(got.id, sent.id);
+            assert_eq!(got.command, sent.command);
+            assert_eq!(got.position, Some(appended.position.clone()));
+        }
+    }
+    a.assert_nothing_else("stream-a").await;
+
+    // Reading after an offset gives what came later, oldest first, with its positions.
+    let page = a.broker.read_stream(&topic, 1, 100, &keep).await.unwrap();
+    assert_eq!(page.position.offset, 3);
+    assert_eq!(page.first_kept, 1);
+    let kept: Vec<u64> = page.entries.iter().map(|e| e.offset).collect();
+    assert_eq!(kept, [2, 3]);
+    for entry in &page.entries {
+        assert_eq!(
+            entry.envelope.position.as_ref().map(|p| p.offset),
+            Some(entry.offset)
+        );
+        assert!(entry.published_at_ms > 0);
+    }
+    assert_eq!(
+        page.entries[0].envelope.command,
+        Command::Deliver(Payload::Text("m2".into()))
+    );
+    let since = |offset| StreamPosition {
+        epoch: epoch.clone(),
+        offset,
+    };
+    assert!(page.recovers(&since(1)));
+    assert!(page.recovers(&since(0)));
+    assert!(page.recovers(&since(3)), "nothing missed is recovered");
+    assert!(!page.recovers(&since(4)), "ahead of the stream");
+    assert!(!page.recovers(&StreamPosition {
+        epoch: "other".into(),
+        offset: 1
+    }));
+    let limited = a.broker.read_stream(&topic, 0, 2, &keep).await.unwrap();
+    let kept: Vec<u64> = limited.entries.iter().map(|e| e.offset).collect();
+    assert_eq!(kept, [1, 2], "limit keeps the oldest first");
+
+    // A stream keeps at most `size` messages: trimmed ones cannot be recovered.
+    let small = policy(3, 60_000);
+    let trimmed = Channel::User(unique("trim-user"));
+    b.broker.subscribe(&trimmed).await.unwrap();
+    for i in 0..5 {
+        let binary = Arc::new(Envelope::new(
+            &a.id,
+            Target::User("u".into()),
+            Command::Deliver(Payload::Binary(Bytes::from(vec![0, 255, i]))),
+        ));
+        a.broker
+            .publish_stream(&trimmed, binary, &small, None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(offsets(&mut b, 5).await, [1, 2, 3, 4, 5]);
+    let page = a
+        .broker
+        .read_stream(&trimmed, 0, 100, &small)
+        .await
+        .unwrap();
+    let kept: Vec<u64> = page.entries.iter().map(|e| e.offset).collect();
+    assert_eq!(kept, [3, 4, 5]);
+    assert_eq!(page.first_kept, 3);
+    assert_eq!(
+        page.entries[0].envelope.command,
+        Command::Deliver(Payload::Binary(Bytes::from(vec![0, 255, 2])))
+    );
+    let trim_epoch = page.position.epoch.clone();
+    let at = |offset| StreamPosition {
+        epoch: trim_epoch.clone(),
+        offset,
+    };
+    assert!(!page.recovers(&at(1)), "offset 2 was trimmed");
+    assert!(page.recovers(&at(2)));
+
+    // Idempotency: a repeated key within its window publishes nothing and answers the
+    // first offset; another key publishes; after the window the key publishes again.
+    let idem_topic = Channel::Topic(unique("idem"));
+    a.broker.subscribe(&idem_topic).await.unwrap();
+    let key = Idempotency {
+        key: "order-7".into(),
+        window: Duration::from_millis(400),
+    };
+    let first = a
+        .broker
+        .publish_stream(
+            &idem_topic,
+            text(&a.id, Target::Topic("t".into()), "x"),
+            &keep,
+            Some(&key),
+        )
+        .await
+        .unwrap();
+    let repeat = b
+        .broker
+        .publish_stream(
+            &idem_topic,
+            text(&b.id, Target::Topic("t".into()), "x"),
+            &keep,
+            Some(&key),
+        )
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    assert!(repeat.duplicate);
+    assert_eq!(repeat.position, first.position);
+    let other = Idempotency {
+        key: "order-8".into(),
+        window: key.window,
+    };
+    let second = a
+        .broker
+        .publish_stream(
+            &idem_topic,
+            text(&a.id, Target::Topic("t".into()), "y"),
+            &keep,
+            Some(&other),
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.position.offset, first.position.offset + 1);
+    assert_eq!(offsets(&mut a, 2).await, [1, 2]);
+    a.assert_nothing_else("idem").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let later = b
+        .broker
+        .publish_stream(
+            &idem_topic,
+            text(&b.id, Target::Topic("t".into()), "x"),
+            &keep,
+            Some(&key),
+        )
+        .await
+        .unwrap();
+    assert!(!later.duplicate, "the window is over");
+    assert_eq!(later.position.offset, 3);
+    assert_eq!(offsets(&mut a, 1).await, [3]);
+
+    // A stream is forgotten `ttl` after its last publish: a new epoch starts at 0.
+    let brief = policy(10, 300);
+    let fleeting = Channel::Topic(unique("ttl"));
+    let before = a
+        .broker
+        .publish_stream(
+            &fleeting,
+            text(&a.id, Target::Topic("t".into()), "z"),
+            &brief,
+            None,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let after = a
+        .broker
+        .read_stream(&fleeting, 0, 10, &brief)
+        .await
+        .unwrap();
+    assert_ne!(after.position.epoch, before.position.epoch);
+    assert_eq!(after.position.offset, 0);
+    assert!(after.entries.is_empty());
+    assert!(!after.recovers(&before.position));
+
+    // Concurrent publishers on two pods: one order, offsets 1..=100 without a gap or a
+    // repeat, the same for every subscriber and in the kept history.
+    let busy = Channel::Topic(unique("busy"));
+    a.broker.subscribe(&busy).await.unwrap();
+    b.broker.subscribe(&busy).await.unwrap();
+    let wide = policy(200, 60_000);
+    let publishers = [a.broker.clone(), b.broker.clone()].map(|broker| {
+        let busy = busy.clone();
+        tokio::spawn(async move {
+            for i in 0..50 {
+                let m = text("p", Target::Topic("t".into()), &format!("{i}"));
+                broker.publish_stream(&busy, m, &wide, None).await.unwrap();
+            }
+        })
+    });
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let expected: Vec<u64> = (1..=100).collect();
+    assert_eq!(offsets(&mut a, 100).await, expected);
+    assert_eq!(offsets(&mut b, 100).await, expected);
+    let page = b.broker.read_stream(&busy, 0, 200, &wide).await.unwrap();
+    let kept: Vec<u64> = page.entries.iter().map(|e| e.offset).collect();
+    assert_eq!(kept, expected);
+    a.assert_nothing_else("busy-a").await;
+    b.assert_nothing_else("busy-b").await;
 }

@@ -46,3 +46,11 @@ impl fmt::Display for SessionId {
 pub fn message_id() -> String {
     ulid::Ulid::new().to_string()
 }
+
+/// A new stream epoch: 10 random characters of Crockford base32 (50 bits), so two epochs
+/// of one stream practically never repeat.
+pub fn stream_epoch() -> String {
+    let id = ulid::Ulid::new().to_string().to_lowercase();
+    // The last 16 characters of a ULID are its random part.
+    id[id.len() - 10..].to_owned()
+}

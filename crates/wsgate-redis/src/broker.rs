@@ -316,6 +316,31 @@ impl Broker for RedisBroker {
         .await
     }
 
+    // Placeholder on the `streams` branch only, replaced before it is merged.
+    async fn publish_stream(
+        &self,
+        _channel: &Channel,
+        _envelope: Arc<Envelope>,
+        _policy: &wsgate_core::backend::HistoryPolicy,
+        _idempotency: Option<&wsgate_core::backend::Idempotency>,
+    ) -> Result<wsgate_core::backend::Appended, BackendError> {
+        Err(BackendError::Unavailable(
+            "streams are not built on Redis yet".into(),
+        ))
+    }
+
+    async fn read_stream(
+        &self,
+        _channel: &Channel,
+        _after: u64,
+        _limit: usize,
+        _policy: &wsgate_core::backend::HistoryPolicy,
+    ) -> Result<wsgate_core::backend::HistoryPage, BackendError> {
+        Err(BackendError::Unavailable(
+            "streams are not built on Redis yet".into(),
+        ))
+    }
+
     async fn healthy(&self) -> Result<(), BackendError> {
         if !self.subscriber.is_connected() {
             return Err(BackendError::Unavailable(

@@ -114,6 +114,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, String> {
         target,
         command,
         trace_context: (!e.trace_context.is_empty()).then_some(e.trace_context),
+        position: None,
     }))
 }
 

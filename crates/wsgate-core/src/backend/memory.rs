@@ -4,14 +4,16 @@
 //! bus sees the others, which is how the conformance suite exercises several "pods" in one
 //! process. A single-node gateway simply makes one bus and one pod.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use super::{
-    BackendError, Broker, Channel, Envelope, Inbox, Liveness, PodRecord, Registry, SessionRecord,
+    Appended, BackendError, Broker, Channel, Envelope, HistoryPage, HistoryPolicy, Idempotency,
+    Inbox, Liveness, PodRecord, Registry, SessionRecord, StreamEntry, StreamPosition,
 };
 use crate::ids::SessionId;
 
@@ -23,6 +25,79 @@ type ChannelPods = HashMap<String, Weak<dyn Inbox>>;
 #[derive(Default)]
 pub struct MemoryBus {
     channels: RwLock<HashMap<Channel, ChannelPods>>,
+    /// Streams with history. Publishing to a stream delivers under this lock, so every
+    /// subscriber sees a stream's messages in offset order.
+    streams: Mutex<Streams>,
+}
+
+#[derive(Default)]
+struct Streams {
+    by_channel: HashMap<Channel, MemoryStream>,
+    last_sweep: Option<Instant>,
+}
+
+/// One stream's history.
+struct MemoryStream {
+    epoch: String,
+    top: u64,
+    entries: VecDeque<StreamEntry>,
+    /// Forgotten after this (`ttl` after the last publish).
+    expires: Instant,
+    /// Idempotency key → (offset it got, remembered until).
+    seen: HashMap<String, (u64, Instant)>,
+}
+
+impl MemoryStream {
+    fn new(policy: &HistoryPolicy, now: Instant) -> Self {
+        Self {
+            epoch: crate::ids::stream_epoch(),
+            top: 0,
+            entries: VecDeque::new(),
+            expires: now + policy.ttl,
+            seen: HashMap::new(),
+        }
+    }
+
+    fn position(&self, offset: u64) -> StreamPosition {
+        StreamPosition {
+            epoch: self.epoch.clone(),
+            offset,
+        }
+    }
+}
+
+impl Streams {
+    /// The live stream of `channel`, made anew when it never existed or has expired.
+    fn stream(
+        &mut self,
+        channel: &Channel,
+        policy: &HistoryPolicy,
+        now: Instant,
+    ) -> &mut MemoryStream {
+        // Forget expired streams once a second, so unused topics do not pile up.
+        if self
+            .last_sweep
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+        {
+            self.by_channel.retain(|_, s| s.expires > now);
+            self.last_sweep = Some(now);
+        }
+        let stream = self
+            .by_channel
+            .entry(channel.clone())
+            .or_insert_with(|| MemoryStream::new(policy, now));
+        if stream.expires <= now {
+            *stream = MemoryStream::new(policy, now);
+        }
+        stream
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl MemoryBus {
@@ -97,6 +172,86 @@ impl Broker for MemoryBroker {
             inbox.deliver(envelope.clone());
         }
         Ok(())
+    }
+
+    async fn publish_stream(
+        &self,
+        channel: &Channel,
+        envelope: Arc<Envelope>,
+        policy: &HistoryPolicy,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Appended, BackendError> {
+        let now = Instant::now();
+        let mut streams = self.bus.streams.lock();
+        let stream = streams.stream(channel, policy, now);
+        if let Some(idem) = idempotency {
+            stream.seen.retain(|_, (_, until)| *until > now);
+            if let Some((offset, _)) = stream.seen.get(&idem.key) {
+                return Ok(Appended {
+                    position: stream.position(*offset),
+                    duplicate: true,
+                });
+            }
+        }
+        stream.top += 1;
+        let position = stream.position(stream.top);
+        if let Some(idem) = idempotency {
+            stream
+                .seen
+                .insert(idem.key.clone(), (stream.top, now + idem.window));
+        }
+        let mut published = (*envelope).clone();
+        published.position = Some(position.clone());
+        stream.entries.push_back(StreamEntry {
+            offset: stream.top,
+            published_at_ms: now_ms(),
+            envelope: published.clone(),
+        });
+        while stream.entries.len() > policy.size.max(1) {
+            stream.entries.pop_front();
+        }
+        stream.expires = now + policy.ttl;
+        let published = Arc::new(published);
+        let inboxes: Vec<Arc<dyn Inbox>> = self
+            .bus
+            .channels
+            .read()
+            .get(channel)
+            .map(|pods| pods.values().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default();
+        // Delivered under the streams lock: the next publish to any stream waits, so
+        // offsets reach every inbox in order.
+        for inbox in inboxes {
+            inbox.deliver(published.clone());
+        }
+        Ok(Appended {
+            position,
+            duplicate: false,
+        })
+    }
+
+    async fn read_stream(
+        &self,
+        channel: &Channel,
+        after: u64,
+        limit: usize,
+        policy: &HistoryPolicy,
+    ) -> Result<HistoryPage, BackendError> {
+        let mut streams = self.bus.streams.lock();
+        let stream = streams.stream(channel, policy, Instant::now());
+        let first_kept = stream.entries.front().map_or(stream.top + 1, |e| e.offset);
+        let entries = stream
+            .entries
+            .iter()
+            .filter(|e| e.offset > after)
+            .take(limit)
+            .cloned()
+            .collect();
+        Ok(HistoryPage {
+            position: stream.position(stream.top),
+            entries,
+            first_kept,
+        })
     }
 
     async fn healthy(&self) -> Result<(), BackendError> {
@@ -332,5 +487,15 @@ mod tests {
         .await;
         crate::conformance::registry_suite(|| async { MemoryRegistry::new() as Arc<dyn Registry> })
             .await;
+    }
+
+    #[tokio::test]
+    async fn memory_streams_pass_the_history_cases() {
+        let bus = MemoryBus::new();
+        crate::conformance::history_suite(|pod, inbox| {
+            let bus = bus.clone();
+            async move { Arc::new(bus.broker(pod, inbox)) as Arc<dyn Broker> }
+        })
+        .await;
     }
 }

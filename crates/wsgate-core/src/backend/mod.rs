@@ -6,12 +6,19 @@
 //! - [`Registry`] is the shared record of sessions, topic memberships and pods, answering
 //!   presence, stats and "how many sessions did this send target".
 //!
-//! `memory` implements both in process (the embedded single-node default); `wsgate-redis`
-//! implements them over Redis. Both pass [`crate::conformance`].
+//! Streams with history are the broker's too: a publish to a user or topic stream that
+//! keeps history assigns the next offset, appends the message and publishes it in one
+//! atomic step ([`Broker::publish_stream`]), so every pod sees one order per stream, and
+//! [`Broker::read_stream`] reads what a stream still keeps. The broker owns them because
+//! the append and the publish must be one step: in Redis, one script does both.
+//!
+//! `memory` implements both roles in process (the embedded single-node default);
+//! `wsgate-redis` implements them over Redis. Both pass [`crate::conformance`].
 
 pub mod memory;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -96,6 +103,9 @@ pub struct Envelope {
     pub command: Command,
     /// W3C trace context (`traceparent`) of the sending call, when traced.
     pub trace_context: Option<String>,
+    /// Where the message stands in its stream, when it was published to a stream with
+    /// history ([`Broker::publish_stream`] sets it).
+    pub position: Option<StreamPosition>,
 }
 
 impl Envelope {
@@ -107,7 +117,81 @@ impl Envelope {
             target,
             command,
             trace_context: None,
+            position: None,
         }
+    }
+}
+
+/// How a stream keeps its history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryPolicy {
+    /// Most messages kept (at least 1); older ones are trimmed.
+    pub size: usize,
+    /// How long the stream is kept after its last publish; then it is forgotten, and its
+    /// next publish starts a new epoch.
+    pub ttl: Duration,
+}
+
+/// A place in a stream: the epoch its offsets count in, and an offset (of a message, or
+/// of the newest message when it describes the stream; 0 = no message yet).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct StreamPosition {
+    /// Changes whenever the stream's history was lost (expired, or the backend restarted
+    /// empty), so an offset means something only with its epoch.
+    pub epoch: String,
+    /// Offsets start at 1 and grow by 1 per message.
+    pub offset: u64,
+}
+
+/// A repeat of a publish with the same key within `window` publishes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    /// The caller's key for the publish.
+    pub key: String,
+    /// How long a key is remembered.
+    pub window: Duration,
+}
+
+/// What [`Broker::publish_stream`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The published message's place (for a duplicate: the first publish's).
+    pub position: StreamPosition,
+    /// The idempotency key was seen within its window: nothing was published.
+    pub duplicate: bool,
+}
+
+/// A message a stream keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamEntry {
+    /// Its offset in the stream's epoch.
+    pub offset: u64,
+    /// When it was published, in milliseconds since the Unix epoch.
+    pub published_at_ms: u64,
+    /// The message as published (its `position` set).
+    pub envelope: Envelope,
+}
+
+/// A read of a stream's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    /// The stream's epoch and newest offset at the time of the read.
+    pub position: StreamPosition,
+    /// Kept messages after the requested offset, oldest first, at most the requested
+    /// number.
+    pub entries: Vec<StreamEntry>,
+    /// The offset of the oldest message still kept (`position.offset + 1` when none is).
+    pub first_kept: u64,
+}
+
+impl HistoryPage {
+    /// Whether a client that last saw `since` can be given everything after it from this
+    /// page's stream: same epoch, not ahead of the stream, and the message after `since`
+    /// still kept.
+    pub fn recovers(&self, since: &StreamPosition) -> bool {
+        since.epoch == self.position.epoch
+            && since.offset <= self.position.offset
+            && since.offset.saturating_add(1) >= self.first_kept
     }
 }
 
@@ -131,6 +215,32 @@ pub trait Broker: Send + Sync + 'static {
     /// Publishes once; every pod subscribed to `channel` receives it once.
     async fn publish(&self, channel: &Channel, envelope: Arc<Envelope>)
     -> Result<(), BackendError>;
+
+    /// Publishes to the stream of `channel` (a user or topic channel) that keeps history
+    /// by `policy`: assigns the next offset (a new epoch when the stream was forgotten or
+    /// lost), keeps the message (at most `policy.size`, for `policy.ttl` after the last
+    /// publish) and publishes it with its position set, all in one atomic step, so every
+    /// subscriber sees the stream's messages in offset order. With `idempotency`, a repeat
+    /// of its key within the window publishes nothing and answers the first position.
+    async fn publish_stream(
+        &self,
+        channel: &Channel,
+        envelope: Arc<Envelope>,
+        policy: &HistoryPolicy,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Appended, BackendError>;
+
+    /// Reads the stream of `channel`: its position and up to `limit` kept messages with an
+    /// offset above `after`. A stream that does not exist yet is created empty (a new
+    /// epoch, offset 0, kept for `policy.ttl`), so a reader's epoch stays valid for the
+    /// first publish.
+    async fn read_stream(
+        &self,
+        channel: &Channel,
+        after: u64,
+        limit: usize,
+        policy: &HistoryPolicy,
+    ) -> Result<HistoryPage, BackendError>;
 
     /// Whether the broker can publish and receive right now (readiness).
     async fn healthy(&self) -> Result<(), BackendError>;
