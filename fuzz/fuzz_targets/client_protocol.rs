@@ -68,7 +68,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!(s.len() <= 128, "text id longer than 128 bytes accepted");
             }
             let (op, topic) = match &req.op {
-                ClientOp::Subscribe { topic } => ("subscribe", Some(topic)),
+                ClientOp::Subscribe { topic, .. } => ("subscribe", Some(topic)),
                 ClientOp::Unsubscribe { topic } => ("unsubscribe", Some(topic)),
                 ClientOp::Ping => ("ping", None),
             };

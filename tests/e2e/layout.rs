@@ -84,12 +84,16 @@ fn crate_paths(lines: &[String]) -> BTreeSet<String> {
     out
 }
 
-/// The source files of a crate, without modules' tests kept in their own `tests.rs`
-/// (not code to read when changing the module).
+/// The source files of a crate, without modules' tests kept in their own `tests.rs` or
+/// `tests/` (not code to read when changing the module).
 fn code_files(src: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     rust_files(src, &mut files);
-    files.retain(|f| f.file_name().is_none_or(|n| n != "tests.rs"));
+    files.retain(|f| {
+        let rel = f.strip_prefix(src).unwrap_or(f);
+        !rel.components()
+            .any(|c| c.as_os_str() == "tests" || c.as_os_str() == "tests.rs")
+    });
     files
 }
 

@@ -46,6 +46,12 @@ pub fn valid_topic(topic: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
+/// Whether `pattern` is a valid topic pattern: `*`, a valid topic, or a valid topic
+/// prefix ending in `.*`.
+pub fn valid_pattern(pattern: &str) -> bool {
+    pattern == "*" || valid_topic(pattern) || pattern.strip_suffix(".*").is_some_and(valid_topic)
+}
+
 /// Whether `id` is a valid user id: 1..=256 bytes without control characters.
 pub fn valid_user_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_USER_ID_BYTES && !id.chars().any(char::is_control)
@@ -266,7 +272,8 @@ impl TopicPolicy {
     }
 }
 
-fn pattern_matches(pattern: &str, topic: &str) -> bool {
+/// Whether a topic pattern (`*`, `chat.*`, or an exact topic) matches `topic`.
+pub fn pattern_matches(pattern: &str, topic: &str) -> bool {
     if pattern == "*" {
         return true;
     }
@@ -417,7 +424,9 @@ fn form_decode(raw: &str) -> Option<Cow<'_, str>> {
 
 /// The first value of query parameter `name`: `None` when absent, `Some(None)` when its
 /// value does not decode to UTF-8.
-fn query_param(uri: &Uri, name: &str) -> Option<Option<String>> {
+/// The form-decoded value of query parameter `name`: `None` when absent, `Some(None)`
+/// when present but not decodable.
+pub fn query_param(uri: &Uri, name: &str) -> Option<Option<String>> {
     uri.query()?.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         (form_decode(key)? == name).then(|| form_decode(value).map(Cow::into_owned))

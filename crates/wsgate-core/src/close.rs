@@ -31,6 +31,9 @@ pub const KICKED: u16 = 3003;
 pub const TOKEN_EXPIRED: u16 = 3005;
 /// Slow consumer: the client did not read fast enough and its queue filled up. Reconnect.
 pub const SLOW_CONSUMER: u16 = 3008;
+/// The session can no longer vouch for the continuity of the user's stream (its epoch
+/// changed, or a message was skipped): reconnect with `since` to recover from history.
+pub const INSUFFICIENT_STATE: u16 = 3010;
 
 /// A close the server sends: a code and the reason text that goes with it.
 ///
@@ -74,11 +77,21 @@ pub const FRAME_TOO_BIG: Close = Close::new(TOO_BIG, "frame too big");
 /// A text frame (or message) that is not valid UTF-8 (1007).
 pub const BAD_UTF8: Close = Close::new(INVALID_PAYLOAD, "invalid UTF-8 in a text frame");
 
+/// The user stream's continuity was lost on a live session (3010).
+pub const STREAM_RESET: Close = Close::new(
+    INSUFFICIENT_STATE,
+    "insufficient state; reconnect with since to recover",
+);
+
+/// The user stream's history could not be read when the session started (1011): the
+/// backend is away; reconnect with backoff.
+pub const HISTORY_UNAVAILABLE: Close = Close::new(INTERNAL, "history unavailable; reconnect later");
+
 /// Whether a client that follows the reconnect contract should reconnect after `code`.
 pub fn should_reconnect(code: u16) -> bool {
     matches!(
         code,
-        GOING_AWAY | INTERNAL | HEARTBEAT_TIMEOUT | SLOW_CONSUMER
+        GOING_AWAY | INTERNAL | HEARTBEAT_TIMEOUT | SLOW_CONSUMER | INSUFFICIENT_STATE
     )
 }
 

@@ -14,7 +14,36 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{Command, Envelope, Target};
 use crate::close;
 use crate::ids::SessionId;
-use crate::protocol::{OutFrame, encode_push};
+use crate::protocol::{OutFrame, encode_push, encode_stream_push};
+use crate::stream::StreamPosition;
+
+/// One item of a session's outbound queue: a frame, and where it stands in its stream
+/// when it is a push of a stream with history (the session drops what it already sent
+/// and notices gaps by the offset).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outbound {
+    /// The frame to write.
+    pub frame: OutFrame,
+    /// Its stream position, shared by every session the push reaches.
+    pub mark: Option<Arc<StreamMark>>,
+}
+
+impl From<OutFrame> for Outbound {
+    fn from(frame: OutFrame) -> Self {
+        Self { frame, mark: None }
+    }
+}
+
+/// A queued push of a stream with history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamMark {
+    /// The topic; `None` for the user's own stream.
+    pub topic: Option<String>,
+    /// The message's place in the stream.
+    pub position: StreamPosition,
+    /// The frame that announces a binary push's offset, written just before it.
+    pub announce: Option<OutFrame>,
+}
 
 /// Why a session was closed by the server side, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +72,7 @@ pub struct SessionHandle {
     pub id: SessionId,
     /// Its user.
     pub user_id: String,
-    queue: mpsc::Sender<OutFrame>,
+    queue: mpsc::Sender<Outbound>,
     closing: CancellationToken,
     reason: Mutex<Option<CloseReason>>,
 }
@@ -54,7 +83,7 @@ impl SessionHandle {
         id: SessionId,
         user_id: impl Into<String>,
         queue: usize,
-    ) -> (Arc<Self>, mpsc::Receiver<OutFrame>) {
+    ) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let handle = Arc::new(Self {
             id,
@@ -67,8 +96,8 @@ impl SessionHandle {
     }
 
     /// Offers a frame without waiting.
-    pub fn offer(&self, frame: OutFrame) -> Offer {
-        match self.queue.try_send(frame) {
+    pub fn offer(&self, item: impl Into<Outbound>) -> Offer {
+        match self.queue.try_send(item.into()) {
             Ok(()) => Offer::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.close_with(close::QUEUE_FULL);
@@ -313,7 +342,22 @@ impl Hub {
         }
         match &envelope.command {
             Command::Deliver(payload) => {
-                let frame = encode_push(payload, topic);
+                let frame = match &envelope.position {
+                    Some(position)
+                        if !matches!(envelope.target, Target::Session(_) | Target::Broadcast) =>
+                    {
+                        let push = encode_stream_push(payload, topic, position.offset);
+                        Outbound {
+                            frame: push.frame,
+                            mark: Some(Arc::new(StreamMark {
+                                topic: topic.map(str::to_owned),
+                                position: position.clone(),
+                                announce: push.announce,
+                            })),
+                        }
+                    }
+                    _ => Outbound::from(encode_push(payload, topic)),
+                };
                 let mut reached = 0;
                 for h in targets {
                     if h.offer(frame.clone()) != Offer::Closed {
@@ -373,7 +417,7 @@ mod tests {
         );
         let frame = encode_push(&Payload::Text("n".into()), Some("news"));
         assert_eq!(hub.apply(&envelope(Target::Topic("news".into()), "n")), 2);
-        assert_eq!(rb.try_recv().unwrap(), frame);
+        assert_eq!(rb.try_recv().unwrap().frame, frame);
         assert!(ra2.try_recv().is_err(), "a2 is not subscribed");
 
         assert_eq!(hub.apply(&envelope(Target::Session(a2.id.clone()), "s")), 1);

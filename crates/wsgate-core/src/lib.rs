@@ -20,4 +20,5 @@ pub mod limiter;
 pub mod preflight;
 pub mod protocol;
 pub mod rejection;
+pub mod stream;
 pub mod subscriptions;

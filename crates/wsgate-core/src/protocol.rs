@@ -9,6 +9,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
 
+use crate::stream::StreamPosition;
+
 /// The subprotocol name negotiated when a client offers it.
 pub const SUBPROTOCOL: &str = "wsgate.v1";
 
@@ -116,20 +118,103 @@ pub fn encode_push(payload: &Payload, topic: Option<&str>) -> OutFrame {
     }
 }
 
+/// A push from a stream with history: its frame carries the message's `offset`. A binary
+/// payload travels as exactly its bytes, so its offset goes ahead of it in an announce
+/// frame, `{"op":"binary","offset":N}` (plus `"topic"`), and the binary frame follows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamPush {
+    /// The `binary` announce frame, for a binary payload.
+    pub announce: Option<OutFrame>,
+    /// The push itself.
+    pub frame: OutFrame,
+}
+
+impl StreamPush {
+    /// Payload bytes of both frames.
+    pub fn len(&self) -> usize {
+        self.frame.len() + self.announce.as_ref().map_or(0, OutFrame::len)
+    }
+
+    /// Whether both frames are empty (never, in practice).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Encodes a push of a stream with history (see [`StreamPush`]).
+pub fn encode_stream_push(payload: &Payload, topic: Option<&str>, offset: u64) -> StreamPush {
+    #[derive(Serialize)]
+    struct Push<'a, T: Serialize> {
+        op: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<T>,
+        offset: u64,
+    }
+    match payload {
+        Payload::Binary(bytes) => StreamPush {
+            announce: Some(OutFrame::json(&Push::<()> {
+                op: "binary",
+                topic,
+                data: None,
+                offset,
+            })),
+            frame: OutFrame::Binary(bytes.clone()),
+        },
+        Payload::Text(text) => StreamPush {
+            announce: None,
+            frame: OutFrame::json(&Push {
+                op: "message",
+                topic,
+                data: Some(text),
+                offset,
+            }),
+        },
+        Payload::Json(raw) => StreamPush {
+            announce: None,
+            frame: OutFrame::json(&Push {
+                op: "message",
+                topic,
+                data: Some(raw),
+                offset,
+            }),
+        },
+    }
+}
+
 /// The first frame of every session.
 pub fn encode_welcome(session_id: &str, user_id: &str, heartbeat_s: u64) -> OutFrame {
+    encode_welcome_with_stream(session_id, user_id, heartbeat_s, None)
+}
+
+/// The welcome frame of a session whose user stream keeps history: it names the stream's
+/// epoch and newest offset, and, when the client asked to recover (`?since=`), whether
+/// everything after its offset follows.
+pub fn encode_welcome_with_stream(
+    session_id: &str,
+    user_id: &str,
+    heartbeat_s: u64,
+    user_stream: Option<(&StreamPosition, Option<bool>)>,
+) -> OutFrame {
     #[derive(Serialize)]
     struct Welcome<'a> {
         op: &'static str,
         session_id: &'a str,
         user_id: &'a str,
         heartbeat_s: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user_stream: Option<&'a StreamPosition>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
     }
     OutFrame::json(&Welcome {
         op: "welcome",
         session_id,
         user_id,
         heartbeat_s,
+        user_stream: user_stream.map(|(p, _)| p),
+        recovered: user_stream.and_then(|(_, r)| r),
     })
 }
 
@@ -146,10 +231,13 @@ pub enum RequestId {
 /// A client op, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientOp {
-    /// `{"op":"subscribe","topic":"T"}`
+    /// `{"op":"subscribe","topic":"T"}`, with `"since":{"epoch":"E","offset":N}` to
+    /// recover what the client missed of a topic that keeps history.
     Subscribe {
         /// The topic.
         topic: String,
+        /// The last position the client saw, when it asks to recover.
+        since: Option<StreamPosition>,
     },
     /// `{"op":"unsubscribe","topic":"T"}`
     Unsubscribe {
@@ -226,7 +314,18 @@ pub fn decode_client(text: &str) -> Result<ClientRequest, ProtocolError> {
         }
     };
     let op = match op {
-        "subscribe" => ClientOp::Subscribe { topic: topic()? },
+        "subscribe" => ClientOp::Subscribe {
+            topic: topic()?,
+            since: match obj.get("since") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(v) => Some(decode_position(v).ok_or_else(|| {
+                    ProtocolError::bad_request(
+                        "\"since\" must be {\"epoch\": string, \"offset\": non-negative integer}",
+                        id.clone(),
+                    )
+                })?),
+            },
+        },
         "unsubscribe" => ClientOp::Unsubscribe { topic: topic()? },
         "ping" => ClientOp::Ping,
         _ => {
@@ -239,13 +338,52 @@ pub fn decode_client(text: &str) -> Result<ClientRequest, ProtocolError> {
     Ok(ClientRequest { op, id })
 }
 
+/// `{"epoch": string of at most 64 bytes, "offset": u64}`.
+fn decode_position(v: &serde_json::Value) -> Option<StreamPosition> {
+    let epoch = v.get("epoch")?.as_str()?;
+    let offset = v.get("offset")?.as_u64()?;
+    (epoch.len() <= 64).then(|| StreamPosition {
+        epoch: epoch.to_owned(),
+        offset,
+    })
+}
+
+/// Parses the `?since=` of a connect, `epoch:offset`; `None` when malformed.
+pub fn parse_since(value: &str) -> Option<StreamPosition> {
+    let (epoch, offset) = value.rsplit_once(':')?;
+    let offset = offset.parse().ok()?;
+    (epoch.len() <= 64).then(|| StreamPosition {
+        epoch: epoch.to_owned(),
+        offset,
+    })
+}
+
 /// A reply to a client op.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
     /// The subscription is active: pushes to the topic published from now on arrive.
     Subscribed(String),
+    /// The subscription to a topic that keeps history is active: `position` is the
+    /// stream's epoch and newest offset; `recovered` answers a `since` (when true, the
+    /// messages after it follow as ordinary pushes before live ones).
+    Joined {
+        /// The topic.
+        topic: String,
+        /// The stream's epoch and newest offset.
+        position: StreamPosition,
+        /// Whether everything after the client's `since` follows (only with `since`).
+        recovered: Option<bool>,
+    },
     /// The subscription is gone.
     Unsubscribed(String),
+    /// The server ended the subscription; `reason` says why (`insufficient_state`: the
+    /// session cannot vouch for the stream's continuity; subscribe again with `since`).
+    Dropped {
+        /// The topic.
+        topic: String,
+        /// Machine-readable reason.
+        reason: &'static str,
+    },
     /// Answer to the app-level ping.
     Pong,
     /// The op was refused.
@@ -265,25 +403,53 @@ pub fn encode_reply(reply: &Reply, id: Option<&RequestId>) -> OutFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         topic: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
         code: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         message: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
     }
-    let (op, topic, code, message) = match reply {
-        Reply::Subscribed(t) => ("subscribed", Some(t.as_str()), None, None),
-        Reply::Unsubscribed(t) => ("unsubscribed", Some(t.as_str()), None, None),
-        Reply::Pong => ("pong", None, None, None),
-        Reply::Error { code, message } => ("error", None, Some(*code), Some(message.as_str())),
-    };
-    OutFrame::json(&Out {
-        op,
-        topic,
-        code,
-        message,
+    let mut out = Out {
+        op: "",
+        topic: None,
+        epoch: None,
+        offset: None,
+        recovered: None,
+        reason: None,
+        code: None,
+        message: None,
         id,
-    })
+    };
+    match reply {
+        Reply::Subscribed(t) => (out.op, out.topic) = ("subscribed", Some(t.as_str())),
+        Reply::Joined {
+            topic,
+            position,
+            recovered,
+        } => {
+            (out.op, out.topic) = ("subscribed", Some(topic.as_str()));
+            out.epoch = Some(&position.epoch);
+            out.offset = Some(position.offset);
+            out.recovered = *recovered;
+        }
+        Reply::Unsubscribed(t) => (out.op, out.topic) = ("unsubscribed", Some(t.as_str())),
+        Reply::Dropped { topic, reason } => {
+            (out.op, out.topic, out.reason) = ("unsubscribed", Some(topic.as_str()), Some(*reason));
+        }
+        Reply::Pong => out.op = "pong",
+        Reply::Error { code, message } => {
+            (out.op, out.code, out.message) = ("error", Some(*code), Some(message.as_str()));
+        }
+    }
+    OutFrame::json(&out)
 }
 
 #[cfg(test)]
@@ -348,7 +514,8 @@ mod tests {
         assert_eq!(
             r.op,
             ClientOp::Subscribe {
-                topic: "chat.1".into()
+                topic: "chat.1".into(),
+                since: None,
             }
         );
         let reply = encode_reply(&Reply::Subscribed("chat.1".into()), r.id.as_ref());
@@ -384,5 +551,107 @@ mod tests {
         }
         let err = decode_client(r#"{"op":"dance","id":"q"}"#).unwrap_err();
         assert_eq!(err.id, Some(RequestId::Text("q".into())));
+    }
+
+    #[test]
+    fn stream_pushes_carry_their_offset_and_binary_is_announced() {
+        let t = encode_stream_push(&Payload::Text("hi".into()), Some("news"), 42);
+        assert_eq!(t.announce, None);
+        assert_eq!(
+            text(&t.frame),
+            serde_json::json!({"op":"message","topic":"news","data":"hi","offset":42})
+        );
+        let j = encode_stream_push(&Payload::json("[1]").unwrap(), None, 7);
+        assert_eq!(
+            text(&j.frame),
+            serde_json::json!({"op":"message","data":[1],"offset":7})
+        );
+        let b = encode_stream_push(&Payload::Binary(Bytes::from_static(&[9, 0])), Some("t"), 3);
+        assert_eq!(
+            text(b.announce.as_ref().unwrap()),
+            serde_json::json!({"op":"binary","topic":"t","offset":3})
+        );
+        assert_eq!(b.frame, OutFrame::Binary(Bytes::from_static(&[9, 0])));
+        assert_eq!(b.len(), b.frame.len() + b.announce.as_ref().unwrap().len());
+    }
+
+    #[test]
+    fn subscribe_since_and_connect_since_are_decoded_or_refused() {
+        let r = decode_client(
+            r#"{"op":"subscribe","topic":"t","since":{"epoch":"ab12","offset":9},"id":1}"#,
+        )
+        .unwrap();
+        let expected = StreamPosition {
+            epoch: "ab12".into(),
+            offset: 9,
+        };
+        assert_eq!(
+            r.op,
+            ClientOp::Subscribe {
+                topic: "t".into(),
+                since: Some(expected.clone())
+            }
+        );
+        for bad in [
+            r#"{"op":"subscribe","topic":"t","since":{"epoch":"e"}}"#,
+            r#"{"op":"subscribe","topic":"t","since":{"epoch":"e","offset":-1}}"#,
+            r#"{"op":"subscribe","topic":"t","since":{"epoch":7,"offset":1}}"#,
+            r#"{"op":"subscribe","topic":"t","since":"e:1"}"#,
+        ] {
+            let e = decode_client(bad).unwrap_err();
+            assert_eq!(e.code, "bad_request", "{bad}");
+        }
+        assert_eq!(parse_since("ab12:9"), Some(expected));
+        assert_eq!(parse_since("ab12"), None);
+        assert_eq!(parse_since("ab12:x"), None);
+        assert_eq!(parse_since(&format!("{}:1", "e".repeat(65))), None);
+    }
+
+    #[test]
+    fn joined_and_dropped_replies_and_the_stream_welcome() {
+        let position = StreamPosition {
+            epoch: "e1".into(),
+            offset: 5,
+        };
+        let joined = Reply::Joined {
+            topic: "t".into(),
+            position: position.clone(),
+            recovered: Some(true),
+        };
+        assert_eq!(
+            text(&encode_reply(&joined, Some(&RequestId::Text("x".into())))),
+            serde_json::json!({"op":"subscribed","topic":"t","epoch":"e1","offset":5,"recovered":true,"id":"x"})
+        );
+        let plain = Reply::Joined {
+            topic: "t".into(),
+            position: position.clone(),
+            recovered: None,
+        };
+        assert_eq!(
+            text(&encode_reply(&plain, None)),
+            serde_json::json!({"op":"subscribed","topic":"t","epoch":"e1","offset":5})
+        );
+        let dropped = Reply::Dropped {
+            topic: "t".into(),
+            reason: "insufficient_state",
+        };
+        assert_eq!(
+            text(&encode_reply(&dropped, None)),
+            serde_json::json!({"op":"unsubscribed","topic":"t","reason":"insufficient_state"})
+        );
+        assert_eq!(
+            text(&encode_welcome_with_stream(
+                "s",
+                "u",
+                25,
+                Some((&position, Some(false)))
+            )),
+            serde_json::json!({"op":"welcome","session_id":"s","user_id":"u","heartbeat_s":25,
+                "user_stream":{"epoch":"e1","offset":5},"recovered":false})
+        );
+        assert_eq!(
+            text(&encode_welcome("s", "u", 25)),
+            serde_json::json!({"op":"welcome","session_id":"s","user_id":"u","heartbeat_s":25})
+        );
     }
 }

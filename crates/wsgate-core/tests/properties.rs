@@ -128,7 +128,7 @@ proptest! {
         match decode_client(&text) {
             Ok(req) => {
                 prop_assert!(matches!(op, "subscribe" | "unsubscribe" | "ping") || key == "op");
-                if let ClientOp::Subscribe { topic } | ClientOp::Unsubscribe { topic } = &req.op {
+                if let ClientOp::Subscribe { topic, .. } | ClientOp::Unsubscribe { topic } = &req.op {
                     prop_assert!(valid_topic(topic));
                 }
             }
@@ -152,13 +152,13 @@ proptest! {
         }
         let req = decode_client(&frame.to_string()).unwrap();
         let expected = match kind {
-            0 => ClientOp::Subscribe { topic: topic.clone() },
+            0 => ClientOp::Subscribe { topic: topic.clone(), since: None },
             1 => ClientOp::Unsubscribe { topic: topic.clone() },
             _ => ClientOp::Ping,
         };
         prop_assert_eq!(&req.op, &expected);
         let reply = match &req.op {
-            ClientOp::Subscribe { topic } => Reply::Subscribed(topic.clone()),
+            ClientOp::Subscribe { topic, .. } => Reply::Subscribed(topic.clone()),
             ClientOp::Unsubscribe { topic } => Reply::Unsubscribed(topic.clone()),
             ClientOp::Ping => Reply::Pong,
         };

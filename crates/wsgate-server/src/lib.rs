@@ -87,14 +87,14 @@ pub struct Gateway {
 pub async fn start(config: GatewayConfig) -> Result<Gateway, RunError> {
     let pod_id = config.settings.server.pod_id.clone();
     let node = match &config.backend {
-        Backend::Embedded => Node::embedded(pod_id).await?,
+        Backend::Embedded => Node::embedded(pod_id, config.history.clone()).await?,
         Backend::Redis(options) => {
             tracing::info!(
                 redis = %wsgate_redis::redact(&options.url),
                 mode = %config.settings.redis.mode,
                 "cluster mode"
             );
-            Node::redis(pod_id, options.clone()).await?
+            Node::redis(pod_id, config.history.clone(), options.clone()).await?
         }
     };
     let policies = &config.preflight;

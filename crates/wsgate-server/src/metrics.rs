@@ -43,6 +43,17 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// Control-plane calls by method and gRPC status code.
     pub grpc_requests: IntCounterVec,
+    /// Joins of streams with history by stream kind (`topic`, `user`) and outcome
+    /// (`recovered`, `not_recovered`, `fresh`: no `since`) and, when not recovered, why
+    /// (`epoch`, `trimmed`, `ahead`; else `none`).
+    pub recoveries: IntCounterVec,
+    /// Messages replayed from history to recovering clients.
+    pub replayed: IntCounter,
+    /// Reads of stream history (joins and the `History` call).
+    pub history_reads: IntCounter,
+    /// Streams a session stopped vouching for (an epoch change or a gap seen live), by
+    /// stream kind: the client is told to join again with its last offset.
+    pub stream_resets: IntCounterVec,
 }
 
 impl Metrics {
@@ -119,6 +130,27 @@ impl Metrics {
                 &["method", "code"],
             )
             .unwrap_or_else(|_| unreachable_metric()),
+            recoveries: IntCounterVec::new(
+                Opts::new(
+                    "recoveries_total",
+                    "Joins of streams with history by stream kind, outcome and reason",
+                ),
+                &["stream", "outcome", "reason"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            replayed: counter(
+                "replayed_messages_total",
+                "Messages replayed from history to recovering clients",
+            ),
+            history_reads: counter("history_reads_total", "Reads of stream history"),
+            stream_resets: IntCounterVec::new(
+                Opts::new(
+                    "stream_resets_total",
+                    "Streams a session stopped vouching for (epoch change or gap seen live)",
+                ),
+                &["stream"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -137,6 +169,10 @@ impl Metrics {
             Box::new(m.backend_healthy.clone()),
             Box::new(m.ready.clone()),
             Box::new(m.grpc_requests.clone()),
+            Box::new(m.recoveries.clone()),
+            Box::new(m.replayed.clone()),
+            Box::new(m.history_reads.clone()),
+            Box::new(m.stream_resets.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {
@@ -186,6 +222,10 @@ mod tests {
             .inc();
         m.sessions_closed.with_label_values(&["client"]).inc();
         m.broker_publish_seconds.observe(0.001);
+        m.recoveries
+            .with_label_values(&["topic", "recovered", "none"])
+            .inc();
+        m.stream_resets.with_label_values(&["user"]).inc();
         let text = m.render();
         for name in [
             "wsgate_connections",
@@ -200,6 +240,10 @@ mod tests {
             "wsgate_backend_healthy",
             "wsgate_ready",
             "wsgate_grpc_requests_total{code=\"OK\",method=\"SendToUser\"} 1",
+            "wsgate_recoveries_total{outcome=\"recovered\",reason=\"none\",stream=\"topic\"} 1",
+            "wsgate_replayed_messages_total",
+            "wsgate_history_reads_total",
+            "wsgate_stream_resets_total{stream=\"user\"} 1",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

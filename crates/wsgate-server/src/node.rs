@@ -11,11 +11,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wsgate_core::admission::ConnectionGauge;
 use wsgate_core::backend::memory::{MemoryBus, MemoryRegistry};
 use wsgate_core::backend::{
-    BackendError, Broker, Channel, Command, Envelope, Inbox, Liveness, Registry, SessionRecord,
-    Target,
+    BackendError, Broker, Channel, Command, Envelope, HistoryPage, Idempotency, Inbox, Liveness,
+    Registry, SessionRecord, StreamPosition, Target,
 };
 use wsgate_core::hub::{Hub, SessionHandle, Subscribed};
 use wsgate_core::ids::SessionId;
+use wsgate_core::stream::{HistoryPolicy, HistoryRules};
 use wsgate_core::subscriptions::Subscriptions;
 
 use parking_lot::Mutex;
@@ -51,7 +52,11 @@ impl Inbox for HubInbox {
             wsgate.target = target_kind(&envelope.target),
             wsgate.sessions.reached = tracing::field::Empty,
             wsgate.sessions = tracing::field::Empty,
+            wsgate.stream.offset = tracing::field::Empty,
         );
+        if let Some(position) = &envelope.position {
+            span.record("wsgate.stream.offset", position.offset as i64);
+        }
         if let Some(parent) = &envelope.trace_context {
             crate::telemetry::extract(&span, parent);
         }
@@ -99,14 +104,17 @@ pub enum SendError {
     Backend(#[from] BackendError),
 }
 
-/// The result of a send: how many sessions the registry knew as targets, and the id of
-/// the published message.
-#[derive(Debug, Clone)]
+/// The result of a send: how many sessions the registry knew as targets, the id of the
+/// published message, and its place in its stream when the target keeps history.
+#[derive(Debug, Clone, Default)]
 pub struct Sent {
     /// Sessions targeted, as the registry knew them.
     pub targets: u64,
     /// The envelope's id.
     pub message_id: String,
+    /// The message's epoch and offset, when its stream keeps history (for a repeated
+    /// idempotency key: the first publish's).
+    pub position: Option<StreamPosition>,
 }
 
 /// One pod's state.
@@ -123,6 +131,8 @@ pub struct Node {
     pub registry: Arc<dyn Registry>,
     /// This pod's Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Which streams keep history.
+    pub history: HistoryRules,
     subscriptions: Arc<Subscriptions>,
     /// Registry records of this pod's sessions, to register them again when the registry
     /// lost them.
@@ -133,11 +143,14 @@ pub struct Node {
 
 impl Node {
     /// A node on the embedded in-memory backends (single node).
-    pub async fn embedded(pod_id: String) -> Result<Arc<Self>, BackendError> {
+    pub async fn embedded(
+        pod_id: String,
+        history: HistoryRules,
+    ) -> Result<Arc<Self>, BackendError> {
         let bus = MemoryBus::new();
         let registry = MemoryRegistry::new();
         let broker_pod = pod_id.clone();
-        Self::with_backends(pod_id, registry, move |inbox| async move {
+        Self::with_backends(pod_id, history, registry, move |inbox| async move {
             Ok(Arc::new(bus.broker(broker_pod, inbox)) as Arc<dyn Broker>)
         })
         .await
@@ -146,12 +159,13 @@ impl Node {
     /// A node on the Redis backends (cluster mode).
     pub async fn redis(
         pod_id: String,
+        history: HistoryRules,
         options: wsgate_redis::RedisOptions,
     ) -> Result<Arc<Self>, BackendError> {
         let client = options.connect().await?;
         let registry = Arc::new(wsgate_redis::RedisRegistry::new(client.clone(), &options));
         let broker_pod = pod_id.clone();
-        Self::with_backends(pod_id, registry, move |inbox| async move {
+        Self::with_backends(pod_id, history, registry, move |inbox| async move {
             let broker =
                 wsgate_redis::RedisBroker::connect(&options, client, &broker_pod, inbox).await?;
             Ok(Arc::new(broker) as Arc<dyn Broker>)
@@ -162,6 +176,7 @@ impl Node {
     /// A node on given backends. `make_broker` receives the inbox the broker must feed.
     pub async fn with_backends<F, Fut>(
         pod_id: String,
+        history: HistoryRules,
         registry: Arc<dyn Registry>,
         make_broker: F,
     ) -> Result<Arc<Self>, BackendError>
@@ -179,6 +194,7 @@ impl Node {
         let broker = make_broker(inbox.clone()).await?;
         let node = Arc::new(Self {
             metrics,
+            history,
             records: Mutex::new(HashMap::new()),
             subscriptions: Subscriptions::new(broker.clone(), SUBSCRIPTION_LINGER),
             pod_id,
@@ -298,9 +314,47 @@ impl Node {
         true
     }
 
+    /// The history policy of the stream `channel` is, if it keeps history: a topic that
+    /// matches a `history.topics` rule, or a user stream when `history.user` is on.
+    pub fn stream_policy(&self, channel: &Channel) -> Option<HistoryPolicy> {
+        match channel {
+            Channel::Topic(t) => self.history.for_topic(t),
+            Channel::User(_) => self.history.for_user(),
+            Channel::Pod(_) | Channel::Broadcast => None,
+        }
+    }
+
+    /// Reads what the stream of `channel` keeps after offset `after` (all of it, at most
+    /// the policy's size); `None` when the stream keeps no history.
+    pub async fn read_stream(
+        &self,
+        channel: &Channel,
+        after: u64,
+        limit: Option<usize>,
+    ) -> Result<Option<HistoryPage>, BackendError> {
+        let Some(policy) = self.stream_policy(channel) else {
+            return Ok(None);
+        };
+        let limit = limit.unwrap_or(policy.size).min(policy.size);
+        let page = self
+            .broker
+            .read_stream(channel, after, limit, &policy)
+            .await?;
+        self.metrics.history_reads.inc();
+        Ok(Some(page))
+    }
+
     /// Publishes a command for `target` once, on the channel that reaches exactly the pods
     /// holding matching sessions. Answers how many sessions the registry knew as targets.
-    pub async fn send(&self, target: Target, command: Command) -> Result<Sent, SendError> {
+    /// A push to a stream with history gets its offset in the same step; with an
+    /// `idempotency_key`, a repeat within `history.idempotency_window` publishes nothing
+    /// and answers the first publish's position (streams without history ignore the key).
+    pub async fn send(
+        &self,
+        target: Target,
+        command: Command,
+        idempotency_key: Option<String>,
+    ) -> Result<Sent, SendError> {
         let (targets, channel) = match &target {
             Target::User(u) => (
                 self.registry.count_user_sessions(u).await?,
@@ -313,12 +367,7 @@ impl Node {
             Target::Broadcast => (self.registry.count_sessions().await?, Channel::Broadcast),
             Target::Session(s) => match self.registry.session(s).await? {
                 Some(record) => (1, Channel::Pod(record.pod_id)),
-                None => {
-                    return Ok(Sent {
-                        targets: 0,
-                        message_id: String::new(),
-                    });
-                }
+                None => return Ok(Sent::default()),
             },
         };
         let mut envelope = Envelope::new(self.pod_id.clone(), target, command);
@@ -331,11 +380,35 @@ impl Node {
             messaging.message.id = %message_id,
             messaging.destination.name = channel_kind(&channel),
             wsgate.targets = targets as i64,
+            wsgate.stream.offset = tracing::field::Empty,
+            wsgate.stream.duplicate = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
-        async {
+        // Only pushes are kept; a disconnect is never replayed.
+        let policy = match envelope.command {
+            Command::Deliver(_) => self.stream_policy(&channel),
+            Command::Disconnect { .. } => None,
+        };
+        let position = async {
             envelope.trace_context = crate::telemetry::inject();
-            self.broker.publish(&channel, Arc::new(envelope)).await
+            let envelope = Arc::new(envelope);
+            match policy {
+                None => self.broker.publish(&channel, envelope).await.map(|()| None),
+                Some(policy) => {
+                    let idempotency = idempotency_key.map(|key| Idempotency {
+                        key,
+                        window: self.history.idempotency_window,
+                    });
+                    let appended = self
+                        .broker
+                        .publish_stream(&channel, envelope, &policy, idempotency.as_ref())
+                        .await?;
+                    let span = tracing::Span::current();
+                    span.record("wsgate.stream.offset", appended.position.offset as i64);
+                    span.record("wsgate.stream.duplicate", appended.duplicate);
+                    Ok(Some(appended.position))
+                }
+            }
         }
         .instrument(span)
         .await?;
@@ -345,6 +418,7 @@ impl Node {
         Ok(Sent {
             targets: targets as u64,
             message_id,
+            position,
         })
     }
 

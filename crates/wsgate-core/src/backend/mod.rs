@@ -18,12 +18,12 @@
 pub mod memory;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::ids::SessionId;
 use crate::protocol::Payload;
+pub use crate::stream::{HistoryPolicy, Idempotency, StreamPosition};
 
 /// A backend failure. Callers map `Unavailable` to gRPC `UNAVAILABLE` and fail readiness.
 #[derive(Debug, thiserror::Error)]
@@ -120,36 +120,6 @@ impl Envelope {
             position: None,
         }
     }
-}
-
-/// How a stream keeps its history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryPolicy {
-    /// Most messages kept (at least 1); older ones are trimmed.
-    pub size: usize,
-    /// How long the stream is kept after its last publish; then it is forgotten, and its
-    /// next publish starts a new epoch.
-    pub ttl: Duration,
-}
-
-/// A place in a stream: the epoch its offsets count in, and an offset (of a message, or
-/// of the newest message when it describes the stream; 0 = no message yet).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct StreamPosition {
-    /// Changes whenever the stream's history was lost (expired, or the backend restarted
-    /// empty), so an offset means something only with its epoch.
-    pub epoch: String,
-    /// Offsets start at 1 and grow by 1 per message.
-    pub offset: u64,
-}
-
-/// A repeat of a publish with the same key within `window` publishes nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Idempotency {
-    /// The caller's key for the publish.
-    pub key: String,
-    /// How long a key is remembered.
-    pub window: Duration,
 }
 
 /// What [`Broker::publish_stream`] did.

@@ -29,9 +29,12 @@ impl ControlService {
     }
 
     async fn send(&self, target: Target, command: Command) -> Result<Sent, Status> {
-        self.node.send(target, command).await.map_err(|e| match e {
-            SendError::Backend(b) => backend_status(b),
-        })
+        self.node
+            .send(target, command, None)
+            .await
+            .map_err(|e| match e {
+                SendError::Backend(b) => backend_status(b),
+            })
     }
 }
 

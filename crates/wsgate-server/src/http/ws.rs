@@ -13,8 +13,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use wsgate_core::auth::Identity;
+use wsgate_core::auth::query_param;
 use wsgate_core::ids::SessionId;
-use wsgate_core::protocol::SUBPROTOCOL;
+use wsgate_core::protocol::{SUBPROTOCOL, parse_since};
 use wsgate_core::rejection::Rejection;
 
 use super::json_error;
@@ -81,6 +82,20 @@ async fn upgrade_session(state: Arc<AppState>, mut req: Request, echo: bool) -> 
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|s| s.chars().take(256).collect());
+    // `?since=epoch:offset`: the user stream's last position the client saw.
+    let user_since = match query_param(req.uri(), "since") {
+        None => None,
+        Some(value) => match value.as_deref().and_then(parse_since) {
+            Some(position) => Some(position),
+            None => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_since",
+                    "?since= must be epoch:offset, as the welcome frame's user_stream gives them",
+                );
+            }
+        },
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
 
     let ctx = SessionContext {
@@ -92,6 +107,7 @@ async fn upgrade_session(state: Arc<AppState>, mut req: Request, echo: bool) -> 
         subprotocol,
         echo,
         expires_at: identity.expires_at,
+        user_since,
     };
     // Registered before the 101: the registry enforces the per-user limit atomically
     // (the preflight's count is only the early answer), and pushes that arrive while the

@@ -12,9 +12,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use wsgate_core::close;
+use wsgate_core::hub::Outbound;
 use wsgate_core::hub::truncate_reason;
 use wsgate_core::protocol::OutFrame;
 
+use super::streams::Admit;
 use super::{EndedBy, Exit, Flow, Session};
 
 /// Most queued frames written before one flush.
@@ -104,21 +106,54 @@ where
     }
 
     /// Writes `first` and whatever else is already queued, up to [`WRITE_BATCH`]
-    /// frames, with one flush.
-    pub(super) async fn flush_queue(&mut self, first: OutFrame) -> Flow {
+    /// frames, with one flush. Pushes of tracked streams pass their cursor: what was sent
+    /// already is dropped, and a push that breaks the stream's continuity stops the batch
+    /// (what came before it is written) and resets the stream.
+    pub(super) async fn flush_queue(&mut self, first: Outbound) -> Flow {
         let mut batch = Vec::with_capacity(8);
-        let mut bytes = first.len() as u64;
-        batch.push(to_message(first));
-        while batch.len() < WRITE_BATCH {
-            match self.outbound.try_recv() {
-                Ok(frame) => {
-                    bytes += frame.len() as u64;
-                    batch.push(to_message(frame));
+        let mut bytes = 0;
+        let mut next = Some(first);
+        let mut reset = None;
+        while let Some(item) = next.take() {
+            if let Some(mark) = &item.mark {
+                if let Some(cursor) = self.cursors.get_mut(&mark.topic) {
+                    match cursor.admit(&mark.position) {
+                        Admit::Send => {}
+                        Admit::Duplicate => {
+                            next = self.next_queued(batch.len());
+                            continue;
+                        }
+                        Admit::Reset => {
+                            reset = Some(mark.topic.clone());
+                            break;
+                        }
+                    }
                 }
-                Err(_) => break,
+                if let Some(announce) = &mark.announce {
+                    bytes += announce.len() as u64;
+                    batch.push(to_message(announce.clone()));
+                }
             }
+            bytes += item.frame.len() as u64;
+            batch.push(to_message(item.frame));
+            next = self.next_queued(batch.len());
         }
-        self.send_counted(batch, bytes).await
+        if !batch.is_empty()
+            && let Flow::Stop(exit) = self.send_counted(batch, bytes).await
+        {
+            return Flow::Stop(exit);
+        }
+        match reset {
+            Some(key) => self.reset_stream(key).await,
+            None => Flow::Continue,
+        }
+    }
+
+    /// The next queued item, while the batch has room.
+    fn next_queued(&mut self, batched: usize) -> Option<Outbound> {
+        (batched < WRITE_BATCH)
+            .then(|| self.outbound.try_recv().ok())
+            .flatten()
     }
 
     /// The heartbeat: sends a Ping and starts the pong deadline, unless a ping is out

@@ -10,10 +10,12 @@
 //!
 //! - this file: the public types, registration, cleanup and the event loop;
 //! - `io.rs`: writes under the session's limits, the close handshake, read errors;
-//! - `ops.rs`: what the client's frames ask for.
+//! - `ops.rs`: what the client's frames ask for;
+//! - `streams.rs`: joining streams with history and keeping them without gaps.
 
 mod io;
 mod ops;
+mod streams;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;
@@ -27,10 +29,12 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use wsgate_core::auth::TopicPolicy;
 use wsgate_core::backend::SessionRecord;
+use wsgate_core::backend::{Channel, StreamPosition};
 use wsgate_core::close::{self, Close};
+use wsgate_core::hub::Outbound;
 use wsgate_core::hub::SessionHandle;
 use wsgate_core::ids::SessionId;
-use wsgate_core::protocol::{OutFrame, encode_welcome};
+use wsgate_core::protocol::encode_welcome_with_stream;
 
 use crate::metrics::Metrics;
 use crate::node::{Node, OpenError, session_record};
@@ -57,6 +61,9 @@ pub struct SessionContext {
     /// The token's `exp` (seconds since the Unix epoch); the session closes with 3005
     /// then (plus the leeway). `None` with auth off.
     pub expires_at: Option<u64>,
+    /// The last position of the user stream the client saw (`?since=epoch:offset`),
+    /// when it reconnects to recover what it missed.
+    pub user_since: Option<StreamPosition>,
 }
 
 /// How a session ended.
@@ -137,7 +144,7 @@ impl Tally {
 /// Dropped without [`run`] (the upgrade failed), it unregisters itself.
 pub struct Registered {
     handle: Arc<SessionHandle>,
-    outbound: mpsc::Receiver<OutFrame>,
+    outbound: mpsc::Receiver<Outbound>,
     record: SessionRecord,
     cleanup: Cleanup,
 }
@@ -299,7 +306,9 @@ struct Session<S> {
     node: Arc<Node>,
     handle: Arc<SessionHandle>,
     /// Pushes for this session, filled by the hub.
-    outbound: mpsc::Receiver<OutFrame>,
+    outbound: mpsc::Receiver<Outbound>,
+    /// Streams with history the session tracks (joined topics, the user stream).
+    cursors: streams::Cursors,
     record: SessionRecord,
     tally: Tally,
     /// Unregisters the session however the task ends.
@@ -330,6 +339,7 @@ where
             node,
             handle,
             outbound,
+            cursors: streams::Cursors::new(),
             record,
             cleanup,
             pong_deadline: None,
@@ -345,23 +355,36 @@ where
         }
     }
 
-    /// Sends the welcome frame (not in echo mode).
+    /// Sends the welcome frame (not in echo mode). When the user stream keeps history, the
+    /// welcome names its position (and whether `?since=` was recovered) and is followed by
+    /// the missed messages; the user's live pushes queued since registration follow them.
     async fn welcome(&mut self) -> Flow {
         if self.ctx.echo {
             return Flow::Continue;
         }
-        let welcome = encode_welcome(
+        let channel = Channel::User(self.ctx.user_id.clone());
+        let since = self.ctx.user_since.clone();
+        let join = match self.read_for_join(&channel, since.as_ref()).await {
+            Ok(join) => join,
+            Err(e) => {
+                tracing::warn!(session = %self.ctx.session_id, error = %e, "user stream unavailable");
+                return close::HISTORY_UNAVAILABLE.into();
+            }
+        };
+        let welcome = encode_welcome_with_stream(
             self.ctx.session_id.as_str(),
             &self.ctx.user_id,
             self.params.heartbeat_interval.as_secs().max(1),
+            join.as_ref().map(|j| (&j.position, j.recovered)),
         );
         let len = welcome.len() as u64;
-        match self.ws.send(io::to_message(welcome)).await {
-            Ok(()) => {
-                self.tally.sent(1, len);
-                Flow::Continue
-            }
-            Err(e) => Flow::Stop(Exit::Ended(EndedBy::Transport(e.to_string()))),
+        if let Err(e) = self.ws.send(io::to_message(welcome)).await {
+            return Flow::Stop(Exit::Ended(EndedBy::Transport(e.to_string())));
+        }
+        self.tally.sent(1, len);
+        match join {
+            Some(join) => self.replay(None, join).await,
+            None => Flow::Continue,
         }
     }
 

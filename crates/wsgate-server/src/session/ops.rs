@@ -6,10 +6,12 @@
 
 use futures_util::{Sink, SinkExt, Stream};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use wsgate_core::backend::{Channel, StreamPosition};
 use wsgate_core::hub::Subscribed;
 use wsgate_core::protocol::{ClientOp, OutFrame, Reply, decode_client, encode_reply};
 
 use super::io::to_message;
+use super::streams::{Join, StreamKey};
 use super::{EndedBy, Exit, Flow, Session};
 
 impl<S> Session<S>
@@ -23,20 +25,18 @@ where
             self.tally.received(len);
             return self.send_counted([msg], len as u64).await;
         }
-        let reply = match msg {
+        let (reply, join) = match msg {
             Message::Text(text) => {
                 self.tally.received(text.len());
                 self.handle_op(text.as_str()).await
             }
             Message::Binary(bytes) => {
                 self.tally.received(bytes.len());
-                encode_reply(
-                    &Reply::Error {
-                        code: "bad_request",
-                        message: "binary frames are not accepted from clients".into(),
-                    },
-                    None,
-                )
+                let refusal = Reply::Error {
+                    code: "bad_request",
+                    message: "binary frames are not accepted from clients".into(),
+                };
+                (encode_reply(&refusal, None), None)
             }
             // tungstenite queues the Pong itself; flushing sends it now.
             Message::Ping(_) => {
@@ -53,52 +53,88 @@ where
             }
         };
         let len = reply.len() as u64;
-        self.send_counted([to_message(reply)], len).await
+        match self.send_counted([to_message(reply)], len).await {
+            Flow::Continue => match join {
+                // The missed messages follow the answer, before any live one.
+                Some((key, join)) => self.replay(key, join).await,
+                None => Flow::Continue,
+            },
+            stop => stop,
+        }
     }
 
-    /// Decodes a text frame as an op and answers it; the reply echoes the request id.
-    async fn handle_op(&mut self, text: &str) -> OutFrame {
+    /// Decodes a text frame as an op and answers it; the reply echoes the request id. A
+    /// join of a stream with history comes back with it, to replay after the answer.
+    async fn handle_op(&mut self, text: &str) -> (OutFrame, Option<(StreamKey, Join)>) {
         let request = match decode_client(text) {
             Ok(r) => r,
             Err(e) => {
-                return encode_reply(
-                    &Reply::Error {
-                        code: e.code,
-                        message: e.message,
-                    },
-                    e.id.as_ref(),
-                );
+                let refusal = Reply::Error {
+                    code: e.code,
+                    message: e.message,
+                };
+                return (encode_reply(&refusal, e.id.as_ref()), None);
             }
         };
-        let reply = match request.op {
-            ClientOp::Ping => Reply::Pong,
-            ClientOp::Subscribe { topic } => self.subscribe(topic).await,
-            ClientOp::Unsubscribe { topic } => self.unsubscribe(topic).await,
+        let (reply, join) = match request.op {
+            ClientOp::Ping => (Reply::Pong, None),
+            ClientOp::Subscribe { topic, since } => self.subscribe(topic, since).await,
+            ClientOp::Unsubscribe { topic } => (self.unsubscribe(topic).await, None),
         };
-        encode_reply(&reply, request.id.as_ref())
+        (encode_reply(&reply, request.id.as_ref()), join)
     }
 
     /// `subscribe`: only topics the token allows; answered once pushes to the topic
-    /// reach the session.
-    async fn subscribe(&mut self, topic: String) -> Reply {
+    /// reach the session. A topic that keeps history answers with its position and, for a
+    /// `since`, whether the missed messages follow (a `since` on a topic without history
+    /// is ignored).
+    async fn subscribe(
+        &mut self,
+        topic: String,
+        since: Option<StreamPosition>,
+    ) -> (Reply, Option<(StreamKey, Join)>) {
         if !self.ctx.topics.allows(&topic) {
-            return Reply::Error {
+            let refusal = Reply::Error {
                 code: "forbidden_topic",
                 message: format!("the token does not allow topic {topic:?}"),
             };
+            return (refusal, None);
         }
+        let unavailable = Reply::Error {
+            code: "unavailable",
+            message: "the subscription could not be made; try again".into(),
+        };
         match self.node.subscribe(&self.record, &topic).await {
-            Ok(Subscribed::Added { .. } | Subscribed::Already) => Reply::Subscribed(topic),
-            Ok(Subscribed::NoSession) => Reply::Error {
-                code: "closing",
-                message: "the session is closing".into(),
-            },
+            Ok(Subscribed::Added { .. } | Subscribed::Already) => {}
+            Ok(Subscribed::NoSession) => {
+                let closing = Reply::Error {
+                    code: "closing",
+                    message: "the session is closing".into(),
+                };
+                return (closing, None);
+            }
             Err(e) => {
                 tracing::warn!(session = %self.ctx.session_id, error = %e, "subscribe failed");
-                Reply::Error {
-                    code: "unavailable",
-                    message: "the subscription could not be made; try again".into(),
-                }
+                return (unavailable, None);
+            }
+        }
+        // Subscribed first, so nothing published from here on is missed; the history
+        // read then covers everything before.
+        let channel = Channel::Topic(topic.clone());
+        match self.read_for_join(&channel, since.as_ref()).await {
+            Ok(None) => (Reply::Subscribed(topic), None),
+            Ok(Some(join)) => {
+                let reply = Reply::Joined {
+                    topic: topic.clone(),
+                    position: join.position.clone(),
+                    recovered: join.recovered,
+                };
+                (reply, Some((Some(topic), join)))
+            }
+            Err(e) => {
+                tracing::warn!(session = %self.ctx.session_id, error = %e, "history read failed");
+                self.node.unsubscribe(&self.record, &topic).await;
+                (unavailable, None)
             }
         }
     }
@@ -106,6 +142,7 @@ where
     /// `unsubscribe`: always answered, whether or not the session had the topic.
     async fn unsubscribe(&mut self, topic: String) -> Reply {
         self.node.unsubscribe(&self.record, &topic).await;
+        self.cursors.remove(&Some(topic.clone()));
         Reply::Unsubscribed(topic)
     }
 }

@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use wsgate_core::auth::Authenticator;
 use wsgate_core::hosts::{HostPolicy, HostPort, OriginPolicy, OriginRule};
 use wsgate_core::preflight::HandshakeLimiter;
+use wsgate_core::stream::HistoryRules;
 
 use super::sections::{RedisMode, Settings};
 use super::{Problem, SettingsError};
@@ -40,6 +41,8 @@ pub struct GatewayConfig {
     pub grpc_tls: Option<tonic::transport::ServerTlsConfig>,
     /// `redis.*` and `registry.*`: which backends the node uses.
     pub backend: Backend,
+    /// `history.*`: which streams keep history.
+    pub history: HistoryRules,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -103,6 +106,7 @@ impl Settings {
         self.check_redis(&mut p);
         self.check_telemetry(&mut p);
         self.check_registry_and_shutdown(&mut p);
+        let history = self.history_rules(&mut p);
         let http_tls = tls_pair(
             &mut p,
             ("server.tls_cert_file", &self.server.tls_cert_file),
@@ -133,6 +137,7 @@ impl Settings {
             http_tls: http_tls.map(|(_, config)| config),
             grpc_tls: grpc_tls.map(|(pair, _)| pair.grpc_config()),
             backend: self.backend(),
+            history,
             settings: Arc::new(self.clone()),
         })
     }

@@ -8,7 +8,7 @@ use config::Value;
 use super::sections::Settings;
 use super::values::{
     boolean, choice, duration, float, ip_nets, lowercase_list, opt_choice, opt_path, opt_string,
-    socket_addr, string, string_list, uint,
+    socket_addr, string, string_list, topic_history, uint,
 };
 
 /// Declares [`KEYS`] and `apply_key` from one list of `"path" => field: parser` rows.
@@ -74,6 +74,10 @@ keys! {
     "telemetry.log_format" => telemetry.log_format: choice,
     "telemetry.log_level" => telemetry.log_level: string,
     "shutdown.grace" => shutdown.grace: duration,
+    "history.topics" => history.topics: topic_history,
+    "history.user.size" => history.user.size: uint,
+    "history.user.ttl" => history.user.ttl: duration,
+    "history.idempotency_window" => history.idempotency_window: duration,
 }
 
 /// Whether `path` names a section (a table of keys, `auth` or `auth.jwt`) rather than a key.

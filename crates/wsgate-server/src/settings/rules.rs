@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use wsgate_core::stream::{HistoryPolicy, HistoryRules};
+
 use super::sections::{RedisMode, Settings};
 use super::{MIN_API_KEY_CHARS, Problem};
 
@@ -231,6 +233,71 @@ impl Settings {
                 "telemetry.log_level",
                 format!("invalid filter directive {:?}: {e}", t.log_level),
             ));
+        }
+    }
+
+    /// `history.*` as the rules the node applies.
+    pub(super) fn history_rules(&self, p: &mut Vec<Problem>) -> HistoryRules {
+        const MAX_SIZE: usize = 100_000;
+        let h = &self.history;
+        let mut topics = Vec::with_capacity(h.topics.len());
+        for (i, rule) in h.topics.iter().enumerate() {
+            let before = p.len();
+            if !wsgate_core::auth::valid_pattern(&rule.pattern) {
+                p.push(Problem::new(
+                    "history.topics",
+                    format!(
+                        "entry {i}: invalid pattern {:?} (a topic, a prefix ending in \".*\", or \"*\")",
+                        rule.pattern
+                    ),
+                ));
+            }
+            if !(1..=MAX_SIZE).contains(&rule.size) {
+                p.push(Problem::new(
+                    "history.topics",
+                    format!(
+                        "entry {i}: size must be between 1 and {MAX_SIZE}, got {}",
+                        rule.size
+                    ),
+                ));
+            }
+            if rule.ttl.is_zero() {
+                p.push(Problem::new(
+                    "history.topics",
+                    format!("entry {i}: ttl must be greater than 0"),
+                ));
+            }
+            if p.len() == before {
+                let policy = HistoryPolicy {
+                    size: rule.size,
+                    ttl: rule.ttl,
+                };
+                topics.push((rule.pattern.clone(), policy));
+            }
+        }
+        if h.user.size > MAX_SIZE {
+            p.push(Problem::new(
+                "history.user.size",
+                format!("must be at most {MAX_SIZE}, got {}", h.user.size),
+            ));
+        }
+        if h.user.ttl.is_zero() {
+            p.push(Problem::new("history.user.ttl", "must be greater than 0"));
+        }
+        let window = h.idempotency_window;
+        if window < Duration::from_secs(1) || window > Duration::from_secs(3600) {
+            p.push(Problem::new(
+                "history.idempotency_window",
+                format!("must be between 1s and 1h, got {}", fmt_duration(window)),
+            ));
+        }
+        HistoryRules {
+            topics,
+            user: (h.user.size > 0).then_some(HistoryPolicy {
+                size: h.user.size,
+                ttl: h.user.ttl,
+            }),
+            idempotency_window: window,
         }
     }
 

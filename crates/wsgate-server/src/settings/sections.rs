@@ -115,6 +115,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// `[shutdown]`: graceful shutdown.
     pub shutdown: ShutdownSettings,
+    /// `[history]`: which streams keep history for recovery.
+    pub history: HistorySettings,
 }
 
 /// `[server]` section.
@@ -398,6 +400,61 @@ impl Default for ShutdownSettings {
     fn default() -> Self {
         Self {
             grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[history]` section: streams that keep their last messages, so a client that comes
+/// back gets what it missed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistorySettings {
+    /// Topics that keep history: `[{ pattern = "chat.*", size = 100, ttl = "10m" }, …]`
+    /// (in the environment `chat.*=100/10m,news=50`); the first matching pattern wins.
+    /// Default `[]` (no topic keeps history).
+    pub topics: Vec<TopicHistory>,
+    /// `[history.user]`: the users' own streams (what `SendToUser` sends).
+    pub user: UserHistory,
+    /// How long a publish's `idempotency_key` is remembered (duration, 1s ..= 1h).
+    /// Default `2m`.
+    pub idempotency_window: Duration,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        Self {
+            topics: Vec::new(),
+            user: UserHistory::default(),
+            idempotency_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// One `history.topics` rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicHistory {
+    /// Topic pattern, as in a token's `topics` claim (`chat.*`, `news`, `*`).
+    pub pattern: String,
+    /// Messages kept per topic (1 ..= 100000).
+    pub size: usize,
+    /// Kept this long after the topic's last publish (duration, > 0). Default `5m`.
+    pub ttl: Duration,
+}
+
+/// `[history.user]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserHistory {
+    /// Messages kept per user (0 = the user streams keep no history; at most 100000).
+    /// Default `0`.
+    pub size: usize,
+    /// Kept this long after the user's last message (duration, > 0). Default `5m`.
+    pub ttl: Duration,
+}
+
+impl Default for UserHistory {
+    fn default() -> Self {
+        Self {
+            size: 0,
+            ttl: Duration::from_secs(300),
         }
     }
 }

@@ -11,7 +11,7 @@ use config::{Value, ValueKind};
 use ipnet::IpNet;
 use strum::VariantNames;
 
-use super::sections::{AuthMode, JwtAlgorithm, LogFormat, OtlpProtocol, RedisMode};
+use super::sections::{AuthMode, JwtAlgorithm, LogFormat, OtlpProtocol, RedisMode, TopicHistory};
 
 /// A single scalar as a string (numbers and booleans are converted).
 pub(super) fn scalar(v: Value) -> Result<String, String> {
@@ -169,4 +169,74 @@ pub(super) fn ip_nets(v: Value) -> Result<Vec<IpNet>, String> {
             bad.join(", ")
         ))
     }
+}
+
+/// `history.topics`: a list of tables `{ pattern, size, ttl }` (a file), or a
+/// comma-separated `pattern=size[/ttl]` list (the environment). `ttl` defaults to 5m.
+pub(super) fn topic_history(v: Value) -> Result<Vec<TopicHistory>, String> {
+    const DEFAULT_TTL: Duration = Duration::from_secs(300);
+    let items = match v.kind {
+        ValueKind::Nil => return Ok(Vec::new()),
+        ValueKind::Array(items) => items,
+        kind => {
+            let text = scalar(Value::new(None, kind))?;
+            return text
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(|entry| {
+                    let (pattern, rest) = entry.split_once('=').ok_or_else(|| {
+                        format!("entry {entry:?}: expected pattern=size or pattern=size/ttl")
+                    })?;
+                    let (size, ttl) = match rest.split_once('/') {
+                        Some((size, ttl)) => (size, Some(ttl)),
+                        None => (rest, None),
+                    };
+                    Ok(TopicHistory {
+                        pattern: pattern.trim().to_owned(),
+                        size: size
+                            .trim()
+                            .parse()
+                            .map_err(|_| format!("entry {entry:?}: invalid size {size:?}"))?,
+                        ttl: match ttl {
+                            Some(t) => duration(Value::new(None, ValueKind::String(t.into())))?,
+                            None => DEFAULT_TTL,
+                        },
+                    })
+                })
+                .collect();
+        }
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let ValueKind::Table(mut table) = item.kind else {
+                return Err(format!(
+                    "entry {i}: expected a table {{ pattern = \"…\", size = N, ttl = \"…\" }}"
+                ));
+            };
+            let mut take = |key: &str| {
+                table
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                    .map(|(k, _)| k.clone())
+                    .and_then(|k| table.remove(&k))
+            };
+            let pattern = take("pattern").ok_or_else(|| format!("entry {i}: missing pattern"))?;
+            let size = take("size").ok_or_else(|| format!("entry {i}: missing size"))?;
+            let ttl = take("ttl");
+            if let Some(unknown) = table.keys().next() {
+                return Err(format!("entry {i}: unknown key {unknown:?}"));
+            }
+            Ok(TopicHistory {
+                pattern: string(pattern).map_err(|e| format!("entry {i}: pattern: {e}"))?,
+                size: uint(size).map_err(|e| format!("entry {i}: size: {e}"))?,
+                ttl: match ttl {
+                    Some(t) => duration(t).map_err(|e| format!("entry {i}: ttl: {e}"))?,
+                    None => DEFAULT_TTL,
+                },
+            })
+        })
+        .collect()
 }

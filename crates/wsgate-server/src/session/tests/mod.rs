@@ -21,9 +21,12 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use wsgate_core::auth::TopicPolicy;
 use wsgate_core::backend::{Command, Envelope, Target};
 use wsgate_core::ids::SessionId;
-use wsgate_core::protocol::Payload;
+use wsgate_core::protocol::{Payload, encode_welcome};
+use wsgate_core::stream::HistoryRules;
 
 use super::*;
+
+mod streams;
 
 type Socket = WebSocketStream<DuplexStream>;
 
@@ -31,7 +34,11 @@ type Socket = WebSocketStream<DuplexStream>;
 const PATIENCE: Duration = Duration::from_secs(600);
 
 async fn node() -> Arc<Node> {
-    Node::embedded("pod-test".to_owned())
+    node_with(HistoryRules::default()).await
+}
+
+async fn node_with(history: HistoryRules) -> Arc<Node> {
+    Node::embedded("pod-test".to_owned(), history)
         .await
         .expect("embedded node")
 }
@@ -64,6 +71,7 @@ fn context(user: &str) -> SessionContext {
         subprotocol: None,
         echo: false,
         expires_at: None,
+        user_since: None,
     }
 }
 
