@@ -309,6 +309,9 @@ struct Session<S> {
     outbound: mpsc::Receiver<Outbound>,
     /// Streams with history the session tracks (joined topics, the user stream).
     cursors: streams::Cursors,
+    /// How many queued pushes were already waiting when the latest join finished: they
+    /// may repeat what its history read covered.
+    settling: usize,
     record: SessionRecord,
     tally: Tally,
     /// Unregisters the session however the task ends.
@@ -340,6 +343,7 @@ where
             handle,
             outbound,
             cursors: streams::Cursors::new(),
+            settling: 0,
             record,
             cleanup,
             pong_deadline: None,

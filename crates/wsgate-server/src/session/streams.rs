@@ -7,11 +7,15 @@
 //! replay already covered is dropped, the rest follows in order. The session loop does
 //! not read the queue while it handles a join, so the queue itself is the join buffer.
 //!
-//! Live, a [`Cursor`] holds the epoch and the last offset sent per stream. A push from
-//! another epoch, or one that skips an offset, means the session can no longer vouch for
-//! the stream: a topic is dropped with `insufficient_state` (the client subscribes again
-//! with its last offset and recovers from history), the user stream closes the session
-//! with 3010 (the client reconnects with `since`). A gap is never passed over silently.
+//! Live, a [`Cursor`] holds the epoch and the last offset sent per stream. Duplicates are
+//! expected only among the pushes that were already queued when a join finished (they
+//! were published while it read the history); later, an offset at or below the last one
+//! means the stream went back (Redis lost writes it had acknowledged), which is treated
+//! like a push from another epoch or one that skips an offset: the session can no longer
+//! vouch for the stream. A topic is then dropped with `insufficient_state` (the client
+//! subscribes again with its last offset and recovers from history), the user stream
+//! closes the session with 3010 (the client reconnects with `since`). A gap is never
+//! passed over silently.
 
 use std::collections::HashMap;
 
@@ -48,13 +52,19 @@ pub(super) enum Admit {
 }
 
 impl Cursor {
-    /// Decides about a live push at `position`, advancing when it is sent.
-    pub(super) fn admit(&mut self, position: &StreamPosition) -> Admit {
+    /// Decides about a live push at `position`, advancing when it is sent. `settling`:
+    /// the push was queued before the latest join finished, so it may repeat what the
+    /// join's history read covered.
+    pub(super) fn admit(&mut self, position: &StreamPosition, settling: bool) -> Admit {
         if position.epoch != self.epoch {
             return Admit::Reset;
         }
         if position.offset <= self.last {
-            return Admit::Duplicate;
+            return if settling {
+                Admit::Duplicate
+            } else {
+                Admit::Reset
+            };
         }
         if position.offset != self.last + 1 {
             return Admit::Reset;
@@ -181,14 +191,18 @@ where
         Ok(Some(join))
     }
 
-    /// Sends the replay of a join and starts tracking its stream.
+    /// Sends the replay of a join and starts tracking its stream. What is queued by now
+    /// may repeat the replay: those pushes are the settling ones.
     pub(super) async fn replay(&mut self, key: StreamKey, join: Join) -> Flow {
         let (messages, bytes) = replay_frames(&join.replay, key.as_deref());
         self.cursors.insert(key, join.cursor);
-        if messages.is_empty() {
-            return Flow::Continue;
-        }
-        self.send_counted(messages, bytes).await
+        let flow = if messages.is_empty() {
+            Flow::Continue
+        } else {
+            self.send_counted(messages, bytes).await
+        };
+        self.settling = self.outbound.len();
+        flow
     }
 
     /// The session can no longer vouch for a stream: a topic is dropped (the client
@@ -289,10 +303,20 @@ mod tests {
             let join = join(page("e", first_kept, top), Some(&at(since)));
             let mut sent: Vec<u64> = join.replay.iter().map(|e| e.offset).collect();
             let mut cursor = join.cursor.clone();
+            // Queued by the end of the join: everything published up to the read's
+            // newest offset (repeats included), and maybe a few more.
+            let mut queue = Vec::new();
             for offset in live_from..=n {
-                let copies = if repeats[(offset % 40) as usize] { 2 } else { 1 };
-                for _ in 0..copies {
-                    match cursor.admit(&at(offset)) {
+                let copies = if offset <= top && repeats[(offset % 40) as usize] { 2 } else { 1 };
+                queue.extend(std::iter::repeat_n(offset, copies));
+            }
+            let mut settling = queue.iter().filter(|&&o| o <= top).count()
+                + usize::from(repeats[0]);
+            for offset in queue {
+                let is_settling = settling > 0;
+                settling = settling.saturating_sub(1);
+                {
+                    match cursor.admit(&at(offset), is_settling) {
                         Admit::Send => sent.push(offset),
                         Admit::Duplicate => {}
                         Admit::Reset => prop_assert!(false, "reset at {offset}"),
@@ -307,20 +331,25 @@ mod tests {
     }
 
     #[test]
-    fn the_cursor_resets_on_another_epoch_or_a_gap() {
+    fn the_cursor_resets_on_another_epoch_a_gap_or_a_step_back() {
         let mut cursor = Cursor {
             epoch: "e".into(),
             last: 3,
         };
-        assert_eq!(cursor.admit(&at(3)), Admit::Duplicate);
-        assert_eq!(cursor.admit(&at(5)), Admit::Reset);
+        assert_eq!(cursor.admit(&at(3), true), Admit::Duplicate);
+        assert_eq!(
+            cursor.admit(&at(3), false),
+            Admit::Reset,
+            "after the join settled, an old offset means the stream went back"
+        );
+        assert_eq!(cursor.admit(&at(5), true), Admit::Reset);
         assert_eq!(cursor.last, 3, "a reset does not advance");
         let other = StreamPosition {
             epoch: "f".into(),
             offset: 4,
         };
-        assert_eq!(cursor.admit(&other), Admit::Reset);
-        assert_eq!(cursor.admit(&at(4)), Admit::Send);
+        assert_eq!(cursor.admit(&other, true), Admit::Reset);
+        assert_eq!(cursor.admit(&at(4), false), Admit::Send);
     }
 
     #[test]

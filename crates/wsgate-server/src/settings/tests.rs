@@ -612,3 +612,87 @@ fn error_display_is_one_problem_per_line() {
         "server.listen: invalid socket address \"foo\"\nserver.lisen: unknown key"
     );
 }
+
+#[test]
+fn history_rules_from_a_file_and_from_the_environment() {
+    let f = write_file(
+        ".toml",
+        r#"
+[history]
+topics = [{ pattern = "chat.*", size = 100, ttl = "10m" }, { pattern = "news", size = 5 }]
+idempotency_window = "30s"
+
+[history.user]
+size = 50
+"#,
+    );
+    let config = load(Some(f.path()), &HashMap::new()).unwrap();
+    let rules = &config.history;
+    let chat = rules.for_topic("chat.room1").unwrap();
+    assert_eq!((chat.size, chat.ttl), (100, Duration::from_secs(600)));
+    let news = rules.for_topic("news").unwrap();
+    assert_eq!((news.size, news.ttl), (5, Duration::from_secs(300)));
+    assert!(rules.for_topic("other").is_none());
+    let user = rules.for_user().unwrap();
+    assert_eq!((user.size, user.ttl), (50, Duration::from_secs(300)));
+    assert_eq!(rules.idempotency_window, Duration::from_secs(30));
+
+    let config = load(
+        None,
+        &env(&[("WSGATE__HISTORY__TOPICS", "chat.*=100/10m, news=5")]),
+    )
+    .unwrap();
+    assert_eq!(config.history.for_topic("chat.x").unwrap().size, 100);
+    assert_eq!(
+        config.history.for_topic("news").unwrap().ttl,
+        Duration::from_secs(300)
+    );
+    assert!(
+        config.history.for_user().is_none(),
+        "user history is off by default"
+    );
+}
+
+#[test]
+fn bad_history_rules_are_reported_per_key() {
+    let f = write_file(
+        ".toml",
+        r#"
+[history]
+topics = [{ pattern = "bad pattern", size = 0 }, { pattern = "ok", size = 1, color = "red" }]
+idempotency_window = "2h"
+
+[history.user]
+size = 1000000
+"#,
+    );
+    let err = load(Some(f.path()), &HashMap::new()).unwrap_err();
+    let topics: Vec<&Problem> = err
+        .problems
+        .iter()
+        .filter(|p| p.key == "history.topics")
+        .collect();
+    assert_eq!(topics.len(), 1, "{err}");
+    assert!(topics[0].message.contains("unknown key"), "{err}");
+    problem(&err, "history.idempotency_window");
+    problem(&err, "history.user.size");
+
+    let err = load(
+        None,
+        &env(&[("WSGATE__HISTORY__TOPICS", "bad pattern=0,chat.*=x")]),
+    )
+    .unwrap_err();
+    assert!(
+        problem(&err, "history.topics")
+            .message
+            .contains("invalid size"),
+        "{err}"
+    );
+    let err = load(None, &env(&[("WSGATE__HISTORY__TOPICS", "a b=0")])).unwrap_err();
+    let messages: Vec<&str> = err.problems.iter().map(|p| p.message.as_str()).collect();
+    assert!(
+        messages.iter().any(|m| m.contains("invalid pattern"))
+            && messages.iter().any(|m| m.contains("size must be between")),
+        "{err}"
+    );
+}

@@ -241,17 +241,30 @@ fn marked(topic: Option<&str>, epoch: &str, offset: u64, text: &str) -> Outbound
     }
 }
 
+/// Joins `topic` (plain) and returns its epoch.
+async fn joined(s: &mut Running, topic: &str) -> String {
+    s.send_text(&format!(r#"{{"op":"subscribe","topic":"{topic}"}}"#))
+        .await;
+    let joined = s.recv_json().await;
+    joined["epoch"].as_str().expect("epoch").to_owned()
+}
+
+async fn dropped(s: &mut Running, node: &Node, topic: &str) {
+    assert_eq!(
+        s.recv_json().await,
+        serde_json::json!({"op":"unsubscribed","topic":topic,"reason":"insufficient_state"})
+    );
+    assert!(!node.hub.has_topic(topic), "the session left the topic");
+}
+
 #[tokio::test]
-async fn queued_duplicates_are_dropped_and_a_gap_drops_the_topic() {
+async fn a_gap_in_a_live_topic_drops_it() {
     let node = node_with(rules(10, 0)).await;
     let mut s = start(&node, context("alice"), params()).await;
     s.welcomed().await;
-    s.send_text(r#"{"op":"subscribe","topic":"chat.g"}"#).await;
-    let joined = s.recv_json().await;
-    let epoch = joined["epoch"].as_str().expect("epoch").to_owned();
+    let epoch = joined(&mut s, "chat.g").await;
     let topic = Some("chat.g");
     s.handle.offer(marked(topic, &epoch, 1, "one"));
-    s.handle.offer(marked(topic, &epoch, 1, "one again"));
     s.handle.offer(marked(topic, &epoch, 2, "two"));
     assert_eq!(
         pushes(&mut s, 2).await,
@@ -259,11 +272,7 @@ async fn queued_duplicates_are_dropped_and_a_gap_drops_the_topic() {
     );
     // Offset 4 without 3: the session cannot vouch for the stream any more.
     s.handle.offer(marked(topic, &epoch, 4, "four"));
-    assert_eq!(
-        s.recv_json().await,
-        serde_json::json!({"op":"unsubscribed","topic":"chat.g","reason":"insufficient_state"})
-    );
-    assert!(!node.hub.has_topic("chat.g"), "the session left the topic");
+    dropped(&mut s, &node, "chat.g").await;
     assert_eq!(
         node.metrics
             .stream_resets
@@ -271,6 +280,23 @@ async fn queued_duplicates_are_dropped_and_a_gap_drops_the_topic() {
             .get(),
         1
     );
+}
+
+#[tokio::test]
+async fn a_live_topic_that_steps_back_is_dropped_not_deduplicated() {
+    let node = node_with(rules(10, 0)).await;
+    let mut s = start(&node, context("alice"), params()).await;
+    s.welcomed().await;
+    let epoch = joined(&mut s, "chat.back").await;
+    let topic = Some("chat.back");
+    s.handle.offer(marked(topic, &epoch, 1, "one"));
+    s.handle.offer(marked(topic, &epoch, 2, "two"));
+    assert_eq!(pushes(&mut s, 2).await.len(), 2);
+    // Long after the join, offset 2 again is not a duplicate of the join's read: the
+    // stream lost writes it had acknowledged (a Redis failover, a restart from an older
+    // snapshot), and a new message took an offset the client has already seen.
+    s.handle.offer(marked(topic, &epoch, 2, "another two"));
+    dropped(&mut s, &node, "chat.back").await;
 }
 
 #[tokio::test]
