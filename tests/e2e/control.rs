@@ -57,12 +57,14 @@ async fn bad_arguments_are_invalid_argument() {
     let req = grpc.req(pb::SendToUserRequest {
         user_id: "alice".into(),
         payload: None,
+        idempotency_key: String::new(),
     });
     let e = grpc.inner.send_to_user(req).await.unwrap_err();
     expect_invalid("missing payload", e);
     let req = grpc.req(pb::SendToUserRequest {
         user_id: "alice".into(),
         payload: Some(pb::Payload { body: None }),
+        idempotency_key: String::new(),
     });
     let e = grpc.inner.send_to_user(req).await.unwrap_err();
     expect_invalid("empty payload", e);

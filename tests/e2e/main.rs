@@ -8,6 +8,7 @@ mod chaos;
 mod cluster;
 mod conformance;
 mod control;
+mod control_history;
 mod handshake_rate;
 mod hostile;
 mod layout;

@@ -1,5 +1,6 @@
-//! The real `wsgate` binary as a process: configuration errors and exit codes, and a
-//! graceful shutdown under SIGTERM with clients connected.
+//! The real `wsgate` binary as a process: configuration errors and exit codes, a
+//! graceful shutdown under SIGTERM with clients connected, and the control commands'
+//! output.
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -274,4 +275,143 @@ async fn a_grpc_client_that_never_goes_away_does_not_hold_the_shutdown() {
         started.elapsed()
     );
     drop(stuck);
+}
+
+/// Runs the binary off the async workers (the gateway under test runs on them).
+async fn cli(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&args, &[])
+    })
+    .await
+    .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn the_control_commands_print_stream_positions_and_history() {
+    let mut settings = base_settings();
+    settings.history.topics = vec![wsgate_server::settings::TopicHistory {
+        pattern: "chat.*".into(),
+        size: 3,
+        ttl: Duration::from_secs(300),
+    }];
+    settings.history.user.size = 2;
+    let gw = Gateway::start(settings).await;
+    let grpc_addr = gw.grpc.to_string();
+    let call = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend(["--grpc".to_string(), grpc_addr.clone()]);
+        cli(all)
+    };
+    let ok = |o: Output| {
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        stdout(&o)
+    };
+
+    // Without history: the one line it always was.
+    let out = ok(call(&["publish", "--topic", "news", "plain"]).await);
+    assert!(
+        out.starts_with("published to 0 subscriber(s), message "),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let out = ok(call(&["send", "--user", "zed", "hi", "--idempotency-key", "k"]).await);
+    assert!(out.starts_with("sent to 0 session(s), message "), "{out}");
+
+    // With history: a second line with the offset and epoch; a repeated key, the same.
+    let out = ok(call(&[
+        "publish",
+        "--topic",
+        "chat.1",
+        "first",
+        "--idempotency-key",
+        "k1",
+    ])
+    .await);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("published to 0 subscriber(s)"),
+        "{out}"
+    );
+    let epoch = lines[1]
+        .strip_prefix("offset=1  epoch=")
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned();
+    let out = ok(call(&[
+        "publish",
+        "--topic",
+        "chat.1",
+        "first",
+        "--idempotency-key",
+        "k1",
+    ])
+    .await);
+    assert_eq!(
+        out.lines().nth(1),
+        Some(format!("offset=1  epoch={epoch}").as_str())
+    );
+    ok(call(&["publish", "--topic", "chat.1", "--json", r#"{"n": 2}"#]).await);
+    ok(call(&["publish", "--topic", "chat.1", "line\nbreak"]).await);
+    let mut grpc = gw.grpc().await;
+    let r = grpc
+        .publish(
+            "chat.1",
+            wsgate_proto::pb::payload::Body::Binary(vec![0u8; 5].into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.offset, 4);
+
+    let out = ok(call(&["history", "chat.1"]).await);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], format!("epoch={epoch}  offset=4"), "{out}");
+    let rest: Vec<(&str, &str)> = lines[1..]
+        .iter()
+        .map(|l| {
+            let mut parts = l.splitn(3, "  ");
+            let offset = parts.next().unwrap();
+            let time = parts.next().unwrap();
+            // RFC 3339 in UTC with milliseconds: 2025-01-02T03:04:05.678Z
+            assert!(
+                time.len() == 24 && time.as_bytes()[10] == b'T' && time.ends_with('Z'),
+                "{l}"
+            );
+            (offset, parts.next().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        rest,
+        [
+            ("2", r#"{"n": 2}"#),
+            ("3", r#""line\nbreak""#),
+            ("4", "<5 bytes>")
+        ],
+        "{out}"
+    );
+    let out = ok(call(&["history", "chat.1", "--since", "2", "--limit", "1"]).await);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.lines().nth(1).unwrap().starts_with("3  "), "{out}");
+    let out = ok(call(&["history", "chat.1", "--since", "4"]).await);
+    assert_eq!(out.lines().nth(1), Some("no messages"), "{out}");
+
+    // A user's stream.
+    let out = ok(call(&["send", "--user", "amy", "hello amy"]).await);
+    assert!(
+        out.lines().nth(1).unwrap().starts_with("offset=1  epoch="),
+        "{out}"
+    );
+    let out = ok(call(&["history", "--user", "amy"]).await);
+    assert!(
+        out.lines().nth(1).unwrap().ends_with(r#"  "hello amy""#),
+        "{out}"
+    );
+
+    // A topic without history: the gateway's reason, and a failure exit.
+    let o = call(&["history", "news"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("history.topics"), "{}", stderr(&o));
 }

@@ -206,6 +206,7 @@ impl GrpcClient {
             payload: Some(pb::Payload {
                 body: Some(payload),
             }),
+            idempotency_key: String::new(),
         });
         self.inner.send_to_user(r).await.map(|r| r.into_inner())
     }
@@ -220,6 +221,7 @@ impl GrpcClient {
             payload: Some(pb::Payload {
                 body: Some(payload),
             }),
+            idempotency_key: String::new(),
         });
         self.inner.publish(r).await.map(|r| r.into_inner())
     }

@@ -127,12 +127,26 @@ async fn grpc_call(
     let r = match op {
         Op::User(user_id) => {
             client
-                .send_to_user(req(pb::SendToUserRequest { user_id, payload }, &auth))
+                .send_to_user(req(
+                    pb::SendToUserRequest {
+                        user_id,
+                        payload,
+                        idempotency_key: String::new(),
+                    },
+                    &auth,
+                ))
                 .await
         }
         Op::Topic(topic) => {
             client
-                .publish(req(pb::PublishRequest { topic, payload }, &auth))
+                .publish(req(
+                    pb::PublishRequest {
+                        topic,
+                        payload,
+                        idempotency_key: String::new(),
+                    },
+                    &auth,
+                ))
                 .await
         }
         Op::Broadcast => {

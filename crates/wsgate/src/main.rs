@@ -2,8 +2,8 @@
 //!
 //! `serve` (the default) loads and validates the configuration, binds the listeners and
 //! runs the gateway until SIGTERM or Ctrl-C; `check-config` validates only; `token` mints
-//! a development token with the configured HS256 secret; `send`, `publish` and `presence`
-//! call the gRPC control plane of a running gateway.
+//! a development token with the configured HS256 secret; `send`, `publish`, `presence`
+//! and `history` call the gRPC control plane of a running gateway.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +58,10 @@ enum Command {
         user: String,
         /// The message.
         text: String,
+        /// Makes a retry safe when the user streams keep history: a repeat of the key
+        /// within `history.idempotency_window` publishes nothing.
+        #[arg(long)]
+        idempotency_key: Option<String>,
         #[command(flatten)]
         target: ControlArgs,
     },
@@ -68,6 +72,10 @@ enum Command {
         topic: String,
         /// The message.
         text: String,
+        /// Makes a retry safe when the topic keeps history: a repeat of the key within
+        /// `history.idempotency_window` publishes nothing.
+        #[arg(long)]
+        idempotency_key: Option<String>,
         #[command(flatten)]
         target: ControlArgs,
     },
@@ -75,6 +83,23 @@ enum Command {
     Presence {
         /// The user id.
         user: String,
+        #[command(flatten)]
+        target: ControlArgs,
+    },
+    /// Show what a topic's stream keeps (or, with `--user`, a user's own stream).
+    History {
+        /// The topic.
+        #[arg(required_unless_present = "user", conflicts_with = "user")]
+        topic: Option<String>,
+        /// A user's own stream (what `send` sends) instead of a topic's.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only messages with an offset above this one (0 = from the oldest kept).
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// At most this many messages, the oldest first (0 = all kept).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
         #[command(flatten)]
         target: ControlArgs,
     },
@@ -110,7 +135,12 @@ fn main() -> ExitCode {
         }
         Command::Token { user, ttl, topics } => token(&settings, &user, ttl, topics.as_deref()),
         Command::Serve => serve(config),
-        Command::Send { user, text, target } => control(
+        Command::Send {
+            user,
+            text,
+            idempotency_key,
+            target,
+        } => control(
             &settings,
             &target,
             |mut c, payload| {
@@ -119,10 +149,12 @@ fn main() -> ExitCode {
                         .send_to_user(pb::SendToUserRequest {
                             user_id: user,
                             payload: Some(payload),
+                            idempotency_key: idempotency_key.unwrap_or_default(),
                         })
                         .await?
                         .into_inner();
                     println!("sent to {} session(s), message {}", r.targets, r.message_id);
+                    print_position(&r);
                     Ok(())
                 })
             },
@@ -131,6 +163,7 @@ fn main() -> ExitCode {
         Command::Publish {
             topic,
             text,
+            idempotency_key,
             target,
         } => control(
             &settings,
@@ -141,6 +174,7 @@ fn main() -> ExitCode {
                         .publish(pb::PublishRequest {
                             topic,
                             payload: Some(payload),
+                            idempotency_key: idempotency_key.unwrap_or_default(),
                         })
                         .await?
                         .into_inner();
@@ -148,6 +182,7 @@ fn main() -> ExitCode {
                         "published to {} subscriber(s), message {}",
                         r.targets, r.message_id
                     );
+                    print_position(&r);
                     Ok(())
                 })
             },
@@ -176,6 +211,42 @@ fn main() -> ExitCode {
             },
             String::new(),
         ),
+        Command::History {
+            topic,
+            user,
+            since,
+            limit,
+            target,
+        } => {
+            use pb::history_request::Stream;
+            let stream = match (topic, user) {
+                (Some(topic), None) => Ok(Stream::Topic(topic)),
+                (None, Some(user)) => Ok(Stream::UserId(user)),
+                // clap already refuses both and neither.
+                _ => Err(anyhow::anyhow!("give either a topic or --user")),
+            };
+            stream.and_then(|stream| {
+                control(
+                    &settings,
+                    &target,
+                    |mut c, _| {
+                        Box::pin(async move {
+                            let r = c
+                                .history(pb::HistoryRequest {
+                                    stream: Some(stream),
+                                    since_offset: since,
+                                    limit,
+                                })
+                                .await?
+                                .into_inner();
+                            print_history(&r);
+                            Ok(())
+                        })
+                    },
+                    String::new(),
+                )
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -183,6 +254,42 @@ fn main() -> ExitCode {
             eprintln!("wsgate: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The second line of `send` and `publish` when the target keeps history.
+fn print_position(r: &pb::SendResponse) {
+    if !r.epoch.is_empty() {
+        println!("offset={}  epoch={}", r.offset, r.epoch);
+    }
+}
+
+/// `history`: the stream's epoch and newest offset, then one line per kept message.
+fn print_history(r: &pb::HistoryResponse) {
+    println!("epoch={}  offset={}", r.epoch, r.offset);
+    if r.messages.is_empty() {
+        println!("no messages");
+    }
+    for m in &r.messages {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(m.published_at_ms);
+        println!(
+            "{}  {}  {}",
+            m.offset,
+            humantime::format_rfc3339_millis(at),
+            payload_line(m.payload.as_ref())
+        );
+    }
+}
+
+/// A payload on one line: text as a JSON string, JSON as sent (line breaks, which valid
+/// JSON has only between tokens, as spaces), binary as its size.
+fn payload_line(payload: Option<&pb::Payload>) -> String {
+    use pb::payload::Body;
+    match payload.and_then(|p| p.body.as_ref()) {
+        Some(Body::Text(t)) => serde_json::Value::from(t.as_str()).to_string(),
+        Some(Body::Json(j)) => j.replace(['\n', '\r'], " "),
+        Some(Body::Binary(b)) => format!("<{} bytes>", b.len()),
+        None => "<empty>".to_owned(),
     }
 }
 

@@ -1,11 +1,11 @@
 //! `wsgate.v1.Gateway`: argument validation (INVALID_ARGUMENT with a message naming the
-//! field), then one publish through the node.
+//! field), then one publish (or one stream read) through the node.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use wsgate_core::auth::{valid_topic, valid_user_id};
-use wsgate_core::backend::{BackendError, Command, Target};
+use wsgate_core::backend::{BackendError, Channel, Command, StreamEntry, Target};
 use wsgate_core::close;
 use wsgate_core::ids::SessionId;
 use wsgate_core::protocol::Payload;
@@ -15,6 +15,9 @@ use crate::node::{Node, SendError, Sent};
 
 /// Longest session id accepted (ULIDs are 26 characters).
 const MAX_SESSION_ID: usize = 64;
+
+/// Longest idempotency key accepted, in bytes.
+const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 /// The control service over a node.
 #[derive(Clone)]
@@ -28,9 +31,15 @@ impl ControlService {
         Self { node }
     }
 
-    async fn send(&self, target: Target, command: Command) -> Result<Sent, Status> {
+    /// Publishes through the node; `idempotency_key` matters only to streams with history.
+    async fn send(
+        &self,
+        target: Target,
+        command: Command,
+        idempotency_key: Option<String>,
+    ) -> Result<Sent, Status> {
         self.node
-            .send(target, command, None)
+            .send(target, command, idempotency_key)
             .await
             .map_err(|e| match e {
                 SendError::Backend(b) => backend_status(b),
@@ -64,6 +73,29 @@ fn user_id(id: &str) -> Result<String, Status> {
     }
 }
 
+fn topic(topic: &str) -> Result<String, Status> {
+    if valid_topic(topic) {
+        Ok(topic.to_owned())
+    } else {
+        Err(Status::invalid_argument(
+            "topic must be 1 to 200 characters of A-Z a-z 0-9 . _ : -",
+        ))
+    }
+}
+
+/// An empty key is no key.
+fn idempotency_key(key: String) -> Result<Option<String>, Status> {
+    if key.is_empty() {
+        Ok(None)
+    } else if key.len() > MAX_IDEMPOTENCY_KEY || key.chars().any(char::is_control) {
+        Err(Status::invalid_argument(
+            "idempotency_key must be at most 128 bytes without control characters",
+        ))
+    } else {
+        Ok(Some(key))
+    }
+}
+
 fn session_id(id: &str) -> Result<SessionId, Status> {
     if id.is_empty() || id.len() > MAX_SESSION_ID || id.chars().any(char::is_control) {
         return Err(Status::invalid_argument(
@@ -74,9 +106,53 @@ fn session_id(id: &str) -> Result<SessionId, Status> {
 }
 
 fn sent(s: Sent) -> Response<pb::SendResponse> {
+    let position = s.position.unwrap_or_default();
     Response::new(pb::SendResponse {
         targets: s.targets,
         message_id: s.message_id,
+        offset: position.offset,
+        epoch: position.epoch,
+    })
+}
+
+/// The stream a history request names, and what to answer when it keeps no history
+/// (naming the setting that would make it keep some).
+fn history_stream(
+    stream: Option<pb::history_request::Stream>,
+) -> Result<(Channel, String), Status> {
+    use pb::history_request::Stream as S;
+    match stream {
+        Some(S::Topic(t)) => {
+            let t = topic(&t)?;
+            let why = format!("topic {t:?} keeps no history: no history.topics rule matches it");
+            Ok((Channel::Topic(t), why))
+        }
+        Some(S::UserId(u)) => Ok((
+            Channel::User(user_id(&u)?),
+            "user streams keep no history: history.user.size is 0".to_owned(),
+        )),
+        None => Err(Status::invalid_argument(
+            "stream is required: set topic or user_id",
+        )),
+    }
+}
+
+/// A kept message as the caller sees it; `None` for anything but a push (streams keep
+/// only pushes).
+fn history_message(entry: StreamEntry) -> Option<pb::HistoryMessage> {
+    let Command::Deliver(payload) = entry.envelope.command else {
+        return None;
+    };
+    use pb::payload::Body;
+    let body = match payload {
+        Payload::Text(t) => Body::Text(t),
+        Payload::Json(j) => Body::Json(j.get().to_owned()),
+        Payload::Binary(b) => Body::Binary(b),
+    };
+    Some(pb::HistoryMessage {
+        offset: entry.offset,
+        payload: Some(pb::Payload { body: Some(body) }),
+        published_at_ms: entry.published_at_ms,
     })
 }
 
@@ -89,7 +165,8 @@ impl pb::gateway_server::Gateway for ControlService {
         let req = req.into_inner();
         let user = user_id(&req.user_id)?;
         let payload = payload(req.payload)?;
-        self.send(Target::User(user), Command::Deliver(payload))
+        let key = idempotency_key(req.idempotency_key)?;
+        self.send(Target::User(user), Command::Deliver(payload), key)
             .await
             .map(sent)
     }
@@ -101,7 +178,7 @@ impl pb::gateway_server::Gateway for ControlService {
         let req = req.into_inner();
         let id = session_id(&req.session_id)?;
         let payload = payload(req.payload)?;
-        self.send(Target::Session(id), Command::Deliver(payload))
+        self.send(Target::Session(id), Command::Deliver(payload), None)
             .await
             .map(sent)
     }
@@ -111,13 +188,10 @@ impl pb::gateway_server::Gateway for ControlService {
         req: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
         let req = req.into_inner();
-        if !valid_topic(&req.topic) {
-            return Err(Status::invalid_argument(
-                "topic must be 1 to 200 characters of A-Z a-z 0-9 . _ : -",
-            ));
-        }
+        let topic = topic(&req.topic)?;
         let payload = payload(req.payload)?;
-        self.send(Target::Topic(req.topic), Command::Deliver(payload))
+        let key = idempotency_key(req.idempotency_key)?;
+        self.send(Target::Topic(topic), Command::Deliver(payload), key)
             .await
             .map(sent)
     }
@@ -127,7 +201,7 @@ impl pb::gateway_server::Gateway for ControlService {
         req: Request<pb::BroadcastRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
         let payload = payload(req.into_inner().payload)?;
-        self.send(Target::Broadcast, Command::Deliver(payload))
+        self.send(Target::Broadcast, Command::Deliver(payload), None)
             .await
             .map(sent)
     }
@@ -168,6 +242,7 @@ impl pb::gateway_server::Gateway for ControlService {
                     code,
                     reason: req.reason,
                 },
+                None,
             )
             .await?;
         Ok(Response::new(pb::DisconnectResponse { targets: s.targets }))
@@ -216,6 +291,31 @@ impl pb::gateway_server::Gateway for ControlService {
                 })
                 .collect(),
             total_connections,
+        }))
+    }
+
+    async fn history(
+        &self,
+        req: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let req = req.into_inner();
+        let (channel, no_history) = history_stream(req.stream)?;
+        // 0 = everything kept; the node caps any limit at the stream's size.
+        let limit = (req.limit > 0).then(|| usize::try_from(req.limit).unwrap_or(usize::MAX));
+        let page = self
+            .node
+            .read_stream(&channel, req.since_offset, limit)
+            .await
+            .map_err(backend_status)?
+            .ok_or_else(|| Status::failed_precondition(no_history))?;
+        Ok(Response::new(pb::HistoryResponse {
+            epoch: page.position.epoch,
+            offset: page.position.offset,
+            messages: page
+                .entries
+                .into_iter()
+                .filter_map(history_message)
+                .collect(),
         }))
     }
 }
