@@ -15,6 +15,7 @@ mod layout;
 mod observability;
 mod preflight;
 mod process;
+mod recovery;
 mod redis_backend;
 mod rolling;
 mod security;
