@@ -18,5 +18,6 @@ mod process;
 mod recovery;
 mod redis_backend;
 mod rolling;
+mod rolling_recovery;
 mod security;
 mod sessions;
