@@ -118,12 +118,9 @@ async fn a_client_away_longer_than_the_history_is_not_recovered() {
     // A malformed since is refused at the handshake.
     let r = raw_request(
         gw.http,
-        format!(
-            "GET /ws?user=bob&since=nonsense HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        )
-        .as_bytes(),
+        b"GET /ws?user=bob&since=nonsense HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\
+          Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
     )
     .await
     .unwrap();

@@ -239,7 +239,7 @@ async fn send_once(cluster: &Cluster, k: usize) -> (String, u64) {
         let payload = Some(pb::Payload {
             body: Some(text(&format!("m{k}"))),
         });
-        let (stream, result) = if k % 2 == 0 {
+        let (stream, result) = if k.is_multiple_of(2) {
             let r = c
                 .publish(pb::PublishRequest {
                     topic: TOPIC.into(),
