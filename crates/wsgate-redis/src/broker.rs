@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand};
 use parking_lot::Mutex;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
@@ -158,6 +159,22 @@ async fn publish_bytes(
     Ok(())
 }
 
+/// Returns once Redis has applied every SUBSCRIBE sent before on the subscriber connection.
+/// fred resolves SUBSCRIBE as soon as it is written and drops Redis's confirmation, so
+/// without this a message published right after `subscribe` returned could reach Redis
+/// first and be missed. Redis answers a connection's commands in order, so the PING's
+/// answer comes after the SUBSCRIBE took effect. In cluster mode fred sends SUBSCRIBE to
+/// the node owning the slot of the client's id; the PING goes to the same node.
+async fn subscription_applied(subscriber: &SubscriberClient) -> Result<(), BackendError> {
+    let slot = fred::util::redis_keyslot(subscriber.id().as_bytes());
+    let ping = CustomCommand::new_static("PING", ClusterHash::Custom(slot), false);
+    let _: Value = subscriber
+        .custom(ping, Vec::<Value>::new())
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
 /// Decodes each message once and hands it to the inbox; probes only mark the path live.
 async fn receive(
     mut messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
@@ -282,9 +299,11 @@ impl Broker for RedisBroker {
         let name = self.keys.channel(channel);
         let _serial = self.sub_lock.lock().await;
         if self.is_sharded(channel) {
+            // fred answers SSUBSCRIBE with Redis's confirmation.
             self.subscriber.ssubscribe(name).await.map_err(unavailable)
         } else {
-            self.subscriber.subscribe(name).await.map_err(unavailable)
+            self.subscriber.subscribe(name).await.map_err(unavailable)?;
+            subscription_applied(&self.subscriber).await
         }
     }
 
