@@ -9,6 +9,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("wsgate/v1/gateway.proto"),
         root.join("wsgate/v1/envelope.proto"),
     ];
+    // The protos live outside this package, where cargo does not look for changes by
+    // itself: without these lines an edited .proto would not regenerate the code.
+    for proto in &protos {
+        println!("cargo:rerun-if-changed={}", proto.display());
+    }
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
 
     let mut config = prost_build::Config::new();

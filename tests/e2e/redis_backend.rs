@@ -1,13 +1,17 @@
 //! The Redis backends against real `redis-server` processes: the conformance suite every
-//! backend passes (standalone and Redis Cluster), pod liveness and reaping, and the
-//! routing property (a send reaches only the pods that need it).
+//! backend passes (standalone and Redis Cluster), pod liveness and reaping, the routing
+//! property (a send reaches only the pods that need it), and streams with history (the
+//! history cases of the suite, and epochs that start over when Redis loses a stream).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
+use tokio::sync::mpsc;
 use wsgate_core::backend::{
-    Broker, Channel, Command, Envelope, Inbox, Liveness, Registry, SessionRecord, Target,
+    Broker, Channel, Command, Envelope, HistoryPage, HistoryPolicy, Idempotency, Inbox, Liveness,
+    Registry, SessionRecord, StreamPosition, Target,
 };
 use wsgate_core::conformance;
 use wsgate_core::ids::SessionId;
@@ -56,6 +60,29 @@ async fn standalone_redis_passes_the_conformance_suite() {
 async fn redis_cluster_passes_the_conformance_suite() {
     let cluster = RedisCluster::start(3);
     run_conformance(options(cluster.url(), true)).await;
+}
+
+async fn run_history_cases(opts: RedisOptions) {
+    let client = opts.connect().await.unwrap();
+    conformance::history_suite(move |pod, inbox| {
+        let (o, c) = (opts.clone(), client.clone());
+        async move {
+            Arc::new(RedisBroker::connect(&o, c, &pod, inbox).await.unwrap()) as Arc<dyn Broker>
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn standalone_redis_passes_the_history_cases() {
+    let redis = RedisServer::start();
+    run_history_cases(options(redis.url(), false)).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_passes_the_history_cases() {
+    let cluster = RedisCluster::start(3);
+    run_history_cases(options(cluster.url(), true)).await;
 }
 
 fn record(pod: &str, user: &str) -> SessionRecord {
@@ -259,4 +286,202 @@ async fn the_primary_is_found_through_sentinel() {
     let keys = primary.cli(&["--scan", "--pattern", &format!("{}:*", opts.namespace)]);
     assert!(keys.contains(":pod:{p}:alive"), "{keys}");
     run_conformance(opts).await;
+}
+
+/// An inbox that hands over what arrives.
+struct Recorder(mpsc::UnboundedSender<Arc<Envelope>>);
+
+impl Inbox for Recorder {
+    fn deliver(&self, envelope: Arc<Envelope>) {
+        let _ = self.0.send(envelope);
+    }
+}
+
+async fn stream_pod(
+    opts: &RedisOptions,
+    name: &str,
+) -> (RedisBroker, mpsc::UnboundedReceiver<Arc<Envelope>>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let client = opts.connect().await.unwrap();
+    let broker = RedisBroker::connect(opts, client, name, Arc::new(Recorder(tx)))
+        .await
+        .unwrap();
+    (broker, rx)
+}
+
+fn binary(i: u32) -> Arc<Envelope> {
+    // Every byte value, then the index: a payload no text path would keep intact.
+    let mut bytes: Vec<u8> = (0..=255).collect();
+    bytes.extend_from_slice(&i.to_be_bytes());
+    Arc::new(Envelope::new(
+        "a",
+        Target::Topic("t".into()),
+        Command::Deliver(Payload::Binary(Bytes::from(bytes))),
+    ))
+}
+
+const KEEP: HistoryPolicy = HistoryPolicy {
+    size: 10,
+    ttl: Duration::from_secs(60),
+};
+
+/// Reads until Redis answers again (the client reconnects after a restart).
+async fn read_when_back(broker: &RedisBroker, channel: &Channel) -> HistoryPage {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match broker.read_stream(channel, 0, 10, &KEEP).await {
+            Ok(page) => return page,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "Redis did not come back: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_redis_restarted_empty_starts_its_streams_over() {
+    let mut redis = RedisServer::start();
+    let opts = options(redis.url(), false);
+    let (broker, _rx) = stream_pod(&opts, "a").await;
+    let topic = Channel::Topic("news".into());
+    for i in 0..2 {
+        broker
+            .publish_stream(&topic, binary(i), &KEEP, None)
+            .await
+            .unwrap();
+    }
+    let before = broker.read_stream(&topic, 0, 10, &KEEP).await.unwrap();
+    assert_eq!(before.position.offset, 2);
+    let seen = StreamPosition {
+        epoch: before.position.epoch.clone(),
+        offset: 1,
+    };
+    assert!(before.recovers(&seen));
+
+    redis.restart_empty();
+    // The next read makes a new epoch: what a client saw before cannot be recovered, and
+    // it is told so instead of being given a wrong "nothing missed".
+    let after = read_when_back(&broker, &topic).await;
+    assert_ne!(after.position.epoch, before.position.epoch);
+    assert_eq!(after.position.offset, 0);
+    assert!(after.entries.is_empty());
+    assert!(!after.recovers(&seen));
+    assert!(!after.recovers(&before.position));
+    // The scripts were lost with the restart too (EVALSHA falls back to EVAL); the next
+    // publish continues the reader's epoch.
+    let appended = broker
+        .publish_stream(&topic, binary(2), &KEEP, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        appended.position,
+        StreamPosition {
+            epoch: after.position.epoch.clone(),
+            offset: 1
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_stream_whose_meta_hash_is_lost_starts_over_without_its_old_history() {
+    let redis = RedisServer::start();
+    let opts = options(redis.url(), false);
+    let (broker, _rx) = stream_pod(&opts, "a").await;
+    let topic = Channel::Topic("orders".into());
+    let key = Idempotency {
+        key: "order-1".into(),
+        window: Duration::from_secs(60),
+    };
+    let first = broker
+        .publish_stream(&topic, binary(0), &KEEP, Some(&key))
+        .await
+        .unwrap();
+    broker
+        .publish_stream(&topic, binary(1), &KEEP, None)
+        .await
+        .unwrap();
+
+    // Eviction (or anything else) takes the meta hash alone; its history and the
+    // idempotency key stay behind.
+    let meta = format!("{}:hmt:{{orders}}", opts.namespace);
+    let history = format!("{}:hlt:{{orders}}", opts.namespace);
+    assert_eq!(redis.cli(&["LLEN", &history]).trim(), "2");
+    assert_eq!(redis.cli(&["DEL", &meta]).trim(), "1");
+
+    let page = broker.read_stream(&topic, 0, 10, &KEEP).await.unwrap();
+    assert_ne!(page.position.epoch, first.position.epoch);
+    assert_eq!(page.position.offset, 0);
+    assert!(page.entries.is_empty(), "{:?}", page.entries);
+    assert_eq!(page.first_kept, 1);
+    assert_eq!(redis.cli(&["EXISTS", &history]).trim(), "0");
+    // The key remembered from the lost epoch does not make the repeat a duplicate.
+    let again = broker
+        .publish_stream(&topic, binary(0), &KEEP, Some(&key))
+        .await
+        .unwrap();
+    assert!(!again.duplicate);
+    assert_eq!(again.position.epoch, page.position.epoch);
+    assert_eq!(again.position.offset, 1);
+}
+
+#[tokio::test]
+async fn positions_and_times_cross_the_wire_past_one_varint_byte() {
+    let redis = RedisServer::start();
+    let opts = options(redis.url(), false);
+    let (broker, mut rx) = stream_pod(&opts, "a").await;
+    let user = Channel::User("bob".into());
+    broker.subscribe(&user).await.unwrap();
+    let small = HistoryPolicy {
+        size: 5,
+        ttl: Duration::from_secs(60),
+    };
+    let start_ms = now_ms();
+    let mut last = None;
+    for i in 0..200 {
+        let sent = binary(i);
+        let appended = broker
+            .publish_stream(&user, sent.clone(), &small, None)
+            .await
+            .unwrap();
+        assert_eq!(appended.position.offset, u64::from(i) + 1);
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.position, Some(appended.position.clone()));
+        assert_eq!(got.command, sent.command, "payload byte-exact at {i}");
+        last = Some(appended.position);
+    }
+    let page = broker.read_stream(&user, 150, 100, &small).await.unwrap();
+    assert_eq!(Some(page.position.clone()), last);
+    assert_eq!(page.first_kept, 196);
+    let kept: Vec<u64> = page.entries.iter().map(|e| e.offset).collect();
+    assert_eq!(kept, [196, 197, 198, 199, 200]);
+    for entry in &page.entries {
+        assert_eq!(
+            entry.envelope.command,
+            binary(entry.offset as u32 - 1).command
+        );
+        assert!(
+            entry.published_at_ms + 5_000 >= start_ms && entry.published_at_ms <= now_ms() + 5_000,
+            "published_at_ms {} is not now ({start_ms})",
+            entry.published_at_ms
+        );
+    }
+    // Streams are for user and topic channels only.
+    assert!(matches!(
+        broker.read_stream(&Channel::Broadcast, 0, 1, &small).await,
+        Err(wsgate_core::backend::BackendError::Protocol(_))
+    ));
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

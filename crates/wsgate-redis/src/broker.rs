@@ -6,13 +6,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand};
 use parking_lot::Mutex;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use wsgate_core::backend::{BackendError, Broker, Channel, Envelope, Inbox};
+use wsgate_core::backend::{
+    Appended, BackendError, Broker, Channel, Envelope, HistoryPage, HistoryPolicy, Idempotency,
+    Inbox,
+};
 
 use crate::envelope::{self, Decoded};
+use crate::streams::Streams;
 use crate::{Keyspace, RedisOptions, unavailable};
 
 /// Channels per SUBSCRIBE command when resubscribing after a reconnect: large enough to
@@ -30,6 +35,8 @@ pub struct RedisBroker {
     subscriber: SubscriberClient,
     keys: Keyspace,
     sharded: bool,
+    /// Streams with history: their scripts run on the publisher connection.
+    streams: Streams,
     pod_id: String,
     /// Serializes (un)subscribe commands, resubscription included. fred matches
     /// subscription replies to commands in order; two in flight at once can resolve one
@@ -60,11 +67,13 @@ impl RedisBroker {
             .map_err(unavailable)?;
         let probe_heard = Arc::new(Mutex::new(None));
         let keys = Keyspace::new(&options.namespace);
+        let streams = Streams::load(publisher.clone(), keys.clone(), options.sharded()).await?;
         let mut broker = Self {
             publisher,
             subscriber: subscriber.clone(),
             keys,
             sharded: options.sharded(),
+            streams,
             pod_id: pod_id.to_owned(),
             sub_lock: Arc::new(tokio::sync::Mutex::new(())),
             probe_heard: probe_heard.clone(),
@@ -155,6 +164,22 @@ async fn publish_bytes(
             .await
             .map_err(unavailable)?;
     }
+    Ok(())
+}
+
+/// Returns once Redis has applied every SUBSCRIBE sent before on the subscriber connection.
+/// fred resolves SUBSCRIBE as soon as it is written and drops Redis's confirmation, so
+/// without this a message published right after `subscribe` returned could reach Redis
+/// first and be missed. Redis answers a connection's commands in order, so the PING's
+/// answer comes after the SUBSCRIBE took effect. In cluster mode fred sends SUBSCRIBE to
+/// the node owning the slot of the client's id; the PING goes to the same node.
+async fn subscription_applied(subscriber: &SubscriberClient) -> Result<(), BackendError> {
+    let slot = fred::util::redis_keyslot(subscriber.id().as_bytes());
+    let ping = CustomCommand::new_static("PING", ClusterHash::Custom(slot), false);
+    let _: Value = subscriber
+        .custom(ping, Vec::<Value>::new())
+        .await
+        .map_err(unavailable)?;
     Ok(())
 }
 
@@ -282,9 +307,11 @@ impl Broker for RedisBroker {
         let name = self.keys.channel(channel);
         let _serial = self.sub_lock.lock().await;
         if self.is_sharded(channel) {
+            // fred answers SSUBSCRIBE with Redis's confirmation.
             self.subscriber.ssubscribe(name).await.map_err(unavailable)
         } else {
-            self.subscriber.subscribe(name).await.map_err(unavailable)
+            self.subscriber.subscribe(name).await.map_err(unavailable)?;
+            subscription_applied(&self.subscriber).await
         }
     }
 
@@ -316,29 +343,26 @@ impl Broker for RedisBroker {
         .await
     }
 
-    // Placeholder on the `streams` branch only, replaced before it is merged.
     async fn publish_stream(
         &self,
-        _channel: &Channel,
-        _envelope: Arc<Envelope>,
-        _policy: &wsgate_core::backend::HistoryPolicy,
-        _idempotency: Option<&wsgate_core::backend::Idempotency>,
-    ) -> Result<wsgate_core::backend::Appended, BackendError> {
-        Err(BackendError::Unavailable(
-            "streams are not built on Redis yet".into(),
-        ))
+        channel: &Channel,
+        envelope: Arc<Envelope>,
+        policy: &HistoryPolicy,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Appended, BackendError> {
+        self.streams
+            .publish(channel, envelope, policy, idempotency)
+            .await
     }
 
     async fn read_stream(
         &self,
-        _channel: &Channel,
-        _after: u64,
-        _limit: usize,
-        _policy: &wsgate_core::backend::HistoryPolicy,
-    ) -> Result<wsgate_core::backend::HistoryPage, BackendError> {
-        Err(BackendError::Unavailable(
-            "streams are not built on Redis yet".into(),
-        ))
+        channel: &Channel,
+        after: u64,
+        limit: usize,
+        policy: &HistoryPolicy,
+    ) -> Result<HistoryPage, BackendError> {
+        self.streams.read(channel, after, limit, policy).await
     }
 
     async fn healthy(&self) -> Result<(), BackendError> {

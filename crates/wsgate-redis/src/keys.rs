@@ -10,10 +10,15 @@
 //! | `ns:st:{S}` | set | topics of session S |
 //! | `ns:u:{U}` | hash | session id → pod id, for user U |
 //! | `ns:t:{T}` | hash | session id → pod id, for topic T |
+//! | `ns:hmu:{U}`, `ns:hmt:{T}` | hash, TTL `ttl` of the stream's policy | stream of user U / topic T: `epoch`, `top` (newest offset) |
+//! | `ns:hlu:{U}`, `ns:hlt:{T}` | list, same TTL | the stream's kept messages, oldest first, at most `size` |
+//! | `ns:hiu:{U}:K`, `ns:hit:{T}:K` | string, TTL the key's window | `epoch:offset` the publish with idempotency key K got |
 //!
 //! The part in braces is the Redis Cluster hash tag: a pod's keys share a slot, so do a
 //! session's. Per-user and per-topic hashes are single keys, so the per-user limit can be
-//! checked and applied in one atomic script.
+//! checked and applied in one atomic script. A stream's keys have the hash tag of its
+//! channel (`{U}` or `{T}`), so one script can append to the stream and publish on the
+//! channel on the node that owns them, with every key it touches in one slot.
 //!
 //! Channels: `ns:cu:{U}` (user), `ns:ct:{T}` (topic), `ns:cp:{P}` (pod), `ns:call`
 //! (broadcast). User, topic and pod channels use sharded pub/sub in cluster mode.
@@ -75,6 +80,33 @@ impl Keyspace {
         format!("{}:t:{{{topic}}}", self.ns)
     }
 
+    /// The hash of the stream of `channel` (`epoch`, `top`); only user and topic channels
+    /// have streams.
+    pub fn stream_meta(&self, channel: &Channel) -> Option<String> {
+        self.stream_key("m", channel)
+    }
+
+    /// The list of messages the stream of `channel` keeps.
+    pub fn stream_history(&self, channel: &Channel) -> Option<String> {
+        self.stream_key("l", channel)
+    }
+
+    /// Where the stream of `channel` remembers a publish's idempotency `key`. The key
+    /// follows the hash tag, so whatever it holds does not change the slot.
+    pub fn stream_idempotency(&self, channel: &Channel, key: &str) -> Option<String> {
+        self.stream_key("i", channel).map(|k| format!("{k}:{key}"))
+    }
+
+    /// `ns:h{role}u:{U}` or `ns:h{role}t:{T}`: the kind letter keeps a user and a topic of
+    /// the same name apart, the braces keep the channel's slot.
+    fn stream_key(&self, role: &str, channel: &Channel) -> Option<String> {
+        match channel {
+            Channel::User(u) => Some(format!("{}:h{role}u:{{{u}}}", self.ns)),
+            Channel::Topic(t) => Some(format!("{}:h{role}t:{{{t}}}", self.ns)),
+            Channel::Pod(_) | Channel::Broadcast => None,
+        }
+    }
+
     /// The pub/sub channel for `channel`.
     pub fn channel(&self, channel: &Channel) -> String {
         match channel {
@@ -100,5 +132,33 @@ mod tests {
         assert_eq!(k.pod_sessions("p1"), "ns:pod:{p1}:sessions");
         assert_eq!(k.channel(&Channel::User("alice".into())), "ns:cu:{alice}");
         assert_eq!(k.channel(&Channel::Broadcast), "ns:call");
+    }
+
+    #[test]
+    fn a_streams_keys_share_its_channels_hash_tag() {
+        let k = Keyspace::new("ns");
+        let user = Channel::User("alice".into());
+        let topic = Channel::Topic("alice".into());
+        assert_eq!(k.stream_meta(&user).as_deref(), Some("ns:hmu:{alice}"));
+        assert_eq!(k.stream_history(&user).as_deref(), Some("ns:hlu:{alice}"));
+        assert_eq!(
+            k.stream_idempotency(&user, "{x}:y").as_deref(),
+            Some("ns:hiu:{alice}:{x}:y")
+        );
+        assert_eq!(k.stream_meta(&topic).as_deref(), Some("ns:hmt:{alice}"));
+        assert_eq!(k.stream_history(&topic).as_deref(), Some("ns:hlt:{alice}"));
+        assert_eq!(
+            k.stream_idempotency(&topic, "k").as_deref(),
+            Some("ns:hit:{alice}:k")
+        );
+        for channel in [&user, &topic] {
+            let slot = |key: Option<String>| key.map(|k| fred::util::redis_keyslot(k.as_bytes()));
+            let want = slot(Some(k.channel(channel)));
+            assert_eq!(slot(k.stream_meta(channel)), want);
+            assert_eq!(slot(k.stream_history(channel)), want);
+            assert_eq!(slot(k.stream_idempotency(channel, "}{k}")), want);
+        }
+        assert_eq!(k.stream_meta(&Channel::Pod("p".into())), None);
+        assert_eq!(k.stream_history(&Channel::Broadcast), None);
     }
 }

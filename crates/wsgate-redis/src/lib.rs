@@ -5,6 +5,8 @@
 //!   spreads over shards), a broadcast channel, a versioned protobuf envelope encoded once
 //!   per send and decoded once per pod, batched resubscription after a reconnect, and a
 //!   pub/sub self-probe that catches a subscriber connection that is silently dead.
+//!   Streams with history on user and topic channels are one Lua script per publish (next
+//!   offset, kept message, publish: one atomic step) and one per read (`streams`).
 //! - [`RedisRegistry`]: sessions, topic memberships and pods, with per-pod liveness keys
 //!   (O(1) work per pod per interval), so a pod that dies without cleanup drops out of
 //!   presence by itself and its leftovers are reaped by the live pods.
@@ -16,6 +18,7 @@ mod broker;
 mod envelope;
 pub mod keys;
 mod registry;
+mod streams;
 
 use std::time::Duration;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 use wsgate_core::auth::mint_hs256;
-use wsgate_core::backend::{Command, Envelope, Target};
+use wsgate_core::backend::{Command, Envelope, StreamPosition, Target};
 use wsgate_core::ids::SessionId;
 use wsgate_core::protocol::Payload;
 use wsgate_fuzz::FUZZ_SECRET;
@@ -169,12 +169,23 @@ fn envelopes() -> Vec<Bytes> {
         origin: "pod-b".into(),
         target: None,
         command: Some(pb::envelope::Command::Probe(pb::Probe {})),
-        trace_context: String::new(),
+        ..Default::default()
     };
     out.push(probe.encode_to_vec().into());
     let mut v2 = probe;
     v2.version = 2;
     out.push(v2.encode_to_vec().into());
+    // A stream message: its position in the stream_epoch/stream_offset fields.
+    let mut streamed = Envelope::new(
+        "pod-a",
+        Target::Topic("chat.1".into()),
+        Command::Deliver(Payload::Text("kept".into())),
+    );
+    streamed.position = Some(StreamPosition {
+        epoch: "0123456789".into(),
+        offset: 300,
+    });
+    out.push(wsgate_redis::encode(&streamed));
     out
 }
 
