@@ -85,12 +85,13 @@ impl RedisBroker {
         broker.tasks.push(tokio::spawn(receive(
             messages,
             pod_id.to_owned(),
-            inbox,
+            inbox.clone(),
             probe_heard,
         )));
         broker.tasks.push(tokio::spawn(resubscribe_on_reconnect(
             subscriber,
             broker.sub_lock.clone(),
+            Arc::downgrade(&inbox),
         )));
 
         // The pod channel carries session sends and this pod's probes.
@@ -112,6 +113,7 @@ impl RedisBroker {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let prober = ProbeLoop {
+            inbox: Arc::downgrade(&inbox),
             publisher: broker.publisher.clone(),
             subscriber: broker.subscriber.clone(),
             sub_lock: broker.sub_lock.clone(),
@@ -222,6 +224,7 @@ async fn receive(
 async fn resubscribe_on_reconnect(
     subscriber: SubscriberClient,
     sub_lock: Arc<tokio::sync::Mutex<()>>,
+    inbox: std::sync::Weak<dyn Inbox>,
 ) {
     let mut reconnects = subscriber.reconnect_rx();
     loop {
@@ -232,6 +235,10 @@ async fn resubscribe_on_reconnect(
                     tracing::warn!(%server, error = %e, "resubscribe after reconnect failed");
                 } else {
                     tracing::info!(%server, "resubscribed after reconnect");
+                    // What was published while the connection was down never arrived.
+                    if let Some(inbox) = inbox.upgrade() {
+                        inbox.resubscribed();
+                    }
                 }
             }
             Err(RecvError::Lagged(_)) => continue,
@@ -263,6 +270,7 @@ async fn resubscribe(subscriber: &SubscriberClient) -> Result<(), Error> {
 /// the bound while publishing works, the subscriptions themselves are gone (a resubscribe
 /// that failed, a server that dropped them), so everything is subscribed again.
 struct ProbeLoop {
+    inbox: std::sync::Weak<dyn Inbox>,
     publisher: Client,
     subscriber: SubscriberClient,
     sub_lock: Arc<tokio::sync::Mutex<()>>,
@@ -293,8 +301,13 @@ impl ProbeLoop {
                 last_repair = Instant::now();
                 tracing::warn!("pub/sub self-probe not heard: subscribing every channel again");
                 let _serial = self.sub_lock.lock().await;
-                if let Err(e) = resubscribe(&self.subscriber).await {
-                    tracing::warn!(error = %e, "resubscribe for the self-probe failed");
+                match resubscribe(&self.subscriber).await {
+                    Err(e) => tracing::warn!(error = %e, "resubscribe for the self-probe failed"),
+                    Ok(()) => {
+                        if let Some(inbox) = self.inbox.upgrade() {
+                            inbox.resubscribed();
+                        }
+                    }
                 }
             }
         }

@@ -32,12 +32,20 @@ struct HubInbox {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     pod_id: String,
+    /// Bumped when the broker may have missed envelopes; sessions then catch their
+    /// streams up from history.
+    resync: tokio::sync::watch::Sender<u64>,
 }
 
 /// Session ids listed on a delivery span (the count is always recorded).
 const TRACED_SESSIONS: usize = 16;
 
 impl Inbox for HubInbox {
+    fn resubscribed(&self) {
+        tracing::info!("broker resubscribed: sessions catch their streams up from history");
+        self.resync.send_modify(|generation| *generation += 1);
+    }
+
     fn deliver(&self, envelope: Arc<Envelope>) {
         self.metrics.broker_received.inc();
         // The delivery span continues the sender's trace, from the envelope.
@@ -138,7 +146,7 @@ pub struct Node {
     /// lost them.
     records: Mutex<HashMap<SessionId, SessionRecord>>,
     /// Keeps the inbox alive: brokers hold it weakly.
-    _inbox: Arc<HubInbox>,
+    inbox: Arc<HubInbox>,
 }
 
 impl Node {
@@ -190,6 +198,7 @@ impl Node {
             hub: hub.clone(),
             metrics: metrics.clone(),
             pod_id: pod_id.clone(),
+            resync: tokio::sync::watch::Sender::new(0),
         });
         let broker = make_broker(inbox.clone()).await?;
         let node = Arc::new(Self {
@@ -202,7 +211,7 @@ impl Node {
             gauge: Arc::new(ConnectionGauge::new()),
             broker,
             registry,
-            _inbox: inbox,
+            inbox,
         });
         // The pod channel carries session-addressed sends; broadcast reaches every pod.
         node.subscriptions
@@ -312,6 +321,17 @@ impl Node {
             tracing::warn!(session = %record.session_id, topic, error = %e, "registry unsubscribe failed");
         }
         true
+    }
+
+    /// Changes whenever the broker may have missed envelopes (see
+    /// [`Inbox::resubscribed`]): sessions then catch their streams up from history.
+    pub fn resyncs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inbox.resync.subscribe()
+    }
+
+    /// Tells every session to catch its streams up, as after a broker reconnect.
+    pub fn resync(&self) {
+        self.inbox.resubscribed();
     }
 
     /// The history policy of the stream `channel` is, if it keeps history: a topic that

@@ -170,6 +170,11 @@ impl HistoryPage {
 pub trait Inbox: Send + Sync + 'static {
     /// An envelope arrived on a channel this pod subscribes to.
     fn deliver(&self, envelope: Arc<Envelope>);
+
+    /// The broker's subscriptions were lost and have just been made again (a reconnect,
+    /// or a self-probe that went unheard): envelopes published meanwhile never arrived.
+    /// Streams with history can catch up from their history; the rest is gone.
+    fn resubscribed(&self) {}
 }
 
 /// Routes envelopes between pods.

@@ -312,6 +312,8 @@ struct Session<S> {
     /// How many queued pushes were already waiting when the latest join finished: they
     /// may repeat what its history read covered.
     settling: usize,
+    /// Changes when the broker may have missed pushes: tracked streams catch up.
+    resync: tokio::sync::watch::Receiver<u64>,
     record: SessionRecord,
     tally: Tally,
     /// Unregisters the session however the task ends.
@@ -334,6 +336,7 @@ where
             cleanup,
         } = registered;
         let node = cleanup.node.clone();
+        let resync = node.resyncs();
         Self {
             ws,
             ctx,
@@ -344,6 +347,7 @@ where
             outbound,
             cursors: streams::Cursors::new(),
             settling: 0,
+            resync,
             record,
             cleanup,
             pong_deadline: None,
@@ -412,6 +416,7 @@ where
                 () = self.handle.closing().cancelled() => Flow::Stop(self.requested_close()),
                 () = sleep_until_opt(self.pong_deadline) => close::NO_PONG.into(),
                 () = sleep_until_opt(self.token_deadline) => close::TOKEN_EXPIRY.into(),
+                Ok(()) = self.resync.changed(), if !self.cursors.is_empty() => self.catch_up().await,
                 frame = self.outbound.recv() => match frame {
                     Some(frame) => self.flush_queue(frame).await,
                     None => close::UNEXPLAINED.into(),

@@ -132,6 +132,38 @@ pub(super) fn join(page: HistoryPage, since: Option<&StreamPosition>) -> Join {
     }
 }
 
+/// What a tracked stream needs after the broker may have missed pushes.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum CatchUp {
+    /// Nothing was missed.
+    Current,
+    /// These were missed, oldest first: send them.
+    Replay(Vec<StreamEntry>),
+    /// The stream cannot be vouched for (another epoch, or what was missed is gone).
+    Reset,
+}
+
+/// Compares a cursor with the stream's history read after its last offset.
+pub(super) fn catch_up(cursor: &Cursor, page: HistoryPage) -> CatchUp {
+    let at = StreamPosition {
+        epoch: cursor.epoch.clone(),
+        offset: cursor.last,
+    };
+    if !page.recovers(&at) {
+        return CatchUp::Reset;
+    }
+    let missed: Vec<StreamEntry> = page
+        .entries
+        .into_iter()
+        .filter(|e| e.offset > cursor.last)
+        .collect();
+    if missed.is_empty() {
+        CatchUp::Current
+    } else {
+        CatchUp::Replay(missed)
+    }
+}
+
 /// The frames that replay `entries` of `topic` (`None`: the user stream).
 pub(super) fn replay_frames(entries: &[StreamEntry], topic: Option<&str>) -> (Vec<Message>, u64) {
     let mut messages = Vec::with_capacity(entries.len());
@@ -203,6 +235,50 @@ where
         };
         self.settling = self.outbound.len();
         flow
+    }
+
+    /// Catches every tracked stream up from its history: the broker may have missed
+    /// pushes (it reconnected, or its subscriptions were repaired). What is queued by the
+    /// end may repeat what was sent here, like after a join.
+    pub(super) async fn catch_up(&mut self) -> Flow {
+        self.resync.borrow_and_update();
+        let keys: Vec<StreamKey> = self.cursors.keys().cloned().collect();
+        for key in keys {
+            let Some(cursor) = self.cursors.get(&key).cloned() else {
+                continue;
+            };
+            let channel = match &key {
+                Some(topic) => Channel::Topic(topic.clone()),
+                None => Channel::User(self.ctx.user_id.clone()),
+            };
+            let page = match self.node.read_stream(&channel, cursor.last, None).await {
+                Ok(Some(page)) => page,
+                Ok(None) => continue,
+                Err(e) => {
+                    // Still away: the next resubscription tries again.
+                    tracing::warn!(session = %self.ctx.session_id, error = %e, "stream catch-up failed");
+                    continue;
+                }
+            };
+            let flow = match catch_up(&cursor, page) {
+                CatchUp::Current => Flow::Continue,
+                CatchUp::Reset => self.reset_stream(key).await,
+                CatchUp::Replay(missed) => {
+                    let last = missed.last().map_or(cursor.last, |e| e.offset);
+                    self.node.metrics.replayed.inc_by(missed.len() as u64);
+                    let (messages, bytes) = replay_frames(&missed, key.as_deref());
+                    if let Some(c) = self.cursors.get_mut(&key) {
+                        c.last = last;
+                    }
+                    self.send_counted(messages, bytes).await
+                }
+            };
+            if let Flow::Stop(exit) = flow {
+                return Flow::Stop(exit);
+            }
+        }
+        self.settling = self.outbound.len();
+        Flow::Continue
     }
 
     /// The session can no longer vouch for a stream: a topic is dropped (the client
@@ -350,6 +426,37 @@ mod tests {
         };
         assert_eq!(cursor.admit(&other, true), Admit::Reset);
         assert_eq!(cursor.admit(&at(4), false), Admit::Send);
+    }
+
+    #[test]
+    fn catching_up_replays_what_was_missed_or_resets() {
+        let cursor = Cursor {
+            epoch: "e".into(),
+            last: 3,
+        };
+        assert_eq!(catch_up(&cursor, page("e", 1, 3)), CatchUp::Current);
+        let CatchUp::Replay(missed) = catch_up(&cursor, page("e", 1, 6)) else {
+            panic!("offsets 4 to 6 were missed");
+        };
+        assert_eq!(
+            missed.iter().map(|e| e.offset).collect::<Vec<_>>(),
+            [4, 5, 6]
+        );
+        assert_eq!(
+            catch_up(&cursor, page("e", 5, 9)),
+            CatchUp::Reset,
+            "4 is gone"
+        );
+        assert_eq!(
+            catch_up(&cursor, page("f", 1, 6)),
+            CatchUp::Reset,
+            "another epoch"
+        );
+        assert_eq!(
+            catch_up(&cursor, page("e", 1, 2)),
+            CatchUp::Reset,
+            "the stream went back"
+        );
     }
 
     #[test]

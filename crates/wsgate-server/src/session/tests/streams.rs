@@ -313,3 +313,29 @@ async fn another_epoch_on_the_user_stream_closes_with_3010() {
     s.closed_by_server(close::INSUFFICIENT_STATE, close::STREAM_RESET.reason)
         .await;
 }
+
+#[tokio::test]
+async fn after_a_broker_resubscription_a_stream_catches_up_from_history() {
+    let node = node_with(rules(10, 0)).await;
+    let mut s = start(&node, context("alice"), params()).await;
+    s.welcomed().await;
+    joined(&mut s, "chat.c").await;
+    publish(&node, Target::Topic("chat.c".into()), "seen").await;
+    assert_eq!(pushes(&mut s, 1).await, [(1, "seen".to_owned())]);
+    // Lost on the way, as when the broker's connection was down: the hub does not
+    // deliver it, but the stream keeps it.
+    assert_eq!(node.hub.unsubscribe(&s.id, "chat.c"), Some(true));
+    publish(&node, Target::Topic("chat.c".into()), "missed").await;
+    node.hub.subscribe(&s.id, "chat.c");
+    assert_silent_session(&mut s).await;
+    node.resync();
+    assert_eq!(pushes(&mut s, 1).await, [(2, "missed".to_owned())]);
+    // And live again after it, without a repeat.
+    publish(&node, Target::Topic("chat.c".into()), "live").await;
+    assert_eq!(pushes(&mut s, 1).await, [(3, "live".to_owned())]);
+}
+
+async fn assert_silent_session(s: &mut Running) {
+    let next = tokio::time::timeout(Duration::from_millis(200), s.client.next()).await;
+    assert!(next.is_err(), "nothing arrives before the resync: {next:?}");
+}
