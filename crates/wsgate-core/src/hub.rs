@@ -41,6 +41,9 @@ pub struct StreamMark {
     pub topic: Option<String>,
     /// The message's place in the stream.
     pub position: StreamPosition,
+    /// The message's id, which tells a repeat of a message from another message that
+    /// took the same offset (a stream that went back).
+    pub id: String,
     /// The frame that announces a binary push's offset, written just before it.
     pub announce: Option<OutFrame>,
 }
@@ -352,6 +355,7 @@ impl Hub {
                             mark: Some(Arc::new(StreamMark {
                                 topic: topic.map(str::to_owned),
                                 position: position.clone(),
+                                id: envelope.id.clone(),
                                 announce: push.announce,
                             })),
                         }

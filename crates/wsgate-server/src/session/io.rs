@@ -115,11 +115,9 @@ where
         let mut next = Some(first);
         let mut reset = None;
         while let Some(item) = next.take() {
-            let settling = self.settling > 0;
-            self.settling = self.settling.saturating_sub(1);
             if let Some(mark) = &item.mark {
                 if let Some(cursor) = self.cursors.get_mut(&mark.topic) {
-                    match cursor.admit(&mark.position, settling) {
+                    match cursor.admit(&mark.position, &mark.id) {
                         Admit::Send => {}
                         Admit::Duplicate => {
                             next = self.next_queued(batch.len());

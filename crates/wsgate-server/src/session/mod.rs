@@ -309,9 +309,6 @@ struct Session<S> {
     outbound: mpsc::Receiver<Outbound>,
     /// Streams with history the session tracks (joined topics, the user stream).
     cursors: streams::Cursors,
-    /// How many queued pushes were already waiting when the latest join finished: they
-    /// may repeat what its history read covered.
-    settling: usize,
     /// Changes when the broker may have missed pushes: tracked streams catch up.
     resync: tokio::sync::watch::Receiver<u64>,
     record: SessionRecord,
@@ -346,7 +343,6 @@ where
             handle,
             outbound,
             cursors: streams::Cursors::new(),
-            settling: 0,
             resync,
             record,
             cleanup,

@@ -7,12 +7,14 @@
 //! replay already covered is dropped, the rest follows in order. The session loop does
 //! not read the queue while it handles a join, so the queue itself is the join buffer.
 //!
-//! Live, a [`Cursor`] holds the epoch and the last offset sent per stream. Duplicates are
-//! expected only among the pushes that were already queued when a join finished (they
-//! were published while it read the history); later, an offset at or below the last one
-//! means the stream went back (Redis lost writes it had acknowledged), which is treated
-//! like a push from another epoch or one that skips an offset: the session can no longer
-//! vouch for the stream. A topic is then dropped with `insufficient_state` (the client
+//! Live, a [`Cursor`] holds the epoch and the last offset sent per stream. Repeats are
+//! expected only of messages the join's history read already covered (published before
+//! the read, delivered live after it: pub/sub delivers them in offset order, so only
+//! until the first newer one); the cursor knows the ids of what it replayed, so a repeat
+//! must be the same message. Any other offset at or below the last one means the stream
+//! went back (Redis lost writes it had acknowledged), which is treated like a push from
+//! another epoch or one that skips an offset: the session can no longer vouch for the
+//! stream. A topic is then dropped with `insufficient_state` (the client
 //! subscribes again with its last offset and recovers from history), the user stream
 //! closes the session with 3010 (the client reconnects with `since`). A gap is never
 //! passed over silently.
@@ -38,6 +40,26 @@ pub(super) struct Cursor {
     pub epoch: String,
     /// The last offset sent (or known to the client).
     pub last: u64,
+    /// The newest offset of the latest history read (join or catch-up): live repeats at
+    /// or below it are expected until a newer message arrives.
+    pub read_top: u64,
+    /// Ids of the messages replayed by that read, by offset: a repeat must match.
+    pub replayed: HashMap<u64, String>,
+}
+
+impl Cursor {
+    /// A cursor after a history read whose newest offset is `top`, having sent `replayed`.
+    fn after_read(epoch: String, top: u64, replayed: &[StreamEntry]) -> Self {
+        Self {
+            epoch,
+            last: top,
+            read_top: top,
+            replayed: replayed
+                .iter()
+                .map(|e| (e.offset, e.envelope.id.clone()))
+                .collect(),
+        }
+    }
 }
 
 /// What to do with a queued push of a tracked stream.
@@ -52,24 +74,33 @@ pub(super) enum Admit {
 }
 
 impl Cursor {
-    /// Decides about a live push at `position`, advancing when it is sent. `settling`:
-    /// the push was queued before the latest join finished, so it may repeat what the
-    /// join's history read covered.
-    pub(super) fn admit(&mut self, position: &StreamPosition, settling: bool) -> Admit {
+    /// Decides about a live push of message `id` at `position`, advancing when it is
+    /// sent.
+    pub(super) fn admit(&mut self, position: &StreamPosition, id: &str) -> Admit {
         if position.epoch != self.epoch {
             return Admit::Reset;
         }
-        if position.offset <= self.last {
-            return if settling {
+        let offset = position.offset;
+        if offset <= self.last {
+            // A repeat of what the latest read covered, while nothing newer came yet; a
+            // replayed message must be the same one.
+            let expected = self.last <= self.read_top
+                && offset <= self.read_top
+                && self.replayed.get(&offset).is_none_or(|known| known == id);
+            return if expected {
                 Admit::Duplicate
             } else {
                 Admit::Reset
             };
         }
-        if position.offset != self.last + 1 {
+        if offset != self.last + 1 {
             return Admit::Reset;
         }
-        self.last = position.offset;
+        self.last = offset;
+        if offset > self.read_top && !self.replayed.is_empty() {
+            // Live beyond the read: no repeat of it can come any more.
+            self.replayed = HashMap::new();
+        }
         Admit::Send
     }
 }
@@ -93,10 +124,7 @@ pub(super) struct Join {
 /// offset, without `since`).
 pub(super) fn join(page: HistoryPage, since: Option<&StreamPosition>) -> Join {
     let position = page.position.clone();
-    let cursor = Cursor {
-        epoch: position.epoch.clone(),
-        last: position.offset,
-    };
+    let cursor = Cursor::after_read(position.epoch.clone(), position.offset, &[]);
     let Some(since) = since else {
         return Join {
             recovered: None,
@@ -115,7 +143,7 @@ pub(super) fn join(page: HistoryPage, since: Option<&StreamPosition>) -> Join {
     } else {
         (false, "trimmed")
     };
-    let replay = if recovered {
+    let replay: Vec<StreamEntry> = if recovered {
         page.entries
             .into_iter()
             .filter(|e| e.offset > since.offset)
@@ -126,8 +154,8 @@ pub(super) fn join(page: HistoryPage, since: Option<&StreamPosition>) -> Join {
     Join {
         recovered: Some(recovered),
         reason,
+        cursor: Cursor::after_read(position.epoch.clone(), position.offset, &replay),
         replay,
-        cursor,
         position,
     }
 }
@@ -223,23 +251,18 @@ where
         Ok(Some(join))
     }
 
-    /// Sends the replay of a join and starts tracking its stream. What is queued by now
-    /// may repeat the replay: those pushes are the settling ones.
+    /// Sends the replay of a join and starts tracking its stream.
     pub(super) async fn replay(&mut self, key: StreamKey, join: Join) -> Flow {
         let (messages, bytes) = replay_frames(&join.replay, key.as_deref());
         self.cursors.insert(key, join.cursor);
-        let flow = if messages.is_empty() {
-            Flow::Continue
-        } else {
-            self.send_counted(messages, bytes).await
-        };
-        self.settling = self.outbound.len();
-        flow
+        if messages.is_empty() {
+            return Flow::Continue;
+        }
+        self.send_counted(messages, bytes).await
     }
 
     /// Catches every tracked stream up from its history: the broker may have missed
-    /// pushes (it reconnected, or its subscriptions were repaired). What is queued by the
-    /// end may repeat what was sent here, like after a join.
+    /// pushes (it reconnected, or its subscriptions were repaired).
     pub(super) async fn catch_up(&mut self) -> Flow {
         self.resync.borrow_and_update();
         let keys: Vec<StreamKey> = self.cursors.keys().cloned().collect();
@@ -260,16 +283,15 @@ where
                     continue;
                 }
             };
+            let top = page.position.offset;
             let flow = match catch_up(&cursor, page) {
                 CatchUp::Current => Flow::Continue,
                 CatchUp::Reset => self.reset_stream(key).await,
                 CatchUp::Replay(missed) => {
-                    let last = missed.last().map_or(cursor.last, |e| e.offset);
                     self.node.metrics.replayed.inc_by(missed.len() as u64);
                     let (messages, bytes) = replay_frames(&missed, key.as_deref());
-                    if let Some(c) = self.cursors.get_mut(&key) {
-                        c.last = last;
-                    }
+                    let caught_up = Cursor::after_read(cursor.epoch.clone(), top, &missed);
+                    self.cursors.insert(key, caught_up);
                     self.send_counted(messages, bytes).await
                 }
             };
@@ -277,7 +299,6 @@ where
                 return Flow::Stop(exit);
             }
         }
-        self.settling = self.outbound.len();
         Flow::Continue
     }
 
@@ -326,6 +347,7 @@ mod tests {
                     Target::Topic("t".into()),
                     Command::Deliver(Payload::Text(offset.to_string())),
                 );
+                envelope.id = offset.to_string();
                 envelope.position = Some(StreamPosition {
                     epoch: epoch.into(),
                     offset,
@@ -379,20 +401,17 @@ mod tests {
             let join = join(page("e", first_kept, top), Some(&at(since)));
             let mut sent: Vec<u64> = join.replay.iter().map(|e| e.offset).collect();
             let mut cursor = join.cursor.clone();
-            // Queued by the end of the join: everything published up to the read's
-            // newest offset (repeats included), and maybe a few more.
+            // Delivered live, in offset order: from some offset up to the read's newest
+            // (which the read also covered; some of them twice, as when the pod
+            // subscribed twice) and on.
             let mut queue = Vec::new();
             for offset in live_from..=n {
                 let copies = if offset <= top && repeats[(offset % 40) as usize] { 2 } else { 1 };
                 queue.extend(std::iter::repeat_n(offset, copies));
             }
-            let mut settling = queue.iter().filter(|&&o| o <= top).count()
-                + usize::from(repeats[0]);
             for offset in queue {
-                let is_settling = settling > 0;
-                settling = settling.saturating_sub(1);
                 {
-                    match cursor.admit(&at(offset), is_settling) {
+                    match cursor.admit(&at(offset), &offset.to_string()) {
                         Admit::Send => sent.push(offset),
                         Admit::Duplicate => {}
                         Admit::Reset => prop_assert!(false, "reset at {offset}"),
@@ -408,32 +427,42 @@ mod tests {
 
     #[test]
     fn the_cursor_resets_on_another_epoch_a_gap_or_a_step_back() {
-        let mut cursor = Cursor {
-            epoch: "e".into(),
-            last: 3,
-        };
-        assert_eq!(cursor.admit(&at(3), true), Admit::Duplicate);
+        // Joined with offsets 2 and 3 replayed; the read's newest was 3.
+        let replayed = page("e", 2, 3).entries;
+        let mut cursor = Cursor::after_read("e".into(), 3, &replayed);
         assert_eq!(
-            cursor.admit(&at(3), false),
-            Admit::Reset,
-            "after the join settled, an old offset means the stream went back"
+            cursor.admit(&at(3), "3"),
+            Admit::Duplicate,
+            "a repeat of the read"
         );
-        assert_eq!(cursor.admit(&at(5), true), Admit::Reset);
+        assert_eq!(
+            cursor.admit(&at(1), "1"),
+            Admit::Duplicate,
+            "before the read"
+        );
+        assert_eq!(
+            cursor.admit(&at(3), "not 3"),
+            Admit::Reset,
+            "another message at a replayed offset: the stream went back"
+        );
+        assert_eq!(cursor.admit(&at(5), "5"), Admit::Reset, "a gap");
         assert_eq!(cursor.last, 3, "a reset does not advance");
         let other = StreamPosition {
             epoch: "f".into(),
             offset: 4,
         };
-        assert_eq!(cursor.admit(&other, true), Admit::Reset);
-        assert_eq!(cursor.admit(&at(4), false), Admit::Send);
+        assert_eq!(cursor.admit(&other, "4"), Admit::Reset, "another epoch");
+        assert_eq!(cursor.admit(&at(4), "4"), Admit::Send);
+        assert_eq!(
+            cursor.admit(&at(3), "3"),
+            Admit::Reset,
+            "after a newer message, an old offset means the stream went back"
+        );
     }
 
     #[test]
     fn catching_up_replays_what_was_missed_or_resets() {
-        let cursor = Cursor {
-            epoch: "e".into(),
-            last: 3,
-        };
+        let cursor = Cursor::after_read("e".into(), 3, &[]);
         assert_eq!(catch_up(&cursor, page("e", 1, 3)), CatchUp::Current);
         let CatchUp::Replay(missed) = catch_up(&cursor, page("e", 1, 6)) else {
             panic!("offsets 4 to 6 were missed");

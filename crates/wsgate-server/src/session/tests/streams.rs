@@ -236,6 +236,7 @@ fn marked(topic: Option<&str>, epoch: &str, offset: u64, text: &str) -> Outbound
                 epoch: epoch.to_owned(),
                 offset,
             },
+            id: text.to_owned(),
             announce: push.announce,
         })),
     }
