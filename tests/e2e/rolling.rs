@@ -4,10 +4,11 @@
 //! reconnect after 1001 with full-jitter exponential backoff) to pod B, and a
 //! `SendToUser` through B afterwards reaches every one of them. A exits 0.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
+use wsgate_tests::jitter::Jitter;
 use wsgate_tests::pods::Pod;
 use wsgate_tests::redis::RedisServer;
 use wsgate_tests::*;
@@ -21,35 +22,6 @@ const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// Attempts before a client gives up (the test then fails).
 const MAX_ATTEMPTS: u32 = 8;
-
-/// A small xorshift generator: each client draws its own jitter.
-struct Jitter(u64);
-
-impl Jitter {
-    fn new(seed: u64) -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
-        Self((nanos ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1)
-    }
-
-    /// Uniform in [0, 1).
-    fn next_f64(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// `random(0, min(cap, base * 2^attempt))`: full jitter.
-    fn backoff(&mut self, attempt: u32) -> Duration {
-        let ceiling = BACKOFF_BASE
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(BACKOFF_CAP);
-        ceiling.mul_f64(self.next_f64())
-    }
-}
 
 /// What one client saw.
 struct Outcome {
@@ -94,7 +66,7 @@ async fn client(user: String, mut ws: Ws, other_pod: String, seed: u64) -> Outco
         [1001, 1006, 1011, 3001, 3008].contains(&code),
         "{user}: close code {code} ({reason:?}) is not one the contract reconnects after"
     );
-    let mut jitter = Jitter::new(seed);
+    let mut jitter = Jitter::new(seed, BACKOFF_BASE, BACKOFF_CAP);
     let mut waited = Duration::ZERO;
     let mut attempt = 0;
     loop {

@@ -12,12 +12,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 use wsgate_proto::pb;
+use wsgate_tests::jitter::Jitter;
 use wsgate_tests::pods::Pod;
 use wsgate_tests::redis::RedisServer;
 use wsgate_tests::*;
@@ -57,32 +58,6 @@ impl Cluster {
     }
 }
 
-/// A small xorshift for each client's jitter.
-struct Jitter(u64);
-
-impl Jitter {
-    fn new(seed: u64) -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
-        Self((nanos ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1)
-    }
-
-    /// Full jitter: `random(0, min(1 s, 50 ms * 2^attempt))` (the contract's shape,
-    /// scaled down so the test stays short).
-    fn backoff(&mut self, attempt: u32) -> Duration {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        let unit = (self.0 >> 11) as f64 / (1u64 << 53) as f64;
-        Duration::from_millis(50)
-            .saturating_mul(1u32 << attempt.min(10))
-            .min(Duration::from_secs(1))
-            .mul_f64(unit)
-    }
-}
-
 /// What one client received, over all its sessions.
 #[derive(Default)]
 struct Seen {
@@ -107,7 +82,8 @@ async fn client(
 ) -> Seen {
     let user = format!("u{i}");
     let mut seen = Seen::default();
-    let mut jitter = Jitter::new(i as u64);
+    // The contract's shape, scaled down so the test stays short.
+    let mut jitter = Jitter::new(i as u64, Duration::from_millis(50), Duration::from_secs(1));
     let mut topic_pos: Option<(String, u64)> = None;
     let mut user_pos: Option<(String, u64)> = None;
     let mut attempt = 0u32;

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 pub mod hostile;
+pub mod jitter;
 pub mod pods;
 pub mod recorder;
 pub mod redis;

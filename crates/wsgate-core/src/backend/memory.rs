@@ -119,6 +119,16 @@ impl MemoryBus {
         }
     }
 
+    /// The inboxes of the pods subscribed to `channel`, collected first: an inbox never
+    /// runs under the channels lock.
+    fn inboxes(&self, channel: &Channel) -> Vec<Arc<dyn Inbox>> {
+        self.channels
+            .read()
+            .get(channel)
+            .map(|pods| pods.values().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default()
+    }
+
     /// How many pods are subscribed to `channel` (for tests of the routing property).
     pub fn subscribers(&self, channel: &Channel) -> usize {
         self.channels.read().get(channel).map_or(0, HashMap::len)
@@ -160,15 +170,7 @@ impl Broker for MemoryBroker {
         channel: &Channel,
         envelope: Arc<Envelope>,
     ) -> Result<(), BackendError> {
-        // Collect first: an inbox must never run under the bus lock.
-        let inboxes: Vec<Arc<dyn Inbox>> = self
-            .bus
-            .channels
-            .read()
-            .get(channel)
-            .map(|pods| pods.values().filter_map(Weak::upgrade).collect())
-            .unwrap_or_default();
-        for inbox in inboxes {
+        for inbox in self.bus.inboxes(channel) {
             inbox.deliver(envelope.clone());
         }
         Ok(())
@@ -212,16 +214,9 @@ impl Broker for MemoryBroker {
         }
         stream.expires = now + policy.ttl;
         let published = Arc::new(published);
-        let inboxes: Vec<Arc<dyn Inbox>> = self
-            .bus
-            .channels
-            .read()
-            .get(channel)
-            .map(|pods| pods.values().filter_map(Weak::upgrade).collect())
-            .unwrap_or_default();
         // Delivered under the streams lock: the next publish to any stream waits, so
         // offsets reach every inbox in order.
-        for inbox in inboxes {
+        for inbox in self.bus.inboxes(channel) {
             inbox.deliver(published.clone());
         }
         Ok(Appended {
