@@ -39,13 +39,18 @@ fn pod_env() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-/// The pods' addresses as they are now (a restarted pod gets new ports).
+/// The pods' addresses as they are now (a restarted pod gets new ports), and one gRPC
+/// channel per pod for the publisher (HTTP/2 multiplexes the calls: a connection per
+/// message would make the publisher, not the gateway, the bottleneck on two cores).
 #[derive(Clone, Default)]
-struct Cluster(Arc<Mutex<Vec<(SocketAddr, SocketAddr)>>>);
+struct Cluster {
+    pods: Arc<Mutex<Vec<(SocketAddr, SocketAddr)>>>,
+    channels: Arc<Mutex<HashMap<SocketAddr, tonic::transport::Channel>>>,
+}
 
 impl Cluster {
     fn set(&self, index: usize, pod: &Pod) {
-        let mut pods = self.0.lock();
+        let mut pods = self.pods.lock();
         if pods.len() <= index {
             pods.resize(index + 1, (pod.http, pod.grpc));
         }
@@ -53,8 +58,23 @@ impl Cluster {
     }
 
     fn pick(&self, n: usize) -> (SocketAddr, SocketAddr) {
-        let pods = self.0.lock();
+        let pods = self.pods.lock();
         pods[n % pods.len()]
+    }
+
+    /// The channel to the control plane at `addr` (connected lazily, kept).
+    fn channel(&self, addr: SocketAddr) -> tonic::transport::Channel {
+        self.channels
+            .lock()
+            .entry(addr)
+            .or_insert_with(|| {
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .connect_timeout(Duration::from_millis(500))
+                    .timeout(Duration::from_secs(2))
+                    .connect_lazy()
+            })
+            .clone()
     }
 }
 
@@ -211,17 +231,14 @@ async fn client(
 /// it is accepted; returns its offset.
 async fn send_once(cluster: &Cluster, k: usize) -> (String, u64) {
     let key = format!("k{k}");
-    for attempt in 0..200usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for attempt in 0.. {
+        assert!(
+            Instant::now() < deadline,
+            "message {k} could not be sent in 60 s"
+        );
         let (_, grpc) = cluster.pick(k + attempt);
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
-            .unwrap()
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(2));
-        let Ok(channel) = channel.connect().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let mut c = pb::gateway_client::GatewayClient::new(channel);
+        let mut c = pb::gateway_client::GatewayClient::new(cluster.channel(grpc));
         let payload = Some(pb::Payload {
             body: Some(text(&format!("m{k}"))),
         });
@@ -250,7 +267,7 @@ async fn send_once(cluster: &Cluster, k: usize) -> (String, u64) {
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
-    panic!("message {k} could not be sent in 200 attempts");
+    unreachable!("the loop only ends by returning or by the deadline's assertion")
 }
 
 enum Disruption {
@@ -298,12 +315,16 @@ async fn run(disruption: Disruption, messages: usize) {
         let want = want.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(EVERY);
+            // At most this many calls in flight: a slow moment cannot pile up retries.
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(64));
             let mut sends = Vec::new();
             for k in 0..messages {
                 tick.tick().await;
                 let cluster = cluster.clone();
                 let want = want.clone();
+                let permit = in_flight.clone().acquire_owned().await.unwrap();
                 sends.push(tokio::spawn(async move {
+                    let _permit = permit;
                     let (stream, offset) = send_once(&cluster, k).await;
                     let mut want = want.lock();
                     let top = want.entry(stream).or_insert(0);
@@ -399,12 +420,19 @@ async fn run(disruption: Disruption, messages: usize) {
     drop((a, b));
 }
 
+/// However the run goes, it ends: a stuck run fails instead of holding the suite.
+const WHOLE_RUN: Duration = Duration::from_secs(240);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rolling_upgrade_loses_no_message() {
-    run(Disruption::RollingUpgrade, 3000).await;
+    tokio::time::timeout(WHOLE_RUN, run(Disruption::RollingUpgrade, 3000))
+        .await
+        .expect("the rolling upgrade run finishes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pod_killed_under_load_loses_no_message() {
-    run(Disruption::Kill, 1600).await;
+    tokio::time::timeout(WHOLE_RUN, run(Disruption::Kill, 1600))
+        .await
+        .expect("the pod kill run finishes");
 }
