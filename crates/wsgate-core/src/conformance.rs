@@ -13,8 +13,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::backend::{
-    Broker, Channel, Command, Envelope, HistoryPolicy, Idempotency, Inbox, Liveness, Registry,
-    SessionRecord, StreamPosition, Target,
+    Appended, Broker, Channel, Command, Envelope, HistoryPolicy, Idempotency, Inbox, Liveness,
+    Registry, SessionRecord, StreamPosition, Target,
 };
 use crate::ids::SessionId;
 use crate::protocol::Payload;
@@ -323,6 +323,21 @@ fn policy(size: usize, ttl_ms: u64) -> HistoryPolicy {
     }
 }
 
+/// Publishes text `body` to the stream of `channel`.
+async fn append(
+    broker: &Arc<dyn Broker>,
+    channel: &Channel,
+    body: &str,
+    policy: &HistoryPolicy,
+    idempotency: Option<&Idempotency>,
+) -> Appended {
+    let envelope = text("suite", Target::Topic("t".into()), body);
+    broker
+        .publish_stream(channel, envelope, policy, idempotency)
+        .await
+        .unwrap()
+}
+
 /// The next `n` envelopes of `pod`, with their offsets.
 async fn offsets(pod: &mut TestPod, n: usize) -> Vec<u64> {
     let mut got = Vec::with_capacity(n);
@@ -466,26 +481,8 @@ where
         key: "order-7".into(),
         window: Duration::from_millis(400),
     };
-    let first = a
-        .broker
-        .publish_stream(
-            &idem_topic,
-            text(&a.id, Target::Topic("t".into()), "x"),
-            &keep,
-            Some(&key),
-        )
-        .await
-        .unwrap();
-    let repeat = b
-        .broker
-        .publish_stream(
-            &idem_topic,
-            text(&b.id, Target::Topic("t".into()), "x"),
-            &keep,
-            Some(&key),
-        )
-        .await
-        .unwrap();
+    let first = append(&a.broker, &idem_topic, "x", &keep, Some(&key)).await;
+    let repeat = append(&b.broker, &idem_topic, "x", &keep, Some(&key)).await;
     assert!(!first.duplicate);
     assert!(repeat.duplicate);
     assert_eq!(repeat.position, first.position);
@@ -493,30 +490,12 @@ where
         key: "order-8".into(),
         window: key.window,
     };
-    let second = a
-        .broker
-        .publish_stream(
-            &idem_topic,
-            text(&a.id, Target::Topic("t".into()), "y"),
-            &keep,
-            Some(&other),
-        )
-        .await
-        .unwrap();
+    let second = append(&a.broker, &idem_topic, "y", &keep, Some(&other)).await;
     assert_eq!(second.position.offset, first.position.offset + 1);
     assert_eq!(offsets(&mut a, 2).await, [1, 2]);
     a.assert_nothing_else("idem").await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let later = b
-        .broker
-        .publish_stream(
-            &idem_topic,
-            text(&b.id, Target::Topic("t".into()), "x"),
-            &keep,
-            Some(&key),
-        )
-        .await
-        .unwrap();
+    let later = append(&b.broker, &idem_topic, "x", &keep, Some(&key)).await;
     assert!(!later.duplicate, "the window is over");
     assert_eq!(later.position.offset, 3);
     assert_eq!(offsets(&mut a, 1).await, [3]);
@@ -524,16 +503,7 @@ where
     // A stream is forgotten `ttl` after its last publish: a new epoch starts at 0.
     let brief = policy(10, 300);
     let fleeting = Channel::Topic(unique("ttl"));
-    let before = a
-        .broker
-        .publish_stream(
-            &fleeting,
-            text(&a.id, Target::Topic("t".into()), "z"),
-            &brief,
-            None,
-        )
-        .await
-        .unwrap();
+    let before = append(&a.broker, &fleeting, "z", &brief, None).await;
     tokio::time::sleep(Duration::from_millis(900)).await;
     let after = a
         .broker
