@@ -24,7 +24,7 @@ export class Emitter<Events extends object> {
       } catch (e) {
         setTimeout(() => {
           throw e;
-        });
+        }, 0);
       }
     }
   }
