@@ -36,7 +36,7 @@ export interface SubscribeOptions {
   since?: StreamPosition;
 }
 
-/** What a subscription needs from its client. */
+/** @internal What a subscription needs from its client. */
 export interface Channel {
   /** Sends an op when connected; `onError` gets an error reply to it. */
   request(op: object, onError: (e: WsgateError) => void): boolean;
@@ -86,7 +86,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     this.end("unsubscribe", "unsubscribed");
   }
 
-  /** A fresh `ready` promise, marked handled so that nobody awaiting it is no error. */
+  /** A fresh `ready` promise, marked handled: a rejection nobody awaits is not an unhandled one. */
   private arm(): void {
     this.ready = new Promise((resolve, reject) => (this.settle = [resolve, reject]));
     this.ready.catch(() => {});
