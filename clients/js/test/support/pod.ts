@@ -153,6 +153,12 @@ export class Pod {
     return this.cli(["send", "--user", user, ...(options.json ? ["--json"] : []), "--", text]);
   }
 
+  /** `wsgate presence`: one line per live session of `user`, cluster-wide (`ID  pod=NAME  …`). */
+  async presence(user: string): Promise<string[]> {
+    const out = await this.cli(["presence", user]);
+    return out.split("\n").filter((line) => / pod=/.test(line));
+  }
+
   private async cli(args: string[]): Promise<string> {
     const [command, ...rest] = args;
     const { stdout } = await run(wsgateBinary(), [command!, "--grpc", `127.0.0.1:${this.grpc}`, ...rest], {
