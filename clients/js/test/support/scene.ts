@@ -1,7 +1,8 @@
 /**
  * One end-to-end test's world: the Redis, pods, proxy and clients it starts are stopped
  * when the test ends (last made, first stopped), and when the test fails the pods' logs
- * and the clients' event logs are printed, so that a failure explains itself.
+ * and the clients' event logs are printed, so that a failure explains itself (with
+ * `E2E_EXPLAIN=1` also when it passes).
  */
 import { type TestContext, test } from "node:test";
 import WebSocket from "ws";
@@ -79,6 +80,7 @@ export function e2e(name: string, timeoutMs: number, body: (scene: Scene, t: Tes
     const scene = new Scene(t);
     try {
       await body(scene, t);
+      if (process.env.E2E_EXPLAIN) scene.explain();
     } catch (e) {
       scene.explain();
       throw e;
