@@ -4,8 +4,9 @@ import { sleep } from "./wait.js";
 export class Publisher {
   /** How many were published (the call returned). */
   sent = 0;
-  /** Resolves when all were published; rejects when one publish failed. */
+  /** Resolves when all were published (or after `stop()`); rejects when a publish failed. */
   readonly done: Promise<void>;
+  private stopped = false;
 
   /**
    * Publishes `count` messages with `publish(text)`, waiting for each, with `everyMs`
@@ -13,7 +14,7 @@ export class Publisher {
    */
   constructor(count: number, publish: (text: string) => Promise<unknown>, everyMs = 0) {
     this.done = (async () => {
-      for (let n = 0; n < count; n++) {
+      for (let n = 0; n < count && !this.stopped; n++) {
         const started = Date.now();
         await publish(JSON.stringify({ n }));
         this.sent = n + 1;
@@ -22,5 +23,11 @@ export class Publisher {
       }
     })();
     this.done.catch(() => {});
+  }
+
+  /** Publishes nothing after the current one; returns `done`. */
+  stop(): Promise<void> {
+    this.stopped = true;
+    return this.done;
   }
 }
