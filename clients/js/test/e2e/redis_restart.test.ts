@@ -103,3 +103,29 @@ e2e("Redis restarted empty, topic history only: the topic is dropped and subscri
   await sleep(200);
   assert.deepEqual(topic.ns, range(0, N));
 });
+
+e2e("a subscribe while Redis is down: unavailable, retried, made once Redis is back", 30_000, async (scene) => {
+  const redis = await scene.redis();
+  const pod = await scene.pod("a", { redisUrl: redis.url });
+  const [client] = scene.client(pod.wsUrl("max"));
+  client.connect();
+  await waitFor("the welcome", () => client.state === "connected", 5_000);
+  await redis.stop();
+  const sub = client.subscribe("news");
+  const topic = scene.record(sub);
+  let settled = false;
+  sub.ready.then(() => (settled = true));
+  await waitFor("the gateway's unavailable", () => topic.errors.length > 0, 10_000);
+  assert.equal(topic.errors[0]!.code, "unavailable");
+  assert.equal(settled, false, "ready waits for the retry");
+  assert.equal(sub.state, "subscribing");
+
+  await redis.restartEmpty();
+  await sub.ready;
+  assert.ok(topic.errors.every((e) => e.code === "unavailable"), topic.log.join("\n"));
+  assert.deepEqual(topic.unsubscribed, []);
+  await waitFor("the pod to be ready", async () => (await pod.readyz()) === 200, 10_000);
+  await waitFor("a publish", () => pod.publish("news", "back").then(() => true, () => false), 10_000);
+  await waitFor("the push", () => topic.messages.length === 1, 5_000);
+  assert.deepEqual(topic.messages, [{ data: "back", topic: "news" }]);
+});
