@@ -75,3 +75,38 @@ e2e("a static token that expires: 3005, then the client stays closed", 15_000, a
   assert.equal(record.connected.length, 1);
   assert.deepEqual(record.states, ["connecting", "connected", "closed"]);
 });
+
+e2e("a renewal that fails: 3005, a new token, reconnect, and still no message lost", 20_000, async (scene) => {
+  const pod = await scene.pod("a", { jwt: true, env: ENV });
+  let calls = 0;
+  const [client, record] = scene.client(pod.wsUrl(), {
+    getToken: () => {
+      calls++;
+      if (calls === 2) throw new Error("the auth service is down"); // the renewal before exp
+      return token("hal", { topics: ["chat.*"], ttlS: calls === 1 ? 2 : 3600 });
+    },
+  });
+  const sub = client.subscribe("chat.e");
+  const topic = scene.record(sub);
+  client.connect();
+  await sub.ready;
+  const topicPub = new Publisher(10_000, (text) => pod.publish("chat.e", text, { json: true }), 50);
+  const userPub = new Publisher(10_000, (text) => pod.send("hal", text, { json: true }), 50);
+  await waitFor("the 3005 and the reconnect", () => record.connected.length === 2, 6_000);
+  await sleep(500);
+  await Promise.all([topicPub.stop(), userPub.stop()]);
+  const sent = { topic: topicPub.sent, user: userPub.sent };
+  await waitFor("every push", () => topic.ns.length >= sent.topic && record.ns.length >= sent.user, 5_000);
+  await sleep(200);
+
+  assert.deepEqual(topic.ns, range(0, sent.topic));
+  assert.deepEqual(record.ns, range(0, sent.user));
+  assert.equal(calls, 3);
+  assert.deepEqual(record.errors.map((e) => e.code), ["token"]);
+  assert.deepEqual(
+    record.disconnected.map((d) => [d.code, d.reason, d.reconnect]),
+    [[3005, "token expired; reconnect with a new token", true]],
+  );
+  assert.deepEqual(record.recovered, [true]);
+  assert.deepEqual(topic.recovered, [true]);
+});
