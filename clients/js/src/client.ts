@@ -240,7 +240,12 @@ export class Client extends Emitter<ClientEvents> {
 
   private detach(): WebSocketLike | undefined {
     const ws = this.ws;
-    if (ws) ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      // Closing a socket whose handshake is still pending makes it report an error, which
+      // the `ws` package throws (an uncaught exception) when no listener is left.
+      ws.onerror = () => {};
+    }
     this.ws = undefined;
     return ws;
   }

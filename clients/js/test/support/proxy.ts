@@ -9,6 +9,8 @@ import { type Server, type Socket, connect, createServer } from "node:net";
 export class Proxy {
   private next = 0;
   private sockets = new Set<Socket>();
+  /** The client side and the upstream side of every open connection. */
+  private pairs = new Set<[Socket, Socket]>();
   private constructor(
     private server: Server,
     readonly port: number,
@@ -43,10 +45,28 @@ export class Proxy {
       client.on("error", () => upstream.destroy());
       upstream.on("close", () => client.destroy());
       client.on("close", () => upstream.destroy());
+      const pair: [Socket, Socket] = [client, upstream];
+      this.pairs.add(pair);
+      client.once("close", () => this.pairs.delete(pair));
       client.pipe(upstream);
       upstream.pipe(client);
       client.resume();
     });
+  }
+
+  /**
+   * A dead link: the connections open now stay open but carry nothing more in either
+   * direction (no close, no error), as when a network path silently drops packets. New
+   * connections work.
+   */
+  freeze(): void {
+    for (const [client, upstream] of this.pairs) {
+      client.unpipe(upstream);
+      upstream.unpipe(client);
+      client.pause();
+      upstream.pause();
+    }
+    this.pairs.clear();
   }
 
   private track(socket: Socket): void {
