@@ -234,7 +234,10 @@ export class Client extends Emitter<ClientEvents> {
 
   /** Gives a connection up without waiting for the close handshake of a dead socket. */
   private giveUp(reason: string): void {
-    this.detach()?.close();
+    const ws: any = this.detach();
+    // Node's `ws` can drop the connection at once; a browser's socket can only close().
+    if (ws?.terminate) ws.terminate();
+    else ws?.close();
     this.onClose(ABNORMAL, reason);
   }
 

@@ -485,3 +485,19 @@ test("a bad URL is a clear error", () => {
   assert.equal(c.state, "closed");
   assert.match(errors[0]!.message, /cannot open a WebSocket/);
 });
+
+test("a dead socket that can be terminated (Node's ws) is terminated, not closed", () => {
+  class Terminable extends FakeSocket {
+    terminated = false;
+    terminate(): void {
+      this.terminated = true;
+    }
+  }
+  const c = new Client(URL_BASE, { websocket: Terminable, connectTimeoutMs: 1000 });
+  c.connect();
+  const ws = FakeSocket.last() as Terminable;
+  mock.timers.tick(1000);
+  assert.equal(ws.terminated, true);
+  assert.equal(ws.closedWith, undefined);
+  assert.equal(c.state, "disconnected");
+});
