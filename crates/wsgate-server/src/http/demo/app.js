@@ -243,6 +243,7 @@ function connect() {
   const c = new Client(endpoint(query), token ? { token } : {});
   client = c;
   attempts = 0;
+  renderUserStream();
   // Only the current client may change the page.
   const mine = (f) => (v) => client === c && f(v);
   c.on("state", mine(onState));
@@ -271,13 +272,9 @@ function onConnected({ sessionId, userId, heartbeatS }) {
   $("user-id").textContent = userId;
   $("heartbeat").textContent = `${heartbeatS} s (pings answered by the browser)`;
   setState("open", `connected as ${userId}`);
+  system(`Welcome: session ${sessionId}, user ${userId}`);
   // The client takes the welcome's user stream position right after this event.
-  queueMicrotask(() => {
-    if (!client) return;
-    renderUserStream();
-    const at = position(client.position);
-    system(`Welcome: session ${sessionId}, user ${userId}${at ? ` · user stream at ${at}` : ""}`);
-  });
+  queueMicrotask(renderUserStream);
 }
 
 function onDisconnected(info) {
