@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { SECRET } from "./token.js";
-import { freePort, sleep, waitFor } from "./wait.js";
+import { freePort, waitFor } from "./wait.js";
 
 const run = promisify(execFile);
 
@@ -127,7 +127,10 @@ export class Pod {
     if (!child || !this.running) return child?.exitCode ?? null;
     const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
     child.kill("SIGTERM");
-    const code = await Promise.race([exited, sleep(timeoutMs).then(() => "timeout" as const)]);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<"timeout">((resolve) => (timer = setTimeout(() => resolve("timeout"), timeoutMs)));
+    // The timer must not outlive the exit: it would keep the test process alive.
+    const code = await Promise.race([exited, timeout]).finally(() => clearTimeout(timer));
     if (code === "timeout") throw new Error(`pod ${this.name} did not exit within ${timeoutMs} ms of SIGTERM`);
     this.child = undefined;
     return code;
