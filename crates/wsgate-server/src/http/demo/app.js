@@ -195,7 +195,8 @@ function showPush({ data, offset, topic }) {
   $("count").textContent = String(pushCount);
   const entry = { kind: "push", tag: "message", topic, offset };
   if (data instanceof Uint8Array) {
-    Object.assign(entry, { kind: "binary", tag: "binary", text: `${data.byteLength} bytes`, pre: hex(data) || "(empty)" });
+    Object.assign(entry, { kind: "binary", tag: "binary", text: `${data.byteLength} bytes` });
+    entry.pre = hex(data) || "(empty)";
   } else if (typeof data === "string") {
     entry.text = data;
   } else {
@@ -214,7 +215,8 @@ function showRecovery(ok, topic, p) {
     topic,
     text: ok
       ? `The ${stream} recovered: what was missed after offset ${p.offset} follows, then live pushes`
-      : `The ${stream} could not be recovered (its history was lost or trimmed): reload its state from your backend; carrying on from ${position(p)}`,
+      : `The ${stream} could not be recovered (its history was lost or trimmed): ` +
+        `reload its state from your backend; carrying on from ${position(p)}`,
   });
   li.dataset.recovered = String(ok);
 }
@@ -299,7 +301,8 @@ function subscribe(topic) {
   sub.on("subscribed", mine(({ epoch, offset }) => {
     entry.live = true;
     renderSubs();
-    system(`Subscribed to ${topic}${epoch === undefined ? " (no history)" : ` · newest offset ${offset} (epoch ${epoch})`}`, topic);
+    const at = epoch === undefined ? " (no history)" : ` · newest offset ${offset} (epoch ${epoch})`;
+    system(`Subscribed to ${topic}${at}`, topic);
   }));
   sub.on("recovered", mine((ok) => showRecovery(ok, topic, sub.position)));
   sub.on("message", mine((m) => (showPush(m), renderSubs())));
