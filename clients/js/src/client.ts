@@ -162,6 +162,20 @@ export class Client extends Emitter<ClientEvents> {
     return sub;
   }
 
+  /**
+   * Sends the protocol's `ping` and resolves with the round trip in milliseconds when the
+   * `pong` arrives. Rejects with `closed` when not connected, or when the connection ends
+   * first. (The client pings by itself to notice a dead connection: this is for display.)
+   */
+  ping(): Promise<number> {
+    const start = performance.now();
+    return new Promise((resolve, reject) => {
+      const closed = () => (off(), reject(new WsgateError("closed", "not connected")));
+      const off = this.on("state", closed);
+      if (!this.request({ op: "ping" }, (e) => (off(), e ? reject(e) : resolve(performance.now() - start)))) closed();
+    });
+  }
+
   /** The subscription to `topic`, if there is one. */
   subscription(topic: string): Subscription | undefined {
     return this.subs.get(topic);
@@ -328,6 +342,7 @@ export class Client extends Emitter<ClientEvents> {
         this.pending.delete(frame.id);
         return sub?._unsubscribed(frame.reason);
       case "error":
+      case "pong":
       case "refreshed": {
         const reply = this.pending.get(frame.id);
         this.pending.delete(frame.id);
@@ -337,7 +352,7 @@ export class Client extends Emitter<ClientEvents> {
         return;
       }
       default:
-        this.pending.delete(frame.id); // pong
+        this.pending.delete(frame.id);
     }
   }
 

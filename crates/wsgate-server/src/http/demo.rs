@@ -1,10 +1,14 @@
 //! The try-it page (`server.demo_page`): a browser session on the gateway's own
 //! WebSocket, for newcomers and demos.
 //!
-//! Plain HTML, JavaScript and CSS built into the binary (no build step, no external
-//! assets): `GET /` is the page, `GET /demo/app.js` and `GET /demo/style.css` its script
-//! and style. The page learns `server.ws_path` and `auth.mode` from two `<meta>` tags
-//! rendered (HTML-escaped) into it when the router is built. Every response carries a
+//! HTML, JavaScript and CSS built into the binary (no external assets): `GET /` is the
+//! page, `GET /demo/app.js` and `GET /demo/style.css` its script (an ES module) and style,
+//! and `GET /demo/wsgate-client.js` the official client `@wsgate/client` the script
+//! imports, which speaks the protocol. That bundle is a committed copy of
+//! `clients/js/dist/index.js` (`npm run embed` in `clients/js` refreshes it, and a test
+//! there fails when it is stale), so that cargo never needs npm. The page learns
+//! `server.ws_path` and `auth.mode` from two `<meta>` tags rendered (HTML-escaped) into it
+//! when the router is built. Every response carries a
 //! strict Content-Security-Policy: only this origin's script and style, no inline code,
 //! connections only to this origin and WebSockets; and `Referrer-Policy: no-referrer`,
 //! because the page URL may hold a token.
@@ -20,6 +24,7 @@ use crate::settings::Settings;
 const INDEX_HTML: &str = include_str!("demo/index.html");
 const APP_JS: &str = include_str!("demo/app.js");
 const STYLE_CSS: &str = include_str!("demo/style.css");
+const CLIENT_JS: &str = include_str!("demo/wsgate-client.js");
 
 /// Path of the page.
 pub const PAGE_PATH: &str = "/";
@@ -27,6 +32,8 @@ pub const PAGE_PATH: &str = "/";
 pub const SCRIPT_PATH: &str = "/demo/app.js";
 /// Path of the page's style sheet.
 pub const STYLE_PATH: &str = "/demo/style.css";
+/// Path of the client bundle (`@wsgate/client`) the page's script imports.
+pub const CLIENT_PATH: &str = "/demo/wsgate-client.js";
 
 /// The Content-Security-Policy of the page and its assets.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
@@ -61,6 +68,12 @@ where
             "text/css; charset=utf-8",
             "no-cache",
             Bytes::from_static(STYLE_CSS.as_bytes()),
+        ),
+        (
+            CLIENT_PATH,
+            "text/javascript; charset=utf-8",
+            "no-cache",
+            Bytes::from_static(CLIENT_JS.as_bytes()),
         ),
     ];
     for (path, content_type, cache_control, body) in assets {
@@ -160,6 +173,11 @@ mod tests {
         );
         assert!(body.contains(r#"<meta name="wsgate-auth" content="none">"#));
         assert!(body.contains(SCRIPT_PATH) && body.contains(STYLE_PATH));
+        // The script is an ES module (it imports the client bundle).
+        assert!(
+            body.contains(r#"<script type="module" src="/demo/app.js"></script>"#),
+            "{body}"
+        );
         assert!(!body.contains("{{"), "every placeholder is filled");
         // No inline script or style: the CSP would block them.
         assert!(!body.contains("<script>") && !body.contains("<style") && !body.contains("style="));
@@ -168,7 +186,27 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers["content-type"], "text/javascript; charset=utf-8");
         assert_eq!(headers["content-security-policy"], CONTENT_SECURITY_POLICY);
+        // The page's script speaks the protocol only through the client it imports, from
+        // this origin (the CSP allows no other).
+        assert!(
+            body.contains(r#"import { Client } from "./wsgate-client.js";"#),
+            "{body}"
+        );
+        assert!(!body.contains("new WebSocket"));
+
+        let (status, headers, body) = get(&router, CLIENT_PATH).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["content-type"], "text/javascript; charset=utf-8");
+        assert_eq!(headers["content-security-policy"], CONTENT_SECURITY_POLICY);
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(headers["cache-control"], "no-cache");
+        // The ESM bundle of `@wsgate/client`: it offers the subprotocol and exports Client.
         assert!(body.contains("wsgate.v1"));
+        assert!(
+            body.contains("export{") && body.contains(" as Client"),
+            "{body}"
+        );
+        assert!(!body.contains("import "), "the bundle has no dependencies");
 
         let (status, headers, _) = get(&router, STYLE_PATH).await;
         assert_eq!(status, StatusCode::OK);
@@ -184,7 +222,7 @@ mod tests {
         let mut settings = Settings::default();
         settings.server.demo_page = false;
         let router = gateway_router(settings).await;
-        for path in [PAGE_PATH, SCRIPT_PATH, STYLE_PATH] {
+        for path in [PAGE_PATH, SCRIPT_PATH, STYLE_PATH, CLIENT_PATH] {
             let (status, headers, body) = get(&router, path).await;
             assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
             assert_eq!(headers["content-type"], "application/json");
@@ -218,7 +256,9 @@ mod tests {
             "the preflight answers, not the page"
         );
         assert!(!body.contains("<html"));
-        let (status, _, _) = get(&router, SCRIPT_PATH).await;
-        assert_eq!(status, StatusCode::OK);
+        for path in [SCRIPT_PATH, STYLE_PATH, CLIENT_PATH] {
+            let (status, _, _) = get(&router, path).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+        }
     }
 }
