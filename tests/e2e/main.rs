@@ -5,6 +5,7 @@
 mod bench_smoke;
 mod browser;
 mod chaos;
+mod client_publish;
 mod cluster;
 mod conformance;
 mod control;

@@ -178,6 +178,8 @@ struct Claims {
     exp: u64,
     #[serde(default)]
     topics: Option<Vec<String>>,
+    #[serde(default)]
+    publish: Option<Vec<String>>,
 }
 
 impl JwtVerifier {
@@ -245,12 +247,13 @@ impl JwtVerifier {
         Ok(Identity {
             user_id,
             topics: TopicPolicy::Patterns(claims.topics.unwrap_or_default()),
+            publish: TopicPolicy::Patterns(claims.publish.unwrap_or_default()),
             expires_at: Some(claims.exp),
         })
     }
 }
 
-/// Which topics an identity may subscribe to.
+/// Which topics an identity may subscribe (or publish) to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicPolicy {
     /// Every topic (auth off).
@@ -293,6 +296,10 @@ pub struct Identity {
     pub user_id: String,
     /// Topics the session may subscribe to.
     pub topics: TopicPolicy,
+    /// Topics the session may publish to with the `publish` op: the token's `publish`
+    /// claim (none without it). With auth off, none here: `session.client_publish`
+    /// decides for the session.
+    pub publish: TopicPolicy,
     /// The token's `exp`, in seconds since the Unix epoch; `None` with auth off.
     pub expires_at: Option<u64>,
 }
@@ -334,6 +341,7 @@ impl Authenticator {
                     Some(user) if valid_user_id(&user) => Ok(Identity {
                         user_id: user,
                         topics: TopicPolicy::Any,
+                        publish: TopicPolicy::Patterns(Vec::new()),
                         expires_at: None,
                     }),
                     _ => Err(Rejection::new(
@@ -463,6 +471,8 @@ struct MintClaims<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     topics: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    publish: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     iss: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     aud: Option<&'a str>,
@@ -476,6 +486,32 @@ pub fn mint_hs256(
     user_id: &str,
     ttl: Duration,
     topics: Option<&[String]>,
+    issuer: Option<&str>,
+    audience: Option<&str>,
+) -> Result<String, AuthError> {
+    let grants = Grants {
+        topics,
+        publish: None,
+    };
+    mint_hs256_with(secret, user_id, ttl, grants, issuer, audience)
+}
+
+/// The claims of a development token that say what it may do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Grants<'a> {
+    /// `topics`: patterns the token may subscribe to (none when absent).
+    pub topics: Option<&'a [String]>,
+    /// `publish`: patterns the token may publish to with the `publish` op (none when
+    /// absent).
+    pub publish: Option<&'a [String]>,
+}
+
+/// [`mint_hs256`] with a `publish` claim too.
+pub fn mint_hs256_with(
+    secret: &[u8],
+    user_id: &str,
+    ttl: Duration,
+    grants: Grants<'_>,
     issuer: Option<&str>,
     audience: Option<&str>,
 ) -> Result<String, AuthError> {
@@ -495,7 +531,8 @@ pub fn mint_hs256(
         sub: user_id,
         iat: now,
         exp: now.saturating_add(ttl.as_secs()),
-        topics,
+        topics: grants.topics,
+        publish: grants.publish,
         iss: issuer,
         aud: audience,
     };

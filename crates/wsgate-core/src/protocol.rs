@@ -246,6 +246,14 @@ pub enum ClientOp {
     },
     /// `{"op":"ping"}`: the app-level ping browsers need.
     Ping,
+    /// `{"op":"publish","topic":"T","data":<json>}`: publish `data` to the topic's
+    /// subscribers, through the same fan-out (and history) as the control plane's.
+    Publish {
+        /// The topic.
+        topic: String,
+        /// The message: any JSON value ([`Payload::Json`]), pushed as it is.
+        data: Payload,
+    },
 }
 
 /// A decoded client frame: the op and its request id.
@@ -328,9 +336,22 @@ pub fn decode_client(text: &str) -> Result<ClientRequest, ProtocolError> {
         },
         "unsubscribe" => ClientOp::Unsubscribe { topic: topic()? },
         "ping" => ClientOp::Ping,
+        "publish" => {
+            let topic = topic()?;
+            let data = match obj.get("data") {
+                None => return Err(ProtocolError::bad_request("missing \"data\"", id)),
+                // Re-encoded from the parsed value: compact, and checked by the full parse.
+                Some(v) => serde_json::value::to_raw_value(v)
+                    .map(Payload::Json)
+                    .map_err(|_| {
+                        ProtocolError::bad_request("\"data\" cannot be encoded", id.clone())
+                    })?,
+            };
+            ClientOp::Publish { topic, data }
+        }
         _ => {
             return Err(ProtocolError::bad_request(
-                "unknown op: expected subscribe, unsubscribe or ping",
+                "unknown op: expected subscribe, unsubscribe, publish or ping",
                 id,
             ));
         }
@@ -386,6 +407,14 @@ pub enum Reply {
     },
     /// Answer to the app-level ping.
     Pong,
+    /// The client's `publish` went out; `position` is its place in the topic's stream
+    /// when the topic keeps history.
+    Published {
+        /// The topic.
+        topic: String,
+        /// The message's epoch and offset (topics with history only).
+        position: Option<StreamPosition>,
+    },
     /// The op was refused.
     Error {
         /// Machine-readable code.
@@ -445,6 +474,13 @@ pub fn encode_reply(reply: &Reply, id: Option<&RequestId>) -> OutFrame {
             (out.op, out.topic, out.reason) = ("unsubscribed", Some(topic.as_str()), Some(*reason));
         }
         Reply::Pong => out.op = "pong",
+        Reply::Published { topic, position } => {
+            (out.op, out.topic) = ("published", Some(topic.as_str()));
+            if let Some(position) = position {
+                out.epoch = Some(&position.epoch);
+                out.offset = Some(position.offset);
+            }
+        }
         Reply::Error { code, message } => {
             (out.op, out.code, out.message) = ("error", Some(*code), Some(message.as_str()));
         }
@@ -532,6 +568,41 @@ mod tests {
     }
 
     #[test]
+    fn publish_takes_any_json_value_and_answers_its_position() {
+        let r = decode_client(r#"{"op":"publish","topic":"chat.1","data": {"n" : [1, "x"]},"id":3}"#)
+            .unwrap();
+        let ClientOp::Publish { topic, data } = r.op else {
+            panic!("not a publish: {r:?}");
+        };
+        assert_eq!(topic, "chat.1");
+        assert_eq!(data, Payload::json(r#"{"n":[1,"x"]}"#).unwrap());
+        for data in ["null", "\"text\"", "0", "[]"] {
+            let frame = format!(r#"{{"op":"publish","topic":"t","data":{data}}}"#);
+            assert!(matches!(decode_client(&frame).unwrap().op, ClientOp::Publish { .. }));
+        }
+        let position = StreamPosition {
+            epoch: "e1".into(),
+            offset: 9,
+        };
+        let reply = Reply::Published {
+            topic: "chat.1".into(),
+            position: Some(position),
+        };
+        assert_eq!(
+            text(&encode_reply(&reply, r.id.as_ref())),
+            serde_json::json!({"op":"published","topic":"chat.1","epoch":"e1","offset":9,"id":3})
+        );
+        let plain = Reply::Published {
+            topic: "news".into(),
+            position: None,
+        };
+        assert_eq!(
+            text(&encode_reply(&plain, None)),
+            serde_json::json!({"op":"published","topic":"news"})
+        );
+    }
+
+    #[test]
     fn garbage_is_a_bad_request_with_the_id_when_readable() {
         for bad in [
             "",
@@ -545,6 +616,9 @@ mod tests {
             r#"{"op":"subscribe","topic":""}"#,
             r#"{"op":"subscribe","topic":"a b"}"#,
             r#"{"op":"ping","id":{"x":1}}"#,
+            r#"{"op":"publish","topic":"t"}"#,
+            r#"{"op":"publish","data":1}"#,
+            r#"{"op":"publish","topic":"a b","data":1}"#,
         ] {
             let err = decode_client(bad).unwrap_err();
             assert_eq!(err.code, "bad_request", "{bad}");

@@ -54,6 +54,9 @@ pub struct Metrics {
     /// Streams a session stopped vouching for (an epoch change or a gap seen live), by
     /// stream kind: the client is told to join again with its last offset.
     pub stream_resets: IntCounterVec,
+    /// Clients' `publish` ops by outcome (`published`, `forbidden`, `rate_limited`,
+    /// `unavailable`).
+    pub client_publishes: IntCounterVec,
 }
 
 impl Metrics {
@@ -151,6 +154,14 @@ impl Metrics {
                 &["stream"],
             )
             .unwrap_or_else(|_| unreachable_metric()),
+            client_publishes: IntCounterVec::new(
+                Opts::new(
+                    "client_publishes_total",
+                    "Clients' publish ops by outcome: published, forbidden, rate_limited, unavailable",
+                ),
+                &["outcome"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -173,6 +184,7 @@ impl Metrics {
             Box::new(m.replayed.clone()),
             Box::new(m.history_reads.clone()),
             Box::new(m.stream_resets.clone()),
+            Box::new(m.client_publishes.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {

@@ -50,6 +50,9 @@ enum Command {
         /// Allowed topic patterns, comma-separated (`chat.*,news`).
         #[arg(long, value_delimiter = ',')]
         topics: Option<Vec<String>>,
+        /// Topic patterns the token may publish to with the `publish` op, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        publish: Option<Vec<String>>,
     },
     /// Push a message to every session of a user.
     Send {
@@ -133,7 +136,18 @@ fn main() -> ExitCode {
             println!("configuration OK");
             Ok(())
         }
-        Command::Token { user, ttl, topics } => token(&settings, &user, ttl, topics.as_deref()),
+        Command::Token {
+            user,
+            ttl,
+            topics,
+            publish,
+        } => {
+            let grants = wsgate_core::auth::Grants {
+                topics: topics.as_deref(),
+                publish: publish.as_deref(),
+            };
+            token(&settings, &user, ttl, grants)
+        }
         Command::Serve => serve(config),
         Command::Send {
             user,
@@ -297,17 +311,17 @@ fn token(
     settings: &Settings,
     user: &str,
     ttl: Duration,
-    topics: Option<&[String]>,
+    grants: wsgate_core::auth::Grants<'_>,
 ) -> anyhow::Result<()> {
     let secret = settings.auth.jwt.secret.as_deref().context(
         "no auth.jwt.secret configured: `wsgate token` mints HS256 tokens with it \
          (set WSGATE__AUTH__JWT__SECRET or auth.jwt.secret)",
     )?;
-    let token = wsgate_core::auth::mint_hs256(
+    let token = wsgate_core::auth::mint_hs256_with(
         secret.as_bytes(),
         user,
         ttl,
-        topics,
+        grants,
         settings.auth.jwt.issuer.as_deref(),
         settings.auth.jwt.audience.as_deref(),
     )?;

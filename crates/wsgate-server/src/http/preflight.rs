@@ -288,6 +288,7 @@ impl Check for EchoAuthCheck {
             req.extensions_mut().insert(Identity {
                 user_id: "echo".to_owned(),
                 topics: wsgate_core::auth::TopicPolicy::Any,
+                publish: wsgate_core::auth::TopicPolicy::Patterns(Vec::new()),
                 expires_at: None,
             });
             return std::future::ready(Ok(()));

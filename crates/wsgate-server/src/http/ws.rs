@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
-use wsgate_core::auth::Identity;
+use wsgate_core::auth::{Identity, TopicPolicy};
 use wsgate_core::auth::query_param;
 use wsgate_core::ids::SessionId;
 use wsgate_core::protocol::{SUBPROTOCOL, parse_since};
@@ -102,6 +102,13 @@ async fn upgrade_session(state: Arc<AppState>, mut req: Request, echo: bool) -> 
         session_id: SessionId::generate(),
         user_id: identity.user_id,
         topics: identity.topics,
+        // Auth off: `session.client_publish` allows every topic (the settings refuse it
+        // with JWT, where only the token's claim grants publishing).
+        publish: if state.params.client_publish {
+            TopicPolicy::Any
+        } else {
+            identity.publish
+        },
         remote_addr,
         user_agent,
         subprotocol,

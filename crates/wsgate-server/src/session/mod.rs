@@ -11,10 +11,12 @@
 //! - this file: the public types, registration, cleanup and the event loop;
 //! - `io.rs`: writes under the session's limits, the close handshake, read errors;
 //! - `ops.rs`: what the client's frames ask for;
+//! - `publish.rs`: the `publish` op, its policy and rate;
 //! - `streams.rs`: joining streams with history and keeping them without gaps.
 
 mod io;
 mod ops;
+mod publish;
 mod streams;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
@@ -50,6 +52,8 @@ pub struct SessionContext {
     pub user_id: String,
     /// Which topics the user may subscribe to.
     pub topics: TopicPolicy,
+    /// Which topics the session may publish to with the `publish` op.
+    pub publish: TopicPolicy,
     /// Client address after trusted proxies.
     pub remote_addr: String,
     /// The client's `User-Agent`, if any.
@@ -319,6 +323,8 @@ struct Session<S> {
     pong_deadline: Option<tokio::time::Instant>,
     /// When the token runs out (plus the leeway): a session never outlives its token.
     token_deadline: Option<tokio::time::Instant>,
+    /// `publish` ops left this second (`limits.client_publish_per_s`).
+    publish_budget: publish::PublishBudget,
 }
 
 impl<S> Session<S>
@@ -334,10 +340,12 @@ where
         } = registered;
         let node = cleanup.node.clone();
         let resync = node.resyncs();
+        let publish_budget = publish::PublishBudget::new(params.client_publish_per_s);
         Self {
             ws,
             ctx,
             params,
+            publish_budget,
             tally: Tally::new(node.metrics.clone()),
             node,
             handle,

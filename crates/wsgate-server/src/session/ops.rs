@@ -1,4 +1,5 @@
-//! What the client's frames ask for: the `wsgate.v1` ops (subscribe, unsubscribe, ping),
+//! What the client's frames ask for: the `wsgate.v1` ops (subscribe, unsubscribe, ping;
+//! publish in `publish.rs`),
 //! echo mode, and the control frames tungstenite leaves to the session.
 //!
 //! A new op is a [`ClientOp`] variant and one method here that answers it with a
@@ -80,6 +81,7 @@ where
             ClientOp::Ping => (Reply::Pong, None),
             ClientOp::Subscribe { topic, since } => self.subscribe(topic, since).await,
             ClientOp::Unsubscribe { topic } => (self.unsubscribe(topic).await, None),
+            ClientOp::Publish { topic, data } => (self.publish(topic, data).await, None),
         };
         (encode_reply(&reply, request.id.as_ref()), join)
     }

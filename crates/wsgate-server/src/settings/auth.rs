@@ -56,6 +56,13 @@ impl Settings {
                 p.push(Problem::new(key, "must not be empty when set"));
             }
         }
+        if self.session.client_publish && auth.mode == AuthMode::Jwt {
+            p.push(Problem::new(
+                "session.client_publish",
+                "applies only with auth.mode = \"none\"; with JWT the token's publish claim \
+                 decides which topics a session may publish to",
+            ));
+        }
         if auth.mode != AuthMode::Jwt {
             return (p.len() == before).then_some(Authenticator::None);
         }

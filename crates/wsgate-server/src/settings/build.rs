@@ -69,6 +69,10 @@ pub struct SessionParams {
     pub outbound_queue: usize,
     /// Clock skew allowed on token expiry (`auth.jwt.leeway`).
     pub token_leeway: Duration,
+    /// Auth off: every session may publish to every topic (`session.client_publish`).
+    pub client_publish: bool,
+    /// `publish` ops per second per session (`limits.client_publish_per_s`; 0 = no limit).
+    pub client_publish_per_s: u32,
 }
 
 /// The policies of the preflight chain that come from configuration alone (the chain
@@ -182,6 +186,8 @@ impl Settings {
             heartbeat_timeout: s.heartbeat_timeout,
             outbound_queue: s.outbound_queue,
             token_leeway: self.auth.jwt.leeway,
+            client_publish: self.session.client_publish,
+            client_publish_per_s: self.limits.client_publish_per_s,
         }
     }
 

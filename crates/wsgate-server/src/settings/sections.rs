@@ -253,6 +253,9 @@ pub struct LimitsSettings {
     pub max_connections: usize,
     /// Maximum concurrent sessions per user id (0 = unlimited). Default `100`.
     pub max_sessions_per_user: usize,
+    /// `publish` ops per second per session, with a burst of one second's worth (0 = no
+    /// limit). Default `20`.
+    pub client_publish_per_s: u32,
 }
 
 impl Default for LimitsSettings {
@@ -262,6 +265,7 @@ impl Default for LimitsSettings {
             handshake_burst: 100,
             max_connections: 100_000,
             max_sessions_per_user: 100,
+            client_publish_per_s: 20,
         }
     }
 }
@@ -287,6 +291,9 @@ pub struct SessionSettings {
     pub read_buffer_bytes: usize,
     /// Socket write buffer per connection in bytes (0 = write eagerly). Default `4096`.
     pub write_buffer_bytes: usize,
+    /// With auth off, sessions may publish to every topic with the `publish` op (with
+    /// JWT the token's `publish` claim decides). Default `false`.
+    pub client_publish: bool,
 }
 
 impl Default for SessionSettings {
@@ -299,6 +306,7 @@ impl Default for SessionSettings {
             outbound_queue: 256,
             read_buffer_bytes: 1024,
             write_buffer_bytes: 4096,
+            client_publish: false,
         }
     }
 }

@@ -696,3 +696,27 @@ size = 1000000
         "{err}"
     );
 }
+
+#[test]
+fn client_publish_is_for_auth_off_only() {
+    let mut s = Settings::default();
+    s.session.client_publish = true;
+    assert!(s.validate().is_empty(), "{:?}", s.validate());
+    assert!(s.build().unwrap().session.client_publish);
+
+    s.auth.mode = AuthMode::Jwt;
+    s.auth.jwt.secret = Some(SECRET.to_owned());
+    let p = s.validate();
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "session.client_publish");
+    assert!(p[0].message.contains("publish claim"), "{}", p[0].message);
+
+    let e = env(&[
+        ("WSGATE__LIMITS__CLIENT_PUBLISH_PER_S", "0"),
+        ("WSGATE__SESSION__CLIENT_PUBLISH", "true"),
+    ]);
+    let loaded = load(None, &e).unwrap();
+    assert_eq!(loaded.session.client_publish_per_s, 0);
+    assert!(loaded.session.client_publish);
+    assert_eq!(Settings::default().limits.client_publish_per_s, 20);
+}

@@ -26,6 +26,7 @@ use wsgate_core::stream::HistoryRules;
 
 use super::*;
 
+mod publish;
 mod streams;
 
 type Socket = WebSocketStream<DuplexStream>;
@@ -50,6 +51,8 @@ fn params() -> SessionParams {
         heartbeat_timeout: Duration::from_secs(5),
         outbound_queue: 16,
         token_leeway: Duration::ZERO,
+        client_publish: false,
+        client_publish_per_s: 5,
     }
 }
 
@@ -66,6 +69,7 @@ fn context(user: &str) -> SessionContext {
         session_id: SessionId::generate(),
         user_id: user.to_owned(),
         topics: TopicPolicy::Patterns(vec!["chat.*".to_owned()]),
+        publish: TopicPolicy::Patterns(vec!["chat.*".to_owned()]),
         remote_addr: "192.0.2.1".to_owned(),
         user_agent: None,
         subprotocol: None,
