@@ -169,10 +169,26 @@ export class Client extends Emitter<ClientEvents> {
    */
   ping(): Promise<number> {
     const start = performance.now();
+    return this.call({ op: "ping" }).then(() => performance.now() - start);
+  }
+
+  /**
+   * Publishes `data` (any JSON value) to `topic`, when the token's `publish` claim allows
+   * it. Resolves with the message's `epoch` and `offset` on a topic with history (else
+   * `{}`); rejects with `forbidden_topic`, `rate_limited`, `unavailable`, or `closed` when
+   * not connected or when the connection ends before the answer. Not retried: a publish
+   * whose answer was lost may have gone out.
+   */
+  publish(topic: string, data: unknown): Promise<{ epoch?: string; offset?: number }> {
+    return this.call({ op: "publish", topic, data }).then(({ epoch, offset }) => ({ epoch, offset }));
+  }
+
+  /** Sends an op and resolves with its answer; rejects with its error, or with `closed`. */
+  private call(op: object): Promise<any> {
     return new Promise((resolve, reject) => {
       const closed = () => (off(), reject(new WsgateError("closed", "not connected")));
       const off = this.on("state", closed);
-      if (!this.request({ op: "ping" }, (e) => (off(), e ? reject(e) : resolve(performance.now() - start)))) closed();
+      if (!this.request(op, (e, frame) => (off(), e ? reject(e) : resolve(frame)))) closed();
     });
   }
 
@@ -341,18 +357,14 @@ export class Client extends Emitter<ClientEvents> {
       case "unsubscribed":
         this.pending.delete(frame.id);
         return sub?._unsubscribed(frame.reason);
-      case "error":
-      case "pong":
-      case "refreshed": {
+      default: {
+        // Answers to requests (pong, published, refreshed, errors) go to their caller.
         const reply = this.pending.get(frame.id);
         this.pending.delete(frame.id);
         const error = frame.op === "error" ? new WsgateError(frame.code, frame.message) : undefined;
         if (reply) return reply(error, frame);
         if (error) this.emit("error", error);
-        return;
       }
-      default:
-        this.pending.delete(frame.id);
     }
   }
 

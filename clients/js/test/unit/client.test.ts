@@ -501,3 +501,28 @@ test("a dead socket that can be terminated (Node's ws) is terminated, not closed
   assert.equal(ws.closedWith, undefined);
   assert.equal(c.state, "disconnected");
 });
+
+test("publish resolves with the answer's position and rejects with its error", async () => {
+  const c = client();
+  await assert.rejects(c.publish("chat.1", 1), (e: WsgateError) => e.code === "closed", "not connected");
+  c.connect();
+  const ws = FakeSocket.last();
+  ws.welcome();
+  const first = c.publish("chat.1", { text: "hi" });
+  const [sent] = ws.ops("publish");
+  assert.deepEqual({ ...sent, id: undefined }, { op: "publish", topic: "chat.1", data: { text: "hi" }, id: undefined });
+  ws.frame({ op: "published", topic: "chat.1", epoch: "E", offset: 4, id: sent.id });
+  assert.deepEqual(await first, { epoch: "E", offset: 4 });
+
+  const plain = c.publish("news", "x");
+  ws.frame({ op: "published", topic: "news", id: ws.ops("publish")[1].id });
+  assert.deepEqual(await plain, { epoch: undefined, offset: undefined });
+
+  const refused = c.publish("secret", 0);
+  ws.frame({ op: "error", code: "forbidden_topic", message: "no", id: ws.ops("publish")[2].id });
+  await assert.rejects(refused, (e: WsgateError) => e.code === "forbidden_topic");
+
+  const lost = c.publish("chat.1", 2);
+  ws.drop(1001);
+  await assert.rejects(lost, (e: WsgateError) => e.code === "closed", "the connection ended first");
+});
