@@ -569,8 +569,9 @@ mod tests {
 
     #[test]
     fn publish_takes_any_json_value_and_answers_its_position() {
-        let r = decode_client(r#"{"op":"publish","topic":"chat.1","data": {"n" : [1, "x"]},"id":3}"#)
-            .unwrap();
+        let r =
+            decode_client(r#"{"op":"publish","topic":"chat.1","data": {"n" : [1, "x"]},"id":3}"#)
+                .unwrap();
         let ClientOp::Publish { topic, data } = r.op else {
             panic!("not a publish: {r:?}");
         };
@@ -578,7 +579,10 @@ mod tests {
         assert_eq!(data, Payload::json(r#"{"n":[1,"x"]}"#).unwrap());
         for data in ["null", "\"text\"", "0", "[]"] {
             let frame = format!(r#"{{"op":"publish","topic":"t","data":{data}}}"#);
-            assert!(matches!(decode_client(&frame).unwrap().op, ClientOp::Publish { .. }));
+            assert!(matches!(
+                decode_client(&frame).unwrap().op,
+                ClientOp::Publish { .. }
+            ));
         }
         let position = StreamPosition {
             epoch: "e1".into(),

@@ -11,6 +11,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod http_client;
 pub mod metrics;
 pub mod node;
 pub mod session;
@@ -20,6 +21,7 @@ pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod upkeep;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;

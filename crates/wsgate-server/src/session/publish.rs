@@ -4,9 +4,9 @@
 //! second.
 
 use futures_util::{Sink, Stream};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use wsgate_core::backend::{Command, Target};
-use tokio::time::Instant;
 use wsgate_core::protocol::{Payload, Reply};
 
 use super::Session;
@@ -118,7 +118,10 @@ mod tests {
         let taken = (0..10).filter(|_| budget.take(4, start)).count();
         assert_eq!(taken, 4, "a full bucket is one second's worth");
         assert!(!budget.take(4, start + Duration::from_millis(200)));
-        assert!(budget.take(4, start + Duration::from_millis(260)), "one per 250 ms");
+        assert!(
+            budget.take(4, start + Duration::from_millis(260)),
+            "one per 250 ms"
+        );
         assert!(!budget.take(4, start + Duration::from_millis(270)));
         // A long pause refills no more than one second's worth.
         let later = start + Duration::from_secs(60);

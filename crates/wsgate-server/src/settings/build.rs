@@ -43,6 +43,8 @@ pub struct GatewayConfig {
     pub backend: Backend,
     /// `history.*`: which streams keep history.
     pub history: HistoryRules,
+    /// `webhooks.*`: where session events are POSTed.
+    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -111,6 +113,7 @@ impl Settings {
         self.check_telemetry(&mut p);
         self.check_registry_and_shutdown(&mut p);
         let history = self.history_rules(&mut p);
+        let webhooks = self.webhook_config(&mut p);
         let http_tls = tls_pair(
             &mut p,
             ("server.tls_cert_file", &self.server.tls_cert_file),
@@ -142,6 +145,7 @@ impl Settings {
             grpc_tls: grpc_tls.map(|(pair, _)| pair.grpc_config()),
             backend: self.backend(),
             history,
+            webhooks,
             settings: Arc::new(self.clone()),
         })
     }

@@ -8,7 +8,7 @@ use config::Value;
 use super::sections::Settings;
 use super::values::{
     boolean, choice, duration, float, ip_nets, lowercase_list, opt_choice, opt_path, opt_string,
-    socket_addr, string, string_list, topic_history, uint,
+    socket_addr, string, string_list, topic_history, uint, webhook_endpoints,
 };
 
 /// Declares [`KEYS`] and `apply_key` from one list of `"path" => field: parser` rows.
@@ -80,6 +80,10 @@ keys! {
     "history.user.size" => history.user.size: uint,
     "history.user.ttl" => history.user.ttl: duration,
     "history.idempotency_window" => history.idempotency_window: duration,
+    "webhooks.endpoints" => webhooks.endpoints: webhook_endpoints,
+    "webhooks.retry_for" => webhooks.retry_for: duration,
+    "webhooks.queue" => webhooks.queue: uint,
+    "webhooks.timeout" => webhooks.timeout: duration,
 }
 
 /// Whether `path` names a section (a table of keys, `auth` or `auth.jwt`) rather than a key.

@@ -28,6 +28,7 @@ mod layers;
 mod rules;
 pub mod sections;
 mod values;
+mod webhooks;
 
 #[cfg(test)]
 mod tests;

@@ -720,3 +720,91 @@ fn client_publish_is_for_auth_off_only() {
     assert!(loaded.session.client_publish);
     assert_eq!(Settings::default().limits.client_publish_per_s, 20);
 }
+
+#[test]
+fn webhook_endpoints_from_a_file_and_from_the_environment() {
+    let f = write_file(
+        ".toml",
+        r#"
+[[webhooks.endpoints]]
+url = "https://hooks.example/in"
+secret = "0123456789abcdef"
+events = ["connected", "disconnected"]
+
+[[webhooks.endpoints]]
+url = "http://127.0.0.1:9000/all"
+secret = "fedcba9876543210"
+"#,
+    );
+    let config = load(Some(f.path()), &env(&[])).unwrap();
+    let endpoints = &config.webhooks.endpoints;
+    assert_eq!(endpoints.len(), 2);
+    assert_eq!(endpoints[0].url.as_str(), "https://hooks.example/in");
+    assert_eq!(endpoints[0].events, ["connected", "disconnected"]);
+    assert_eq!(&*endpoints[1].secret, b"fedcba9876543210");
+    assert!(endpoints[1].events.is_empty(), "absent = every type");
+    assert_eq!(config.webhooks.retry_for, Duration::from_secs(300));
+
+    let e = env(&[(
+        "WSGATE__WEBHOOKS__ENDPOINTS",
+        r#"[{"url":"http://127.0.0.1:1/h","secret":"0123456789abcdef","events":["subscribed"]}]"#,
+    )]);
+    let config = load(None, &e).unwrap();
+    assert_eq!(config.webhooks.endpoints[0].events, ["subscribed"]);
+}
+
+#[test]
+fn bad_webhooks_are_reported_per_entry() {
+    let e = env(&[
+        (
+            "WSGATE__WEBHOOKS__ENDPOINTS",
+            r#"[{"url":"ftp://x/","secret":"0123456789abcdef"},
+                {"url":"https://ok.example/","secret":"short","events":["connected","left"]},
+                {"url":"not a url","secret":"0123456789abcdef"}]"#,
+        ),
+        ("WSGATE__WEBHOOKS__RETRY_FOR", "0s"),
+        ("WSGATE__WEBHOOKS__QUEUE", "0"),
+    ]);
+    let err = load(None, &e).unwrap_err();
+    let messages: Vec<String> = err
+        .problems
+        .iter()
+        .map(|p| format!("{}: {}", p.key, p.message))
+        .collect();
+    let has = |needle: &str| messages.iter().any(|m| m.contains(needle));
+    assert!(
+        has("entry 0: url must be an http:// or https:// URL"),
+        "{messages:?}"
+    );
+    assert!(
+        has("entry 1: secret must be at least 16 bytes"),
+        "{messages:?}"
+    );
+    assert!(has("entry 1: unknown event type \"left\""), "{messages:?}");
+    assert!(has("entry 2: url"), "{messages:?}");
+    assert!(
+        has("webhooks.retry_for: must be between 1s"),
+        "{messages:?}"
+    );
+    assert!(
+        has("webhooks.queue: must be between 1 and 1000000"),
+        "{messages:?}"
+    );
+    assert!(
+        !messages.iter().any(|m| m.contains("0123456789abcdef")),
+        "secrets stay out of messages"
+    );
+
+    let e = env(&[("WSGATE__WEBHOOKS__ENDPOINTS", r#"{"url":"x"}"#)]);
+    assert_eq!(keys(&load(None, &e).unwrap_err()), ["webhooks.endpoints"]);
+    let e = env(&[(
+        "WSGATE__WEBHOOKS__ENDPOINTS",
+        r#"[{"url":"http://a/","secret":"0123456789abcdef","extra":1}]"#,
+    )]);
+    let err = load(None, &e).unwrap_err();
+    assert!(
+        problem(&err, "webhooks.endpoints")
+            .message
+            .contains("extra")
+    );
+}

@@ -116,8 +116,10 @@ async fn over_the_rate_a_publish_is_refused_and_the_session_goes_on() {
     // params(): 5 per second, a bucket of 5.
     let mut answers = Vec::new();
     for i in 0..7 {
-        s.send_text(&format!(r#"{{"op":"publish","topic":"chat.1","data":{i}}}"#))
-            .await;
+        s.send_text(&format!(
+            r#"{{"op":"publish","topic":"chat.1","data":{i}}}"#
+        ))
+        .await;
         answers.push(s.recv_json().await);
     }
     let ops: Vec<_> = answers
@@ -126,7 +128,12 @@ async fn over_the_rate_a_publish_is_refused_and_the_session_goes_on() {
         .collect();
     assert_eq!(ops[..5], ["published"; 5]);
     assert_eq!(answers[5]["code"], "rate_limited", "{}", answers[5]);
-    assert!(answers[5]["message"].as_str().unwrap_or_default().contains('5'));
+    assert!(
+        answers[5]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains('5')
+    );
     assert_eq!(answers[6]["code"], "rate_limited");
     s.send_text(r#"{"op":"ping"}"#).await;
     assert_eq!(s.recv_json().await["op"], "pong");
