@@ -183,6 +183,16 @@ export class Client extends Emitter<ClientEvents> {
     return this.call({ op: "publish", topic, data }).then(({ epoch, offset }) => ({ epoch, offset }));
   }
 
+  /**
+   * Calls `method` on the application's backend through the gateway (`rpc.url`) and
+   * resolves with the JSON its backend answered. Rejects with `rpc_failed` (the
+   * backend's error message), `rpc_timeout`, `rpc_busy` (too many calls in flight on this
+   * session), or `closed`. Not retried: the backend may have acted on a lost call.
+   */
+  rpc(method: string, data?: unknown): Promise<unknown> {
+    return this.call({ op: "rpc", method, data: data ?? null }).then((answer) => answer.data);
+  }
+
   /** Sends an op and resolves with its answer; rejects with its error, or with `closed`. */
   private call(op: object): Promise<any> {
     return new Promise((resolve, reject) => {

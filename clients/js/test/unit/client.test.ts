@@ -526,3 +526,21 @@ test("publish resolves with the answer's position and rejects with its error", a
   ws.drop(1001);
   await assert.rejects(lost, (e: WsgateError) => e.code === "closed", "the connection ended first");
 });
+
+test("rpc resolves with the backend's data and rejects with its error code", async () => {
+  const c = client();
+  c.connect();
+  const ws = FakeSocket.last();
+  ws.welcome();
+  const call = c.rpc("cart.add", { sku: 7 });
+  const [sent] = ws.ops("rpc");
+  assert.equal(sent.method, "cart.add");
+  assert.deepEqual(sent.data, { sku: 7 });
+  ws.frame({ op: "rpc_result", id: sent.id, data: { items: 3 } });
+  assert.deepEqual(await call, { items: 3 });
+
+  const failed = c.rpc("cart.pay");
+  assert.equal(ws.ops("rpc")[1].data, null, "no data is null");
+  ws.frame({ op: "error", code: "rpc_failed", message: "card declined", id: ws.ops("rpc")[1].id });
+  await assert.rejects(failed, (e: WsgateError) => e.code === "rpc_failed" && e.message === "card declined");
+});
