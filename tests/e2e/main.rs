@@ -11,6 +11,7 @@ mod control;
 mod control_history;
 mod handshake_rate;
 mod hostile;
+mod http_api;
 mod layout;
 mod observability;
 mod preflight;

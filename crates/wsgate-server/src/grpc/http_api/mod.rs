@@ -51,6 +51,8 @@ pub fn router(control: ControlService, keys: ApiKeyCheck, metrics: Arc<Metrics>)
         metrics,
     });
     let routes = Router::new()
+        .route("/api", any(serve))
+        .route("/api/", any(serve))
         .route("/api/{*path}", any(serve))
         .with_state(api);
     crate::http::with_edge_layers(routes)
@@ -127,6 +129,10 @@ async fn call(api: &Api, method: Option<&Method>, req: Request) -> Result<Vec<u8
             "send the body as JSON with `Content-Type: application/json`",
         ));
     }
+    // A declared length over the limit is refused before a byte of the body is read.
+    if axum::body::HttpBody::size_hint(req.body()).lower() > MAX_BODY_BYTES as u64 {
+        return Err(too_large());
+    }
     let body = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
         .await
         .map_err(body_error)?;
@@ -168,11 +174,7 @@ fn body_error(e: axum::Error) -> Rejection {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(err) = source {
         if err.is::<http_body_util::LengthLimitError>() {
-            return Rejection::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the body is larger than {MAX_BODY_BYTES} bytes"),
-            );
+            return too_large();
         }
         source = err.source();
     }
@@ -180,6 +182,14 @@ fn body_error(e: axum::Error) -> Rejection {
         StatusCode::BAD_REQUEST,
         "bad_request",
         "the request body could not be read",
+    )
+}
+
+fn too_large() -> Rejection {
+    Rejection::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the body is larger than {MAX_BODY_BYTES} bytes"),
     )
 }
 
