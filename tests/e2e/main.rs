@@ -14,6 +14,7 @@ mod hostile;
 mod http_api;
 mod layout;
 mod observability;
+mod openapi;
 mod preflight;
 mod process;
 mod recovery;
