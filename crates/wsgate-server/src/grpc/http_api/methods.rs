@@ -196,6 +196,12 @@ mod tests {
         };
         let v: serde_json::Value = serde_json::from_slice(&encode(&binary).unwrap()).unwrap();
         assert_eq!(v, serde_json::json!({"binary":"AP8="}));
+        // Standard or URL-safe alphabet, padded or not.
+        for input in ["+/8=", "+/8", "-_8=", "-_8"] {
+            let p: pb::Payload = decode(format!(r#"{{"binary":"{input}"}}"#).as_bytes()).unwrap();
+            let want = Bytes::from_static(b"\xfb\xff");
+            assert_eq!(p.body, Some(pb::payload::Body::Binary(want)), "{input}");
+        }
     }
 
     #[test]
