@@ -85,7 +85,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
-/// How long open gRPC connections get to finish once the pod stops.
+/// How long open control connections (gRPC and HTTP API alike) get to finish once the
+/// pod stops.
 const GRPC_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The control-plane listener, serving until [`GrpcServer::stop`].
@@ -168,8 +169,9 @@ async fn no_route(req: axum::extract::Request) -> Response {
 
 impl GrpcServer {
     /// Stops accepting calls and waits for open connections, at most [`GRPC_DRAIN`]:
-    /// tonic's graceful stop waits for every client connection to go away, and a caller
-    /// that keeps its channel open must not hold the pod past its grace period.
+    /// tonic's graceful stop waits for every client connection to go away (idle HTTP/1.1
+    /// keep-alive connections close at once), and a caller that keeps its channel open
+    /// must not hold the pod past its grace period.
     pub async fn stop(self) -> Result<(), crate::RunError> {
         self.stop.cancel();
         let abort = self.task.abort_handle();

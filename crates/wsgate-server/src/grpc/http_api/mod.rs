@@ -67,12 +67,14 @@ async fn serve(State(api): State<Arc<Api>>, req: Request) -> Response {
         .and_then(methods::find);
     let name = method.map_or("unknown", |m| m.name);
     let verb = verb(req.method());
+    // Bounded like the metric: a known method's route, or the template.
+    let route = format!("/api/v1/{}", method.map_or("{method}", |m| m.name));
     let span = tracing::info_span!(
         "http.api",
-        otel.name = %format!("{} /api/v1/{}", span_verb(verb), method.map_or("{method}", |m| m.name)),
+        otel.name = %format!("{} {route}", span_verb(verb)),
         otel.kind = "server",
         http.request.method = verb,
-        http.route = %format!("/api/v1/{}", method.map_or("{method}", |m| m.name)),
+        http.route = %route,
         rpc.service = "wsgate.v1.Gateway",
         rpc.method = method.map_or("", |m| m.rpc),
         http.response.status_code = tracing::field::Empty,
