@@ -161,6 +161,22 @@ async fn one_trace_follows_a_push_from_the_control_call_to_the_delivery_on_anoth
     grpc.key = Some(api_key.into());
     let sent = grpc.send_to_user("alice", text("traced")).await.unwrap();
     assert_eq!(next_json(&mut ws).await["data"], "traced");
+    // And over the HTTP API of pod B, continuing the caller's trace.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let api = api::Api::plain(b.grpc, Some(api_key.into()));
+    let by_http = api::send(
+        api.request(reqwest::Method::POST, "/api/v1/send_to_user")
+            .header("content-type", "application/json")
+            .header(
+                "traceparent",
+                format!("00-{caller_trace}-00f067aa0ba902b7-01"),
+            )
+            .body(r#"{"user_id":"alice","payload":{"text":"traced over http"}}"#),
+    )
+    .await;
+    assert_eq!(by_http.status, 200, "{by_http:?}");
+    let http_message_id = by_http.json["message_id"].as_str().unwrap().to_owned();
+    assert_eq!(next_json(&mut ws).await["data"], "traced over http");
 
     // alice leaves with 4000; then both pods shut down and flush their spans.
     ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
@@ -223,6 +239,27 @@ async fn one_trace_follows_a_push_from_the_control_call_to_the_delivery_on_anoth
         deliver.attr("wsgate.sessions").as_deref(),
         Some(session_id.as_str())
     );
+
+    let http_call = find("pod-b", "POST /api/v1/send_to_user", &|_| true);
+    let hex = |id: &[u8]| id.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(
+        hex(&http_call.span.trace_id),
+        caller_trace,
+        "the caller's trace"
+    );
+    assert_eq!(
+        http_call.attr("http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(http_call.attr("rpc.method").as_deref(), Some("SendToUser"));
+    let http_publish = find("pod-b", "broker.publish", &|s| {
+        s.attr("messaging.message.id").as_deref() == Some(http_message_id.as_str())
+    });
+    assert_eq!(http_publish.span.parent_span_id, http_call.span.span_id);
+    let http_deliver = find("pod-a", "ws.deliver", &|s| {
+        s.attr("messaging.message.id").as_deref() == Some(http_message_id.as_str())
+    });
+    assert_eq!(hex(&http_deliver.span.trace_id), caller_trace);
 
     let session = find("pod-a", "ws.session", &|s| {
         s.attr("session.id").as_deref() == Some(session_id.as_str())

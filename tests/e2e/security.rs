@@ -1,7 +1,6 @@
 //! Security, as tests: TLS on both listeners, token clock checks, what a client can and
 //! cannot do through the client protocol, and no secret in the logs.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -9,48 +8,9 @@ use tokio::net::TcpStream;
 use wsgate_proto::pb;
 use wsgate_tests::*;
 
-struct TlsFiles {
-    _dir: tempfile::TempDir,
-    cert: std::path::PathBuf,
-    key: std::path::PathBuf,
-    cert_pem: String,
-}
-
-fn self_signed() -> TlsFiles {
-    let ck =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
-    let cert_pem = ck.cert.pem();
-    std::fs::write(&cert, &cert_pem).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    TlsFiles {
-        _dir: dir,
-        cert,
-        key,
-        cert_pem,
-    }
-}
-
-fn tls_connector(cert_pem: &str) -> tokio_rustls::TlsConnector {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
 #[tokio::test]
 async fn tls_on_the_websocket_and_grpc_listeners() {
-    let tls = self_signed();
+    let tls = tls::self_signed();
     let mut s = base_settings();
     s.server.tls_cert_file = Some(tls.cert.clone());
     s.server.tls_key_file = Some(tls.key.clone());
@@ -68,7 +28,7 @@ async fn tls_on_the_websocket_and_grpc_listeners() {
     ));
 
     // wss://: a TLS client completes the upgrade and gets the welcome frame.
-    let connector = tls_connector(&tls.cert_pem);
+    let connector = tls::connector(&tls.cert_pem);
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let mut stream = loop {
         if let Ok(tcp) = TcpStream::connect(http_addr).await
@@ -144,7 +104,7 @@ async fn tls_on_the_websocket_and_grpc_listeners() {
 
 #[test]
 fn tls_settings_are_validated() {
-    let tls = self_signed();
+    let tls = tls::self_signed();
     let mut s = base_settings();
     s.server.tls_cert_file = Some(tls.cert.clone());
     let problems = s.validate();
@@ -324,6 +284,13 @@ async fn no_token_or_api_key_reaches_the_logs() {
             key: Some(key.into()),
         };
         let _ = client.send_to_user("alice", text("x")).await;
+        // And the same key on the HTTP API of the same listener.
+        let api = api::Api::plain(grpc.parse().unwrap(), Some(key.into()));
+        api.call(
+            "send_to_user",
+            &serde_json::json!({"user_id": "alice", "payload": {"text": "x"}}),
+        )
+        .await;
     }
     drop(ws);
     eprintln!("stopping");

@@ -3,11 +3,13 @@
 //! raw HTTP bytes, a WebSocket client, a tonic gRPC client.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+pub mod api;
 pub mod hostile;
 pub mod jitter;
 pub mod pods;
 pub mod recorder;
 pub mod redis;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,4 +1,5 @@
-//! Why a handshake is refused, and the refusals that more than one place can give.
+//! Why a handshake (or a call of the control plane's HTTP API) is refused, and the
+//! refusals that more than one place can give.
 //!
 //! A [`Rejection`] is the whole answer: status, a stable machine-readable code, a human
 //! message and the headers the status calls for. The HTTP edge turns it into the JSON

@@ -43,6 +43,9 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// Control-plane calls by method and gRPC status code.
     pub grpc_requests: IntCounterVec,
+    /// HTTP JSON API calls by method (`unknown` for any other path) and outcome (`ok` or
+    /// the error code of the answer).
+    pub http_api_requests: IntCounterVec,
     /// Joins of streams with history by stream kind (`topic`, `user`) and outcome
     /// (`recovered`, `not_recovered`, `fresh`: no `since`) and, when not recovered, why
     /// (`epoch`, `trimmed`, `ahead`; else `none`).
@@ -140,6 +143,14 @@ impl Metrics {
                 &["method", "code"],
             )
             .unwrap_or_else(|_| unreachable_metric()),
+            http_api_requests: IntCounterVec::new(
+                Opts::new(
+                    "http_api_requests_total",
+                    "HTTP JSON API calls by method and outcome (ok or the error code)",
+                ),
+                &["method", "code"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
             recoveries: IntCounterVec::new(
                 Opts::new(
                     "recoveries_total",
@@ -215,6 +226,7 @@ impl Metrics {
             Box::new(m.backend_healthy.clone()),
             Box::new(m.ready.clone()),
             Box::new(m.grpc_requests.clone()),
+            Box::new(m.http_api_requests.clone()),
             Box::new(m.recoveries.clone()),
             Box::new(m.replayed.clone()),
             Box::new(m.history_reads.clone()),
@@ -270,6 +282,9 @@ mod tests {
         m.grpc_requests
             .with_label_values(&["SendToUser", "OK"])
             .inc();
+        m.http_api_requests
+            .with_label_values(&["send_to_user", "ok"])
+            .inc();
         m.sessions_closed.with_label_values(&["client"]).inc();
         m.broker_publish_seconds.observe(0.001);
         m.recoveries
@@ -290,6 +305,7 @@ mod tests {
             "wsgate_backend_healthy",
             "wsgate_ready",
             "wsgate_grpc_requests_total{code=\"OK\",method=\"SendToUser\"} 1",
+            "wsgate_http_api_requests_total{code=\"ok\",method=\"send_to_user\"} 1",
             "wsgate_recoveries_total{outcome=\"recovered\",reason=\"none\",stream=\"topic\"} 1",
             "wsgate_replayed_messages_total",
             "wsgate_history_reads_total",

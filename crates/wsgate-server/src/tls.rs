@@ -1,7 +1,7 @@
 //! TLS for the listeners (rustls, ring provider): the WebSocket/HTTP listener when
-//! `server.tls_cert_file` and `server.tls_key_file` are set, the gRPC control plane when
-//! `control.tls_cert_file` and `control.tls_key_file` are. Certificates and keys are PEM
-//! files; the certificate file may hold the whole chain.
+//! `server.tls_cert_file` and `server.tls_key_file` are set, the control listener (gRPC
+//! and the HTTP JSON API) when `control.tls_cert_file` and `control.tls_key_file` are.
+//! Certificates and keys are PEM files; the certificate file may hold the whole chain.
 //!
 //! Each pair is read once, when the configuration is built, and checked by building the
 //! rustls configuration from it, so a certificate and key that do not fit together are a
@@ -67,18 +67,10 @@ impl PemPair {
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
     }
-
-    /// The tonic TLS configuration for the gRPC listener (tonic builds its own rustls
-    /// configuration from the PEM text).
-    pub fn grpc_config(&self) -> tonic::transport::ServerTlsConfig {
-        tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
-            &self.cert_pem,
-            &self.key_pem,
-        ))
-    }
 }
 
 /// ALPN of the HTTP/WebSocket listener: HTTP/1.1 only, as the listener serves.
 pub const HTTP_ALPN: &[&[u8]] = &[b"http/1.1"];
-/// ALPN of the gRPC listener.
-pub const GRPC_ALPN: &[&[u8]] = &[b"h2"];
+/// ALPN of the control listener: HTTP/2 for gRPC (and the JSON API), HTTP/1.1 for JSON
+/// API callers that offer nothing else.
+pub const CONTROL_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];

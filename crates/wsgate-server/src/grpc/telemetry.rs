@@ -1,7 +1,7 @@
 //! A span and a metric for every gRPC call: `grpc.server` spans (continuing a caller's
 //! W3C `traceparent` when it sends one) with `rpc.*` attributes and the status code, and
-//! `wsgate_grpc_requests_total{method, code}`. Metadata (the API key among it) is never
-//! recorded.
+//! `wsgate_grpc_requests_total{method, code}` (a method a service does not have counts as
+//! `<Service>/unknown`). Metadata (the API key among it) is never recorded.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -102,6 +102,12 @@ where
                     .and_then(|v| v.parse::<i32>().ok())
                     .unwrap_or(0);
                 span.record("rpc.grpc.status_code", code);
+                // A method the service does not have is the caller's string: one label.
+                let method = if code == UNIMPLEMENTED {
+                    "unknown"
+                } else {
+                    &method
+                };
                 metrics
                     .grpc_requests
                     .with_label_values(&[&format!("{short_service}/{method}"), code_name(code)])
@@ -111,6 +117,9 @@ where
         })
     }
 }
+
+/// The status tonic answers for a method a service does not have.
+const UNIMPLEMENTED: i32 = 12;
 
 /// The canonical name of a gRPC status code.
 pub fn code_name(code: i32) -> &'static str {

@@ -19,7 +19,7 @@ use wsgate_core::stream::HistoryRules;
 
 use super::sections::{RedisMode, Settings};
 use super::{Problem, SettingsError};
-use crate::tls::{GRPC_ALPN, HTTP_ALPN, PemPair};
+use crate::tls::{CONTROL_ALPN, HTTP_ALPN, PemPair};
 
 /// The configuration the gateway runs with: the settings as loaded, and what they mean
 /// built into the parts that use them.
@@ -37,8 +37,8 @@ pub struct GatewayConfig {
     pub websocket: WebSocketConfig,
     /// `server.tls_*`: TLS for the HTTP/WebSocket listener.
     pub http_tls: Option<Arc<rustls::ServerConfig>>,
-    /// `control.tls_*`: TLS for the gRPC listener.
-    pub grpc_tls: Option<tonic::transport::ServerTlsConfig>,
+    /// `control.tls_*`: TLS for the control listener (gRPC and the HTTP JSON API).
+    pub grpc_tls: Option<Arc<rustls::ServerConfig>>,
     /// `redis.*` and `registry.*`: which backends the node uses.
     pub backend: Backend,
     /// `history.*`: which streams keep history.
@@ -124,7 +124,7 @@ impl Settings {
             &mut p,
             ("control.tls_cert_file", &self.control.tls_cert_file),
             ("control.tls_key_file", &self.control.tls_key_file),
-            GRPC_ALPN,
+            CONTROL_ALPN,
         );
         let preflight = self.preflight_policies(&mut p);
         let authenticator = self.authenticator(&mut p);
@@ -141,8 +141,8 @@ impl Settings {
             authenticator: Arc::new(authenticator),
             session: self.session_params(),
             websocket: self.websocket_config(),
-            http_tls: http_tls.map(|(_, config)| config),
-            grpc_tls: grpc_tls.map(|(pair, _)| pair.grpc_config()),
+            http_tls,
+            grpc_tls,
             backend: self.backend(),
             history,
             webhooks,
@@ -248,7 +248,7 @@ fn tls_pair(
     (cert_key, cert): (&str, &Option<std::path::PathBuf>),
     (key_key, key): (&str, &Option<std::path::PathBuf>),
     alpn: &[&[u8]],
-) -> Option<Option<(PemPair, Arc<rustls::ServerConfig>)>> {
+) -> Option<Option<Arc<rustls::ServerConfig>>> {
     let problem = |p: &mut Vec<Problem>, key: &str, message: String| {
         p.push(Problem::new(key, message));
         None
@@ -263,7 +263,7 @@ fn tls_pair(
                 Err(e) => return problem(p, cert_key, e),
             };
             match pair.server_config(alpn) {
-                Ok(config) => Some(Some((pair, config))),
+                Ok(config) => Some(Some(config)),
                 Err(e) => problem(p, cert_key, e),
             }
         }

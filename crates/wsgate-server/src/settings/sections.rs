@@ -128,7 +128,8 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// URL path of the WebSocket endpoint; must start with `/`. Default `"/ws"`.
     pub ws_path: String,
-    /// gRPC control-plane listener address; must differ from `listen`. Default `127.0.0.1:50051`.
+    /// Control-plane listener address (gRPC and the HTTP JSON API); must differ from
+    /// `listen`. Default `127.0.0.1:50051`.
     pub grpc_listen: SocketAddr,
     /// Identity of this gateway instance, 1..=128 chars of `[A-Za-z0-9._-]`. Default: the
     /// `POD_NAME` environment variable, else the hostname + `-` + 6 random lowercase
@@ -316,11 +317,11 @@ impl Default for SessionSettings {
 /// `[control]` section.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ControlSettings {
-    /// Bearer keys accepted by the gRPC control plane, each >= 16 characters.
-    /// Default `[]` (no authentication on the control plane).
+    /// Bearer keys accepted by the control plane (gRPC and the HTTP JSON API), each >= 16
+    /// characters. Default `[]` (no authentication on the control plane).
     pub api_keys: Vec<String>,
-    /// PEM certificate (chain) for TLS on the gRPC listener. Set together with
-    /// `tls_key_file`. Default: unset = plaintext gRPC.
+    /// PEM certificate (chain) for TLS on the control listener (gRPC and the HTTP JSON
+    /// API). Set together with `tls_key_file`. Default: unset = plain TCP.
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key for `tls_cert_file`. Default: unset.
     pub tls_key_file: Option<PathBuf>,
