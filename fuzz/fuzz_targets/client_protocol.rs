@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use wsgate_core::auth::valid_topic;
 use wsgate_core::protocol::{
     ClientOp, OutFrame, Payload, Reply, RequestId, decode_client, encode_push, encode_reply,
-    encode_welcome,
+    encode_welcome, valid_rpc_method,
 };
 
 fn parse(frame: &OutFrame) -> Value {
@@ -71,6 +71,11 @@ fuzz_target!(|data: &[u8]| {
                 ClientOp::Subscribe { topic, .. } => ("subscribe", Some(topic)),
                 ClientOp::Unsubscribe { topic } => ("unsubscribe", Some(topic)),
                 ClientOp::Ping => ("ping", None),
+                ClientOp::Rpc { method, .. } => {
+                    assert!(valid_rpc_method(method), "invalid method accepted: {method:?}");
+                    assert!(id.is_some(), "rpc accepted without an id");
+                    ("rpc", None)
+                }
             };
             if let Some(topic) = topic {
                 assert!(valid_topic(topic), "invalid topic accepted: {topic:?}");
@@ -93,6 +98,10 @@ fuzz_target!(|data: &[u8]| {
             let mut frame = json!({ "op": op });
             if let Some(topic) = topic {
                 frame["topic"] = json!(topic);
+            }
+            if let ClientOp::Rpc { method, data } = &req.op {
+                frame["method"] = json!(method);
+                frame["data"] = data.clone();
             }
             if id.is_some() {
                 frame["id"] = id_json(id);
