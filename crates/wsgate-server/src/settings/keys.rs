@@ -78,6 +78,11 @@ keys! {
     "history.user.size" => history.user.size: uint,
     "history.user.ttl" => history.user.ttl: duration,
     "history.idempotency_window" => history.idempotency_window: duration,
+    "rpc.url" => rpc.url: opt_string,
+    "rpc.timeout" => rpc.timeout: duration,
+    "rpc.max_in_flight" => rpc.max_in_flight: uint,
+    "rpc.max_response_bytes" => rpc.max_response_bytes: uint,
+    "rpc.bearer_token" => rpc.bearer_token: opt_string,
 }
 
 /// Whether `path` names a section (a table of keys, `auth` or `auth.jwt`) rather than a key.

@@ -50,6 +50,7 @@ fn params() -> SessionParams {
         heartbeat_timeout: Duration::from_secs(5),
         outbound_queue: 16,
         token_leeway: Duration::ZERO,
+        rpc: None,
     }
 }
 
