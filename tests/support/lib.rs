@@ -5,6 +5,7 @@
 
 pub mod hostile;
 pub mod jitter;
+pub mod otlp;
 pub mod pods;
 pub mod recorder;
 pub mod redis;
