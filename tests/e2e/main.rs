@@ -19,5 +19,6 @@ mod recovery;
 mod redis_backend;
 mod rolling;
 mod rolling_recovery;
+mod rpc;
 mod security;
 mod sessions;

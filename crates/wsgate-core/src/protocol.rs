@@ -681,8 +681,14 @@ mod tests {
             (r#"{"op":"rpc","id":1}"#, "missing \"method\""),
             (r#"{"op":"rpc","method":7,"id":1}"#, "missing \"method\""),
             (r#"{"op":"rpc","method":"","id":1}"#, "\"method\" must be"),
-            (r#"{"op":"rpc","method":"a b","id":1}"#, "\"method\" must be"),
-            (r#"{"op":"rpc","method":"a\nb","id":1}"#, "\"method\" must be"),
+            (
+                r#"{"op":"rpc","method":"a b","id":1}"#,
+                "\"method\" must be",
+            ),
+            (
+                r#"{"op":"rpc","method":"a\nb","id":1}"#,
+                "\"method\" must be",
+            ),
             (r#"{"op":"rpc","method":"é","id":1}"#, "\"method\" must be"),
             (too_long.as_str(), "\"method\" must be"),
         ] {

@@ -247,7 +247,9 @@ impl RpcClient {
                 Some(status),
             ),
             (_, Ok(body)) => RpcOutcome::failed(backend_message(status, &body), Some(status)),
-            (_, Err(_)) => RpcOutcome::failed(format!("the backend answered HTTP {status}"), Some(status)),
+            (_, Err(_)) => {
+                RpcOutcome::failed(format!("the backend answered HTTP {status}"), Some(status))
+            }
         }
     }
 }
@@ -293,7 +295,10 @@ impl Drop for Pending {
     fn drop(&mut self) {
         if !self.finished {
             self.span.record("wsgate.outcome", "cancelled");
-            self.metrics.rpc_calls.with_label_values(&["cancelled"]).inc();
+            self.metrics
+                .rpc_calls
+                .with_label_values(&["cancelled"])
+                .inc();
         }
     }
 }
@@ -310,11 +315,11 @@ enum BodyError {
 /// Reads a body of at most `limit` bytes, refusing a larger one as soon as it shows (by
 /// its `Content-Length`, or once that much has arrived), so a huge answer costs at most
 /// `limit` bytes of memory.
-async fn read_bounded(response: &mut reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
-    if response
-        .content_length()
-        .is_some_and(|n| n > limit as u64)
-    {
+async fn read_bounded(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, BodyError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
         return Err(BodyError::TooLarge);
     }
     let mut body = Vec::new();

@@ -64,8 +64,7 @@ where
             data,
         };
         let call = client.call(request, metrics.clone());
-        self.calls
-            .push(Box::pin(async move { (id, call.await) }));
+        self.calls.push(Box::pin(async move { (id, call.await) }));
         None
     }
 

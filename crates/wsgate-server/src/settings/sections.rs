@@ -502,7 +502,10 @@ impl std::fmt::Debug for RpcSettings {
             .field("timeout", &self.timeout)
             .field("max_in_flight", &self.max_in_flight)
             .field("max_response_bytes", &self.max_response_bytes)
-            .field("bearer_token", &self.bearer_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
