@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod propagation;
 pub mod rpc;
 pub mod session;
 pub mod settings;

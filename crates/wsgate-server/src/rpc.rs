@@ -183,7 +183,7 @@ impl RpcClient {
             wsgate.outcome = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
-        let traceparent = span.in_scope(crate::telemetry::inject);
+        let traceparent = span.in_scope(crate::propagation::inject);
         let client = self.clone();
         let mut pending = Pending {
             metrics,
@@ -247,8 +247,11 @@ impl RpcClient {
                 Some(status),
             ),
             (_, Ok(body)) => RpcOutcome::failed(backend_message(status, &body), Some(status)),
-            (_, Err(_)) => {
+            (_, Err(BodyError::TooLarge)) => {
                 RpcOutcome::failed(format!("the backend answered HTTP {status}"), Some(status))
+            }
+            (_, Err(BodyError::Read)) => {
+                RpcOutcome::failed("the backend's answer was cut off", Some(status))
             }
         }
     }
