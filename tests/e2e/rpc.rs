@@ -11,10 +11,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::SinkExt;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
 use wsgate_tests::otlp::{hex, start_receiver};
 use wsgate_tests::pods::Pod;
 use wsgate_tests::*;
@@ -22,6 +24,8 @@ use wsgate_tests::*;
 /// What the backend saw of one call.
 #[derive(Debug, Clone)]
 struct Seen {
+    /// The body as sent.
+    raw: String,
     body: Value,
     traceparent: Option<String>,
     authorization: Option<String>,
@@ -48,8 +52,10 @@ async fn answer(State(b): State<Backend>, headers: HeaderMap, body: Bytes) -> Re
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let body: Value = serde_json::from_slice(&body).expect("the gateway sends JSON");
+    let raw = String::from_utf8(body.to_vec()).expect("UTF-8");
+    let body: Value = serde_json::from_str(&raw).expect("the gateway sends JSON");
     b.seen.lock().push(Seen {
+        raw,
         body: body.clone(),
         traceparent: header("traceparent"),
         authorization: header("authorization"),
@@ -156,19 +162,27 @@ async fn a_call_goes_to_the_backend_with_who_called_and_its_answer_comes_back() 
     let answer = next_json(&mut ws).await;
     assert_eq!(answer["id"], 2);
     assert_eq!(answer["data"]["you_sent"], Value::Null);
+    // `data` goes to the backend exactly as the client wrote it: key order, big integers.
+    let written = r#"{"z":1,"a":123456789012345678901234567890,"f":1e2}"#;
+    let frame = format!(r#"{{"op":"rpc","method":"raw","data":{written},"id":"raw"}}"#);
+    ws.send(Message::Text(frame.into())).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["id"], "raw");
+    let raw = backend.seen()[2].raw.clone();
+    assert!(raw.contains(&format!(r#""data":{written}"#)), "{raw}");
+
     // A call without an id is refused: its answer could not be matched.
     send_json(&mut ws, json!({ "op": "rpc", "method": "echo" })).await;
     let refused = next_json(&mut ws).await;
     assert_eq!(refused["code"], "bad_request", "{refused}");
     assert_eq!(
         backend.seen().len(),
-        2,
+        3,
         "a refused op never reaches the backend"
     );
-    assert_eq!(metric(&gw, "wsgate_rpc_calls_total{outcome=ok}").await, 2.0);
+    assert_eq!(metric(&gw, "wsgate_rpc_calls_total{outcome=ok}").await, 3.0);
     assert_eq!(
         metric(&gw, "wsgate_rpc_duration_seconds_count{}").await,
-        2.0
+        3.0
     );
 }
 

@@ -76,9 +76,20 @@ impl RawJson {
         }
     }
 
+    /// `null`.
+    pub fn null() -> Self {
+        Self(RawValue::NULL.to_owned())
+    }
+
     /// The JSON text.
     pub fn get(&self) -> &str {
         self.0.get()
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
     }
 }
 
@@ -277,8 +288,9 @@ pub enum ClientOp {
     Rpc {
         /// What the backend is asked to do (see [`valid_rpc_method`]).
         method: String,
-        /// Any JSON value; `null` when the op has no `data`.
-        data: serde_json::Value,
+        /// Any JSON value, exactly as the client wrote it (key order, number forms);
+        /// `null` when the op has no `data`.
+        data: RawJson,
     },
 }
 
@@ -374,7 +386,7 @@ pub fn decode_client(text: &str) -> Result<ClientRequest, ProtocolError> {
         },
         "unsubscribe" => ClientOp::Unsubscribe { topic: topic()? },
         "ping" => ClientOp::Ping,
-        "rpc" => decode_rpc(&mut obj, &id)?,
+        "rpc" => decode_rpc(text, &obj, &id)?,
         _ => {
             return Err(ProtocolError::bad_request(
                 "unknown op: expected subscribe, unsubscribe, ping or rpc",
@@ -385,9 +397,12 @@ pub fn decode_client(text: &str) -> Result<ClientRequest, ProtocolError> {
     Ok(ClientRequest { op, id })
 }
 
-/// The fields of an `rpc` op; its `id` is required, to match the answer.
+/// The fields of an `rpc` op; its `id` is required, to match the answer. `data` is taken
+/// from the frame's text as it is, so it reaches the backend unchanged (a `Value` would
+/// sort its keys and round integers beyond 64 bits).
 fn decode_rpc(
-    obj: &mut serde_json::Map<String, serde_json::Value>,
+    text: &str,
+    obj: &serde_json::Map<String, serde_json::Value>,
     id: &Option<RequestId>,
 ) -> Result<ClientOp, ProtocolError> {
     let method = match obj.get("method").and_then(|v| v.as_str()) {
@@ -413,7 +428,22 @@ fn decode_rpc(
             None,
         ));
     }
-    let data = obj.remove("data").unwrap_or(serde_json::Value::Null);
+    #[derive(serde::Deserialize)]
+    struct Data<'a> {
+        #[serde(borrow, default)]
+        data: Option<&'a RawValue>,
+    }
+    // The frame parsed as a whole already, so this only finds `data` again (strictly:
+    // a frame with two `data` keys is refused rather than guessed at).
+    let data = match serde_json::from_str::<Data<'_>>(text) {
+        Ok(Data { data }) => data.map_or_else(RawJson::null, |raw| RawJson(raw.to_owned())),
+        Err(_) => {
+            return Err(ProtocolError::bad_request(
+                "\"data\" must appear at most once",
+                id.clone(),
+            ));
+        }
+    };
     Ok(ClientOp::Rpc { method, data })
 }
 
@@ -640,13 +670,17 @@ mod tests {
 
     #[test]
     fn rpc_ops_are_decoded_and_answered_with_their_id() {
-        let r = decode_client(r#"{"op":"rpc","method":"orders.get","data":{"n":[1,2]},"id":"c1"}"#)
-            .unwrap();
+        let r = decode_client(
+            r#"{"op":"rpc","method":"orders.get","data":{"z":1, "a":[1e2,123456789012345678901234567890]},"id":"c1"}"#,
+        )
+        .unwrap();
+        // As the client wrote it: key order, number forms and big integers kept.
         assert_eq!(
             r.op,
             ClientOp::Rpc {
                 method: "orders.get".into(),
-                data: serde_json::json!({"n":[1,2]}),
+                data: RawJson::parse(r#"{"z":1, "a":[1e2,123456789012345678901234567890]}"#)
+                    .unwrap(),
             }
         );
         assert_eq!(r.id, Some(RequestId::Text("c1".into())));
@@ -656,7 +690,7 @@ mod tests {
             r.op,
             ClientOp::Rpc {
                 method: "users/v1:me_now-1".into(),
-                data: serde_json::Value::Null,
+                data: RawJson::null(),
             }
         );
         let long = "m".repeat(MAX_RPC_METHOD_BYTES);
@@ -691,6 +725,10 @@ mod tests {
             ),
             (r#"{"op":"rpc","method":"é","id":1}"#, "\"method\" must be"),
             (too_long.as_str(), "\"method\" must be"),
+            (
+                r#"{"op":"rpc","method":"m","data":1,"data":2,"id":1}"#,
+                "\"data\" must appear at most once",
+            ),
         ] {
             let e = decode_client(bad).unwrap_err();
             assert_eq!(e.code, "bad_request", "{bad}");

@@ -21,7 +21,9 @@ use wsgate_core::auth::{
     valid_user_id,
 };
 use wsgate_core::preflight::{self, ECHO_LIMIT, HostPolicy, OriginPolicy, check_ws_key, client_ip};
-use wsgate_core::protocol::{ClientOp, OutFrame, Reply, RequestId, decode_client, encode_reply};
+use wsgate_core::protocol::{
+    ClientOp, OutFrame, RawJson, Reply, RequestId, decode_client, encode_reply,
+};
 
 const SECRET: &[u8] = b"properties-secret-that-is-long-enough";
 
@@ -187,7 +189,8 @@ proptest! {
         }
         match (decode_client(&frame.to_string()), &id) {
             (Ok(req), Some(id)) => {
-                prop_assert_eq!(&req.op, &ClientOp::Rpc { method: method.clone(), data: data.clone() });
+                let raw = RawJson::parse(&data.to_string()).unwrap();
+                prop_assert_eq!(&req.op, &ClientOp::Rpc { method: method.clone(), data: raw });
                 let reply = Reply::Error { code: "rpc_failed", message: "no".into() };
                 let out = reply_json(&encode_reply(&reply, req.id.as_ref()));
                 prop_assert_eq!(&out["id"], id);

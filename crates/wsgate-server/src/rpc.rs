@@ -120,8 +120,8 @@ pub struct RpcRequest<'a> {
     pub session_id: &'a str,
     /// The method the client named.
     pub method: &'a str,
-    /// The client's `data`.
-    pub data: &'a serde_json::Value,
+    /// The client's `data`, as it wrote it.
+    pub data: &'a RawJson,
 }
 
 impl RpcClient {
@@ -163,7 +163,7 @@ impl RpcClient {
             user_id: &'a str,
             session_id: &'a str,
             method: &'a str,
-            data: &'a serde_json::Value,
+            data: &'a RawJson,
         }
         let body = serde_json::to_vec(&Body {
             user_id: request.user_id,
@@ -193,7 +193,7 @@ impl RpcClient {
         };
         async move {
             let outcome = match body {
-                // A `Value` always serializes; kept as a failure rather than a panic.
+                // Strings and checked JSON always serialize; a failure, not a panic.
                 Err(e) => RpcOutcome::failed(format!("the call could not be encoded: {e}"), None),
                 Ok(body) => {
                     let exchange = client.exchange(body, traceparent);

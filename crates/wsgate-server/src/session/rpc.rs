@@ -15,7 +15,7 @@ use std::pin::Pin;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{Sink, Stream};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use wsgate_core::protocol::{Reply, RequestId, encode_reply};
+use wsgate_core::protocol::{RawJson, Reply, RequestId, encode_reply};
 
 use super::io::to_message;
 use super::{Flow, Session};
@@ -37,7 +37,7 @@ where
         &mut self,
         id: Option<RequestId>,
         method: &str,
-        data: &serde_json::Value,
+        data: &RawJson,
     ) -> Option<Reply> {
         let metrics = &self.node.metrics;
         let Some(client) = &self.params.rpc else {
