@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use wsgate_core::auth::valid_topic;
 use wsgate_core::protocol::{
     ClientOp, OutFrame, Payload, Reply, RequestId, decode_client, encode_push, encode_reply,
-    encode_welcome,
+    encode_welcome, valid_rpc_method,
 };
 
 fn parse(frame: &OutFrame) -> Value {
@@ -71,6 +71,12 @@ fuzz_target!(|data: &[u8]| {
                 ClientOp::Subscribe { topic, .. } => ("subscribe", Some(topic)),
                 ClientOp::Unsubscribe { topic } => ("unsubscribe", Some(topic)),
                 ClientOp::Ping => ("ping", None),
+                ClientOp::Publish { topic, .. } => ("publish", Some(topic)),
+                ClientOp::Rpc { method, .. } => {
+                    assert!(valid_rpc_method(method), "invalid method accepted: {method:?}");
+                    assert!(id.is_some(), "rpc accepted without an id");
+                    ("rpc", None)
+                }
             };
             if let Some(topic) = topic {
                 assert!(valid_topic(topic), "invalid topic accepted: {topic:?}");
@@ -94,12 +100,28 @@ fuzz_target!(|data: &[u8]| {
             if let Some(topic) = topic {
                 frame["topic"] = json!(topic);
             }
+            if let ClientOp::Rpc { method, data } = &req.op {
+                frame["method"] = json!(method);
+                frame["data"] = serde_json::from_str(data.get()).expect("rpc data is JSON");
+            }
             if id.is_some() {
                 frame["id"] = id_json(id);
             }
             let again = serde_json::to_string(&frame).expect("frame serializes");
             let back = decode_client(&again).expect("re-encoded op decodes");
-            assert_eq!(back.op, req.op);
+            match (&back.op, &req.op) {
+                // rpc data is kept as written; through a `Value` its text may change
+                // (key order, number forms), its value may not.
+                (
+                    ClientOp::Rpc { method: m1, data: d1 },
+                    ClientOp::Rpc { method: m2, data: d2 },
+                ) => {
+                    assert_eq!(m1, m2);
+                    let value = |d: &str| serde_json::from_str::<Value>(d).expect("JSON");
+                    assert_eq!(value(d1.get()), value(d2.get()), "rpc data changes");
+                }
+                (back, op) => assert_eq!(back, op),
+            }
             assert!(
                 same_id(&id_json(back.id.as_ref()), &id_json(id)),
                 "id changes across a round trip: {again}"

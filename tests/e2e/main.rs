@@ -22,5 +22,6 @@ mod recovery;
 mod redis_backend;
 mod rolling;
 mod rolling_recovery;
+mod rpc;
 mod security;
 mod sessions;

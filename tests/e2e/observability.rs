@@ -3,117 +3,15 @@
 //! that parse and move, readiness that follows Redis and the pub/sub self-probe.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::trace::v1::Span;
-use parking_lot::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 use wsgate_proto::pb;
+use wsgate_tests::otlp::{Exported, start_receiver};
 use wsgate_tests::pods::Pod;
 use wsgate_tests::redis::RedisServer;
 use wsgate_tests::*;
-
-/// A span as exported, with the pod that exported it.
-#[derive(Debug, Clone)]
-struct Exported {
-    pod: String,
-    span: Span,
-}
-
-impl Exported {
-    fn attr(&self, key: &str) -> Option<String> {
-        self.span
-            .attributes
-            .iter()
-            .find(|kv| kv.key == key)
-            .and_then(|kv| kv.value.as_ref())
-            .map(value_text)
-    }
-}
-
-fn value_text(v: &AnyValue) -> String {
-    match &v.value {
-        Some(any_value::Value::StringValue(s)) => s.clone(),
-        Some(any_value::Value::IntValue(i)) => i.to_string(),
-        Some(any_value::Value::BoolValue(b)) => b.to_string(),
-        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
-/// An OTLP/gRPC trace receiver, like a collector's.
-#[derive(Clone, Default)]
-struct Receiver {
-    spans: Arc<Mutex<Vec<Exported>>>,
-    /// Every attribute value exported, resource attributes included.
-    values: Arc<Mutex<Vec<String>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let request = request.into_inner();
-        for rs in request.resource_spans {
-            let resource: Vec<KeyValue> = rs.resource.map(|r| r.attributes).unwrap_or_default();
-            let pod = resource
-                .iter()
-                .find(|kv| kv.key == "service.instance.id")
-                .and_then(|kv| kv.value.as_ref())
-                .map(value_text)
-                .unwrap_or_default();
-            let mut values = self.values.lock();
-            values.extend(
-                resource
-                    .iter()
-                    .filter_map(|kv| kv.value.as_ref())
-                    .map(value_text),
-            );
-            for ss in rs.scope_spans {
-                for span in ss.spans {
-                    values.push(span.name.clone());
-                    values.extend(
-                        span.attributes
-                            .iter()
-                            .filter_map(|kv| kv.value.as_ref())
-                            .map(value_text),
-                    );
-                    self.spans.lock().push(Exported {
-                        pod: pod.clone(),
-                        span,
-                    });
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-async fn start_receiver() -> (Receiver, std::net::SocketAddr) {
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = TraceServiceServer::new(receiver.clone());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    (receiver, addr)
-}
 
 #[tokio::test]
 async fn one_trace_follows_a_push_from_the_control_call_to_the_delivery_on_another_pod() {

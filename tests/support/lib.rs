@@ -6,6 +6,7 @@
 pub mod api;
 pub mod hostile;
 pub mod jitter;
+pub mod otlp;
 pub mod pods;
 pub mod recorder;
 pub mod redis;

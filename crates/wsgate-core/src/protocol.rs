@@ -63,6 +63,42 @@ impl Payload {
     }
 }
 
+/// A JSON value checked once and kept as its text, to be embedded as it is.
+#[derive(Debug, Clone)]
+pub struct RawJson(Box<RawValue>);
+
+impl RawJson {
+    /// Validates `json` as [`Payload::json`] does (strict: what every client can read back).
+    pub fn parse(json: &str) -> Result<Self, String> {
+        match Payload::json(json)? {
+            Payload::Json(raw) => Ok(Self(raw)),
+            Payload::Text(_) | Payload::Binary(_) => Err("not JSON".to_owned()),
+        }
+    }
+
+    /// `null`.
+    pub fn null() -> Self {
+        Self(RawValue::NULL.to_owned())
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
 /// A frame ready for the socket, shared across recipients without copying.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutFrame {
@@ -254,6 +290,28 @@ pub enum ClientOp {
         /// The message: any JSON value ([`Payload::Json`]), pushed as it is.
         data: Payload,
     },
+    /// `{"op":"rpc","method":"M","data":…,"id":…}`: a call to the application's backend,
+    /// answered by `rpc_result` (or an error) with the same `id`, which is required: the
+    /// answer may come after replies to later ops.
+    Rpc {
+        /// What the backend is asked to do (see [`valid_rpc_method`]).
+        method: String,
+        /// Any JSON value, exactly as the client wrote it (key order, number forms);
+        /// `null` when the op has no `data`.
+        data: RawJson,
+    },
+}
+
+/// Longest rpc method name, in bytes.
+pub const MAX_RPC_METHOD_BYTES: usize = 128;
+
+/// An rpc method name: 1 to [`MAX_RPC_METHOD_BYTES`] characters of `A-Z a-z 0-9 . _ : / -`,
+/// so it can go into logs and URLs of the backend's choosing without escaping.
+pub fn valid_rpc_method(method: &str) -> bool {
+    (1..=MAX_RPC_METHOD_BYTES).contains(&method.len())
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'-'))
 }
 
 /// A decoded client frame: the op and its request id.
@@ -349,14 +407,65 @@ pub fn decode_client(text: &str) -> Result<ClientRequest, ProtocolError> {
             };
             ClientOp::Publish { topic, data }
         }
+        "rpc" => decode_rpc(text, &obj, &id)?,
         _ => {
             return Err(ProtocolError::bad_request(
-                "unknown op: expected subscribe, unsubscribe, publish or ping",
+                "unknown op: expected subscribe, unsubscribe, publish, ping or rpc",
                 id,
             ));
         }
     };
     Ok(ClientRequest { op, id })
+}
+
+/// The fields of an `rpc` op; its `id` is required, to match the answer. `data` is taken
+/// from the frame's text as it is, so it reaches the backend unchanged (a `Value` would
+/// sort its keys and round integers beyond 64 bits).
+fn decode_rpc(
+    text: &str,
+    obj: &serde_json::Map<String, serde_json::Value>,
+    id: &Option<RequestId>,
+) -> Result<ClientOp, ProtocolError> {
+    let method = match obj.get("method").and_then(|v| v.as_str()) {
+        Some(m) if valid_rpc_method(m) => m.to_owned(),
+        Some(_) => {
+            return Err(ProtocolError::bad_request(
+                format!(
+                    "\"method\" must be 1 to {MAX_RPC_METHOD_BYTES} characters of A-Z a-z 0-9 . _ : / -"
+                ),
+                id.clone(),
+            ));
+        }
+        None => {
+            return Err(ProtocolError::bad_request(
+                "missing \"method\" (a string)",
+                id.clone(),
+            ));
+        }
+    };
+    if id.is_none() {
+        return Err(ProtocolError::bad_request(
+            "rpc needs an \"id\" (a string or a number) to match its answer",
+            None,
+        ));
+    }
+    #[derive(serde::Deserialize)]
+    struct Data<'a> {
+        #[serde(borrow, default)]
+        data: Option<&'a RawValue>,
+    }
+    // The frame parsed as a whole already, so this only finds `data` again (strictly:
+    // a frame with two `data` keys is refused rather than guessed at).
+    let data = match serde_json::from_str::<Data<'_>>(text) {
+        Ok(Data { data }) => data.map_or_else(RawJson::null, |raw| RawJson(raw.to_owned())),
+        Err(_) => {
+            return Err(ProtocolError::bad_request(
+                "\"data\" must appear at most once",
+                id.clone(),
+            ));
+        }
+    };
+    Ok(ClientOp::Rpc { method, data })
 }
 
 /// `{"epoch": string of at most 64 bytes, "offset": u64}`.
@@ -415,6 +524,8 @@ pub enum Reply {
         /// The message's epoch and offset (topics with history only).
         position: Option<StreamPosition>,
     },
+    /// The backend's answer to an `rpc` op: its JSON body, as `data`.
+    RpcResult(RawJson),
     /// The op was refused.
     Error {
         /// Machine-readable code.
@@ -445,6 +556,8 @@ pub fn encode_reply(reply: &Reply, id: Option<&RequestId>) -> OutFrame {
         message: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<&'a RawValue>,
     }
     let mut out = Out {
         op: "",
@@ -456,6 +569,7 @@ pub fn encode_reply(reply: &Reply, id: Option<&RequestId>) -> OutFrame {
         code: None,
         message: None,
         id,
+        data: None,
     };
     match reply {
         Reply::Subscribed(t) => (out.op, out.topic) = ("subscribed", Some(t.as_str())),
@@ -481,6 +595,7 @@ pub fn encode_reply(reply: &Reply, id: Option<&RequestId>) -> OutFrame {
                 out.offset = Some(position.offset);
             }
         }
+        Reply::RpcResult(data) => (out.op, out.data) = ("rpc_result", Some(&*data.0)),
         Reply::Error { code, message } => {
             (out.op, out.code, out.message) = ("error", Some(*code), Some(message.as_str()));
         }
@@ -629,6 +744,89 @@ mod tests {
         }
         let err = decode_client(r#"{"op":"dance","id":"q"}"#).unwrap_err();
         assert_eq!(err.id, Some(RequestId::Text("q".into())));
+    }
+
+    #[test]
+    fn rpc_ops_are_decoded_and_answered_with_their_id() {
+        let r = decode_client(
+            r#"{"op":"rpc","method":"orders.get","data":{"z":1, "a":[1e2,123456789012345678901234567890]},"id":"c1"}"#,
+        )
+        .unwrap();
+        // As the client wrote it: key order, number forms and big integers kept.
+        assert_eq!(
+            r.op,
+            ClientOp::Rpc {
+                method: "orders.get".into(),
+                data: RawJson::parse(r#"{"z":1, "a":[1e2,123456789012345678901234567890]}"#)
+                    .unwrap(),
+            }
+        );
+        assert_eq!(r.id, Some(RequestId::Text("c1".into())));
+        // No data is null; a number id is fine.
+        let r = decode_client(r#"{"op":"rpc","method":"users/v1:me_now-1","id":3}"#).unwrap();
+        assert_eq!(
+            r.op,
+            ClientOp::Rpc {
+                method: "users/v1:me_now-1".into(),
+                data: RawJson::null(),
+            }
+        );
+        let long = "m".repeat(MAX_RPC_METHOD_BYTES);
+        assert!(decode_client(&format!(r#"{{"op":"rpc","method":"{long}","id":1}}"#)).is_ok());
+
+        let answer = RawJson::parse(r#"{"ok":true}"#).unwrap();
+        assert_eq!(
+            text(&encode_reply(&Reply::RpcResult(answer), r.id.as_ref())),
+            serde_json::json!({"op":"rpc_result","data":{"ok":true},"id":3})
+        );
+        let null = RawJson::parse("null").unwrap();
+        assert_eq!(
+            text(&encode_reply(&Reply::RpcResult(null), None)),
+            serde_json::json!({"op":"rpc_result","data":null})
+        );
+    }
+
+    #[test]
+    fn bad_rpc_ops_are_bad_requests() {
+        let too_long = format!(r#"{{"op":"rpc","method":"{}","id":1}}"#, "m".repeat(129));
+        for (bad, why) in [
+            (r#"{"op":"rpc","id":1}"#, "missing \"method\""),
+            (r#"{"op":"rpc","method":7,"id":1}"#, "missing \"method\""),
+            (r#"{"op":"rpc","method":"","id":1}"#, "\"method\" must be"),
+            (
+                r#"{"op":"rpc","method":"a b","id":1}"#,
+                "\"method\" must be",
+            ),
+            (
+                r#"{"op":"rpc","method":"a\nb","id":1}"#,
+                "\"method\" must be",
+            ),
+            (r#"{"op":"rpc","method":"é","id":1}"#, "\"method\" must be"),
+            (too_long.as_str(), "\"method\" must be"),
+            (
+                r#"{"op":"rpc","method":"m","data":1,"data":2,"id":1}"#,
+                "\"data\" must appear at most once",
+            ),
+        ] {
+            let e = decode_client(bad).unwrap_err();
+            assert_eq!(e.code, "bad_request", "{bad}");
+            assert!(e.message.contains(why), "{bad}: {}", e.message);
+            assert_eq!(e.id, Some(RequestId::Number(1.into())), "{bad}");
+        }
+        // Without an id the answer could not be matched: refused, and says why.
+        for no_id in [
+            r#"{"op":"rpc","method":"m"}"#,
+            r#"{"op":"rpc","method":"m","data":1,"id":null}"#,
+        ] {
+            let e = decode_client(no_id).unwrap_err();
+            assert_eq!(e.code, "bad_request");
+            assert!(e.message.contains("\"id\""), "{}", e.message);
+            assert_eq!(e.id, None);
+        }
+        assert!(RawJson::parse("{").is_err());
+        assert!(RawJson::parse(r#""\ud800""#).is_err());
+        assert!(valid_rpc_method("a.b_c:d/e-f9"));
+        assert!(!valid_rpc_method("a?b"));
     }
 
     #[test]

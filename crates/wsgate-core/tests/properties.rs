@@ -21,7 +21,9 @@ use wsgate_core::auth::{
     valid_user_id,
 };
 use wsgate_core::preflight::{self, ECHO_LIMIT, HostPolicy, OriginPolicy, check_ws_key, client_ip};
-use wsgate_core::protocol::{ClientOp, OutFrame, Reply, RequestId, decode_client, encode_reply};
+use wsgate_core::protocol::{
+    ClientOp, OutFrame, RawJson, Reply, RequestId, decode_client, encode_reply,
+};
 
 const SECRET: &[u8] = b"properties-secret-that-is-long-enough";
 
@@ -161,11 +163,42 @@ proptest! {
             ClientOp::Subscribe { topic, .. } => Reply::Subscribed(topic.clone()),
             ClientOp::Unsubscribe { topic } => Reply::Unsubscribed(topic.clone()),
             ClientOp::Ping => Reply::Pong,
+            ClientOp::Rpc { .. } | ClientOp::Publish { .. } => {
+                unreachable!("only subscribe, unsubscribe and ping are sent")
+            }
         };
         let out = reply_json(&encode_reply(&reply, req.id.as_ref()));
         match &id {
             None => prop_assert!(out.get("id").is_none()),
             Some(id) => prop_assert_eq!(&out["id"], id),
+        }
+    }
+
+    #[test]
+    fn rpc_ops_keep_method_and_data_and_need_an_id(
+        method in "[A-Za-z0-9._:/-]{1,128}",
+        data in prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(|n| json!(n)),
+            "[ -~]{0,40}".prop_map(|s| json!(s)),
+            ("[a-z]{1,8}", any::<bool>()).prop_map(|(k, b)| json!({ k: [b, null] })),
+        ],
+        id in request_id(),
+    ) {
+        let mut frame = json!({ "op": "rpc", "method": method, "data": data });
+        if let Some(id) = &id {
+            frame["id"] = id.clone();
+        }
+        match (decode_client(&frame.to_string()), &id) {
+            (Ok(req), Some(id)) => {
+                let raw = RawJson::parse(&data.to_string()).unwrap();
+                prop_assert_eq!(&req.op, &ClientOp::Rpc { method: method.clone(), data: raw });
+                let reply = Reply::Error { code: "rpc_failed", message: "no".into() };
+                let out = reply_json(&encode_reply(&reply, req.id.as_ref()));
+                prop_assert_eq!(&out["id"], id);
+            }
+            (Err(e), None) => prop_assert_eq!(e.code, "bad_request"),
+            (other, id) => prop_assert!(false, "{other:?} for id {id:?}"),
         }
     }
 

@@ -6,14 +6,17 @@
 //! [`Gateway::serve`] puts them on the listeners, and [`Serving::drain`] takes the pod down
 //! gracefully. Inside: [`settings`] (loading and building the configuration), [`http`]
 //! (router, preflight layers, WebSocket upgrade), [`session`] (one task per connection),
-//! [`grpc`] (the control plane), [`node`] (hub plus backends), [`upkeep`] (liveness and
-//! readiness) and [`shutdown`] (the drain of the sessions).
+//! [`grpc`] (the control plane), [`node`] (hub plus backends), [`rpc`] (clients' calls to
+//! the application's backend), [`upkeep`] (liveness and readiness) and [`shutdown`] (the
+//! drain of the sessions).
 
 pub mod grpc;
 pub mod http;
 pub mod http_client;
 pub mod metrics;
 pub mod node;
+pub mod propagation;
+pub mod rpc;
 pub mod session;
 pub mod settings;
 pub mod shutdown;

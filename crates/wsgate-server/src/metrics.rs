@@ -67,6 +67,12 @@ pub struct Metrics {
     pub webhook_dropped: IntCounterVec,
     /// Time from an event's first attempt to its delivery, by endpoint.
     pub webhook_latency: HistogramVec,
+    /// Client rpc calls by outcome: `ok`, `failed`, `timeout`, `cancelled` (the session
+    /// ended first), and those never sent: `busy` (over `rpc.max_in_flight`),
+    /// `unavailable` (rpc is not configured).
+    pub rpc_calls: IntCounterVec,
+    /// Time from a client's rpc op to the backend's complete answer (or the timeout).
+    pub rpc_seconds: Histogram,
 }
 
 impl Metrics {
@@ -208,6 +214,22 @@ impl Metrics {
                 &["endpoint"],
             )
             .unwrap_or_else(|_| unreachable_metric()),
+            rpc_calls: IntCounterVec::new(
+                Opts::new("rpc_calls_total", "Client rpc calls to the backend by outcome"),
+                &["outcome"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            rpc_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "rpc_duration_seconds",
+                    "Time from a client's rpc op to the backend's complete answer",
+                )
+                .buckets(vec![
+                    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0,
+                ]),
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -235,6 +257,8 @@ impl Metrics {
             Box::new(m.webhook_deliveries.clone()),
             Box::new(m.webhook_dropped.clone()),
             Box::new(m.webhook_latency.clone()),
+            Box::new(m.rpc_calls.clone()),
+            Box::new(m.rpc_seconds.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {
@@ -291,6 +315,8 @@ mod tests {
             .with_label_values(&["topic", "recovered", "none"])
             .inc();
         m.stream_resets.with_label_values(&["user"]).inc();
+        m.rpc_calls.with_label_values(&["busy"]).inc();
+        m.rpc_seconds.observe(0.02);
         let text = m.render();
         for name in [
             "wsgate_connections",
@@ -310,6 +336,8 @@ mod tests {
             "wsgate_replayed_messages_total",
             "wsgate_history_reads_total",
             "wsgate_stream_resets_total{stream=\"user\"} 1",
+            "wsgate_rpc_calls_total{outcome=\"busy\"} 1",
+            "wsgate_rpc_duration_seconds_bucket",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

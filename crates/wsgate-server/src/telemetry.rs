@@ -12,23 +12,21 @@
 //! otherwise. Only wsgate's own spans are exported, at INFO and above.
 //!
 //! Cross-pod context travels as W3C `traceparent` in the Redis envelope: [`inject`] on
-//! the publishing pod, [`extract`] on the receiving one.
+//! the publishing pod, [`extract`] on the receiving one (both from [`crate::propagation`]).
 
 use std::collections::HashMap;
 
 use opentelemetry::KeyValue;
-use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig as _};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+pub use crate::propagation::{extract, inject};
 use crate::settings::{LogFormat, OtlpProtocol, Settings};
 
 /// Keeps the trace pipeline alive; [`Telemetry::shutdown`] flushes pending spans.
@@ -157,20 +155,4 @@ fn provider(
         ))));
     }
     Ok(builder.build())
-}
-
-/// The W3C `traceparent` of the current span, when it is being traced.
-pub fn inject() -> Option<String> {
-    let context = tracing::Span::current().context();
-    let mut carrier: HashMap<String, String> = HashMap::new();
-    TraceContextPropagator::new().inject_context(&context, &mut carrier);
-    carrier.remove("traceparent")
-}
-
-/// Makes `span` a child of the remote span named by `traceparent`.
-pub fn extract(span: &tracing::Span, traceparent: &str) {
-    let carrier: HashMap<String, String> =
-        HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
-    let context = TraceContextPropagator::new().extract(&carrier);
-    let _ = span.set_parent(context);
 }

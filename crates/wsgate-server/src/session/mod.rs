@@ -12,11 +12,13 @@
 //! - `io.rs`: writes under the session's limits, the close handshake, read errors;
 //! - `ops.rs`: what the client's frames ask for;
 //! - `publish.rs`: the `publish` op, its policy and rate;
+//! - `rpc.rs`: the client's calls to the backend, in flight beside the loop;
 //! - `streams.rs`: joining streams with history and keeping them without gaps.
 
 mod io;
 mod ops;
 mod publish;
+mod rpc;
 mod streams;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
@@ -319,6 +321,8 @@ struct Session<S> {
     tally: Tally,
     /// Unregisters the session however the task ends.
     cleanup: Cleanup,
+    /// The client's rpc calls in flight; dropped with the session, which cancels them.
+    calls: rpc::Calls,
     /// Set when a ping is out and nothing has come back yet.
     pong_deadline: Option<tokio::time::Instant>,
     /// When the token runs out (plus the leeway): a session never outlives its token.
@@ -354,6 +358,7 @@ where
             resync,
             record,
             cleanup,
+            calls: rpc::Calls::new(),
             pong_deadline: None,
             token_deadline: None,
         }
@@ -421,6 +426,11 @@ where
                 () = sleep_until_opt(self.pong_deadline) => close::NO_PONG.into(),
                 () = sleep_until_opt(self.token_deadline) => close::TOKEN_EXPIRY.into(),
                 Ok(()) = self.resync.changed(), if !self.cursors.is_empty() => self.catch_up().await,
+                // Before the queue: at most `rpc.max_in_flight` answers, so they cannot
+                // starve it, and a busy queue does not hold them back.
+                Some((id, outcome)) = self.calls.next(), if !self.calls.is_empty() => {
+                    self.rpc_done(id, outcome).await
+                }
                 frame = self.outbound.recv() => match frame {
                     Some(frame) => self.flush_queue(frame).await,
                     None => close::UNEXPLAINED.into(),
@@ -465,10 +475,13 @@ where
             params,
             node,
             outbound,
+            calls,
             tally,
             cleanup,
             ..
         } = self;
+        // Calls still out are cancelled: their answers would have nowhere to go.
+        drop(calls);
         drop(outbound);
         cleanup.run().await;
         let ended_by = match exit {

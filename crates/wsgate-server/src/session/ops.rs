@@ -1,9 +1,10 @@
-//! What the client's frames ask for: the `wsgate.v1` ops (subscribe, unsubscribe, ping;
-//! publish in `publish.rs`),
-//! echo mode, and the control frames tungstenite leaves to the session.
+//! What the client's frames ask for: the `wsgate.v1` ops (subscribe, unsubscribe, ping,
+//! rpc; publish in `publish.rs`), echo mode, and the control frames tungstenite leaves to
+//! the session.
 //!
 //! A new op is a [`ClientOp`] variant and one method here that answers it with a
-//! [`Reply`]; writing the reply and counting it is done once, in `on_frame`.
+//! [`Reply`]; writing the reply and counting it is done once, in `on_frame`. An `rpc`
+//! that starts is answered later, when its call ends (`rpc.rs`).
 
 use futures_util::{Sink, SinkExt, Stream};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -29,7 +30,11 @@ where
         let (reply, join) = match msg {
             Message::Text(text) => {
                 self.tally.received(text.len());
-                self.handle_op(text.as_str()).await
+                match self.handle_op(text.as_str()).await {
+                    (Some(reply), join) => (reply, join),
+                    // A call started: its answer comes when it ends.
+                    (None, _) => return Flow::Continue,
+                }
             }
             Message::Binary(bytes) => {
                 self.tally.received(bytes.len());
@@ -65,8 +70,9 @@ where
     }
 
     /// Decodes a text frame as an op and answers it; the reply echoes the request id. A
-    /// join of a stream with history comes back with it, to replay after the answer.
-    async fn handle_op(&mut self, text: &str) -> (OutFrame, Option<(StreamKey, Join)>) {
+    /// join of a stream with history comes back with it, to replay after the answer. No
+    /// reply: an rpc call started.
+    async fn handle_op(&mut self, text: &str) -> (Option<OutFrame>, Option<(StreamKey, Join)>) {
         let request = match decode_client(text) {
             Ok(r) => r,
             Err(e) => {
@@ -74,7 +80,7 @@ where
                     code: e.code,
                     message: e.message,
                 };
-                return (encode_reply(&refusal, e.id.as_ref()), None);
+                return (Some(encode_reply(&refusal, e.id.as_ref())), None);
             }
         };
         let (reply, join) = match request.op {
@@ -82,8 +88,14 @@ where
             ClientOp::Subscribe { topic, since } => self.subscribe(topic, since).await,
             ClientOp::Unsubscribe { topic } => (self.unsubscribe(topic).await, None),
             ClientOp::Publish { topic, data } => (self.publish(topic, data).await, None),
+            ClientOp::Rpc { method, data } => {
+                match self.start_rpc(request.id.clone(), &method, &data) {
+                    Some(refusal) => (refusal, None),
+                    None => return (None, None),
+                }
+            }
         };
-        (encode_reply(&reply, request.id.as_ref()), join)
+        (Some(encode_reply(&reply, request.id.as_ref())), join)
     }
 
     /// `subscribe`: only topics the token allows; answered once pushes to the topic

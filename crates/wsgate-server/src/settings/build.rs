@@ -19,6 +19,7 @@ use wsgate_core::stream::HistoryRules;
 
 use super::sections::{RedisMode, Settings};
 use super::{Problem, SettingsError};
+use crate::rpc::{RpcClient, RpcConfig, RpcSetupError};
 use crate::tls::{CONTROL_ALPN, HTTP_ALPN, PemPair};
 
 /// The configuration the gateway runs with: the settings as loaded, and what they mean
@@ -75,6 +76,9 @@ pub struct SessionParams {
     pub client_publish: bool,
     /// `publish` ops per second per session (`limits.client_publish_per_s`; 0 = no limit).
     pub client_publish_per_s: u32,
+    /// `rpc.*`: the backend's client, shared by every session; `None` when `rpc.url`
+    /// is not set.
+    pub rpc: Option<Arc<RpcClient>>,
 }
 
 /// The policies of the preflight chain that come from configuration alone (the chain
@@ -114,6 +118,7 @@ impl Settings {
         self.check_registry_and_shutdown(&mut p);
         let history = self.history_rules(&mut p);
         let webhooks = self.webhook_config(&mut p);
+        let rpc = self.rpc_client(&mut p);
         let http_tls = tls_pair(
             &mut p,
             ("server.tls_cert_file", &self.server.tls_cert_file),
@@ -139,7 +144,7 @@ impl Settings {
         Ok(GatewayConfig {
             preflight,
             authenticator: Arc::new(authenticator),
-            session: self.session_params(),
+            session: self.session_params(rpc),
             websocket: self.websocket_config(),
             http_tls,
             grpc_tls,
@@ -183,7 +188,7 @@ impl Settings {
         })
     }
 
-    fn session_params(&self) -> SessionParams {
+    fn session_params(&self, rpc: Option<Arc<RpcClient>>) -> SessionParams {
         let s = &self.session;
         SessionParams {
             heartbeat_interval: s.heartbeat_interval,
@@ -192,6 +197,54 @@ impl Settings {
             token_leeway: self.auth.jwt.leeway,
             client_publish: self.session.client_publish,
             client_publish_per_s: self.limits.client_publish_per_s,
+            rpc,
+        }
+    }
+
+    /// The backend's client when `rpc.url` is set. Problems never quote the URL (it may
+    /// carry credentials) or the token.
+    fn rpc_client(&self, p: &mut Vec<Problem>) -> Option<Arc<RpcClient>> {
+        let r = &self.rpc;
+        let before = p.len();
+        self.check_rpc(p);
+        let raw = r.url.as_deref()?;
+        let url = match url::Url::parse(raw) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Some(u),
+            Ok(u) => {
+                p.push(Problem::new(
+                    "rpc.url",
+                    format!(
+                        "unsupported URL (scheme {:?}): expected http:// or https:// and a host",
+                        u.scheme()
+                    ),
+                ));
+                None
+            }
+            Err(e) => {
+                p.push(Problem::new("rpc.url", format!("invalid URL: {e}")));
+                None
+            }
+        };
+        if p.len() > before {
+            return None;
+        }
+        let config = RpcConfig {
+            url: url?,
+            timeout: r.timeout,
+            max_in_flight: r.max_in_flight,
+            max_response_bytes: r.max_response_bytes,
+            bearer_token: r.bearer_token.clone(),
+        };
+        match RpcClient::new(config) {
+            Ok(client) => Some(Arc::new(client)),
+            Err(e) => {
+                let key = match e {
+                    RpcSetupError::BearerToken => "rpc.bearer_token",
+                    RpcSetupError::Client(_) => "rpc.url",
+                };
+                p.push(Problem::new(key, e.to_string()));
+                None
+            }
         }
     }
 

@@ -84,6 +84,11 @@ keys! {
     "webhooks.retry_for" => webhooks.retry_for: duration,
     "webhooks.queue" => webhooks.queue: uint,
     "webhooks.timeout" => webhooks.timeout: duration,
+    "rpc.url" => rpc.url: opt_string,
+    "rpc.timeout" => rpc.timeout: duration,
+    "rpc.max_in_flight" => rpc.max_in_flight: uint,
+    "rpc.max_response_bytes" => rpc.max_response_bytes: uint,
+    "rpc.bearer_token" => rpc.bearer_token: opt_string,
 }
 
 /// Whether `path` names a section (a table of keys, `auth` or `auth.jwt`) rather than a key.

@@ -323,6 +323,45 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The ranges of `rpc.*` and the token's form (the URL is checked by building the
+    /// client).
+    pub(super) fn check_rpc(&self, p: &mut Vec<Problem>) {
+        let r = &self.rpc;
+        if r.timeout < Duration::from_millis(1) || r.timeout > Duration::from_secs(600) {
+            p.push(Problem::new(
+                "rpc.timeout",
+                format!(
+                    "must be between 1ms and 10m, got {}",
+                    fmt_duration(r.timeout)
+                ),
+            ));
+        }
+        if !(1..=1024).contains(&r.max_in_flight) {
+            p.push(Problem::new(
+                "rpc.max_in_flight",
+                format!("must be between 1 and 1024, got {}", r.max_in_flight),
+            ));
+        }
+        const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+        if !(1024..=MAX_RESPONSE).contains(&r.max_response_bytes) {
+            p.push(Problem::new(
+                "rpc.max_response_bytes",
+                format!(
+                    "must be between 1024 and {MAX_RESPONSE} (64 MiB), got {}",
+                    r.max_response_bytes
+                ),
+            ));
+        }
+        if r.bearer_token.is_some() && r.url.is_none() {
+            p.push(Problem::new(
+                "rpc.bearer_token",
+                "set without rpc.url: there is no backend to send it to",
+            ));
+        }
+    }
+}
+
 pub(super) fn fmt_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }

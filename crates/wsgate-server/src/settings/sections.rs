@@ -119,6 +119,8 @@ pub struct Settings {
     pub history: HistorySettings,
     /// `[webhooks]`: session events POSTed to HTTP endpoints.
     pub webhooks: WebhookSettings,
+    /// `[rpc]`: calls from clients to the application's backend.
+    pub rpc: RpcSettings,
 }
 
 /// `[server]` section.
@@ -499,6 +501,39 @@ impl Default for WebhookSettings {
     }
 }
 
+/// `[rpc]` section: the `rpc` op, a client's call that the gateway POSTs to the
+/// application's backend.
+#[derive(Clone, PartialEq)]
+pub struct RpcSettings {
+    /// The backend's URL (`http://` or `https://`; https is recommended off the host or
+    /// cluster network). Default: unset = rpc is off (the op answers `rpc_unavailable`).
+    pub url: Option<String>,
+    /// A call without a complete answer within this long answers `rpc_timeout`
+    /// (duration, 1ms ..= 10m). Default `5s`.
+    pub timeout: Duration,
+    /// Calls one session may have in flight; one more answers `rpc_busy` (1 ..= 1024).
+    /// Default `8`.
+    pub max_in_flight: usize,
+    /// Largest backend answer body in bytes; a larger one answers `rpc_failed`
+    /// (1024 ..= 64 MiB). Default `65536`.
+    pub max_response_bytes: usize,
+    /// Sent to the backend as `Authorization: Bearer <token>` (visible ASCII, no
+    /// spaces). Default: unset = no `Authorization` header.
+    pub bearer_token: Option<String>,
+}
+
+impl Default for RpcSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            timeout: Duration::from_secs(5),
+            max_in_flight: 8,
+            max_response_bytes: 65_536,
+            bearer_token: None,
+        }
+    }
+}
+
 /// One `webhooks.endpoints` entry, as written.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -510,4 +545,20 @@ pub struct WebhookEndpointSettings {
     /// Event types sent to this endpoint; empty = every type.
     #[serde(default)]
     pub events: Vec<String>,
+}
+
+impl std::fmt::Debug for RpcSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry credentials, and the token is one.
+        f.debug_struct("RpcSettings")
+            .field("url", &self.url.as_ref().map(|_| "<set>"))
+            .field("timeout", &self.timeout)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }

@@ -808,3 +808,75 @@ fn bad_webhooks_are_reported_per_entry() {
             .contains("extra")
     );
 }
+
+#[test]
+fn rpc_is_off_by_default_and_built_from_the_environment() {
+    let config = load(None, &HashMap::new()).unwrap();
+    assert!(config.session.rpc.is_none());
+    assert_eq!(config.settings.rpc.timeout, Duration::from_secs(5));
+    assert_eq!(config.settings.rpc.max_in_flight, 8);
+    assert_eq!(config.settings.rpc.max_response_bytes, 65_536);
+
+    let config = load(
+        None,
+        &env(&[
+            ("WSGATE__RPC__URL", "http://backend.internal:8000/rpc"),
+            ("WSGATE__RPC__TIMEOUT", "750ms"),
+            ("WSGATE__RPC__MAX_IN_FLIGHT", "2"),
+            ("WSGATE__RPC__BEARER_TOKEN", "s3cr3t-token.value"),
+        ]),
+    )
+    .unwrap();
+    let rpc = config.session.rpc.as_ref().expect("rpc configured");
+    assert_eq!(rpc.timeout, Duration::from_millis(750));
+    assert_eq!(rpc.max_in_flight, 2);
+    // Neither the token nor the URL's credentials show in debug output.
+    let shown = format!("{config:?} {:?}", config.settings);
+    assert!(!shown.contains("s3cr3t"), "{shown}");
+}
+
+#[test]
+fn bad_rpc_keys_are_reported_without_their_secrets() {
+    let err = load(
+        None,
+        &env(&[
+            ("WSGATE__RPC__URL", "ftp://user:hunter2@backend/rpc"),
+            ("WSGATE__RPC__TIMEOUT", "0s"),
+            ("WSGATE__RPC__MAX_IN_FLIGHT", "0"),
+            ("WSGATE__RPC__MAX_RESPONSE_BYTES", "10"),
+        ]),
+    )
+    .unwrap_err();
+    for key in [
+        "rpc.url",
+        "rpc.timeout",
+        "rpc.max_in_flight",
+        "rpc.max_response_bytes",
+    ] {
+        problem(&err, key);
+    }
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+
+    let err = load(
+        None,
+        &env(&[
+            ("WSGATE__RPC__URL", "http://backend/rpc"),
+            ("WSGATE__RPC__BEARER_TOKEN", "two words"),
+        ]),
+    )
+    .unwrap_err();
+    assert_eq!(keys(&err), ["rpc.bearer_token"]);
+    assert!(!err.to_string().contains("words"), "{err}");
+
+    for bad in ["not a url", "http://", "/relative/path", "backend:8000"] {
+        let err = load(None, &env(&[("WSGATE__RPC__URL", bad)])).unwrap_err();
+        assert_eq!(keys(&err), ["rpc.url"], "{bad}: {err}");
+    }
+    let err = load(None, &env(&[("WSGATE__RPC__BEARER_TOKEN", "t0k3n")])).unwrap_err();
+    assert!(
+        problem(&err, "rpc.bearer_token")
+            .message
+            .contains("without rpc.url"),
+        "{err}"
+    );
+}

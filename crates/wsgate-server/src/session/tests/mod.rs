@@ -53,6 +53,7 @@ fn params() -> SessionParams {
         token_leeway: Duration::ZERO,
         client_publish: false,
         client_publish_per_s: 5,
+        rpc: None,
     }
 }
 
