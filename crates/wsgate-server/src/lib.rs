@@ -12,7 +12,6 @@
 
 pub mod grpc;
 pub mod http;
-pub mod http_client;
 pub mod metrics;
 pub mod node;
 pub mod propagation;
@@ -24,7 +23,6 @@ pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod upkeep;
-pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -6,8 +6,8 @@
 //! meanings is in `docs/observability.md`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the gateway exports.
@@ -60,13 +60,6 @@ pub struct Metrics {
     /// Clients' `publish` ops by outcome (`published`, `forbidden`, `rate_limited`,
     /// `unavailable`).
     pub client_publishes: IntCounterVec,
-    /// Webhook attempts and events by endpoint and outcome (`delivered`,
-    /// `failed_attempt`, `gave_up`).
-    pub webhook_deliveries: IntCounterVec,
-    /// Events dropped because an endpoint's queue was full, by endpoint.
-    pub webhook_dropped: IntCounterVec,
-    /// Time from an event's first attempt to its delivery, by endpoint.
-    pub webhook_latency: HistogramVec,
     /// Client rpc calls by outcome: `ok`, `failed`, `timeout`, `cancelled` (the session
     /// ended first), and those never sent: `busy` (over `rpc.max_in_flight`),
     /// `unavailable` (rpc is not configured).
@@ -186,34 +179,6 @@ impl Metrics {
                 &["outcome"],
             )
             .unwrap_or_else(|_| unreachable_metric()),
-            webhook_deliveries: IntCounterVec::new(
-                Opts::new(
-                    "webhook_deliveries_total",
-                    "Webhook events and attempts by endpoint and outcome: delivered, failed_attempt, gave_up",
-                ),
-                &["endpoint", "outcome"],
-            )
-            .unwrap_or_else(|_| unreachable_metric()),
-            webhook_dropped: IntCounterVec::new(
-                Opts::new(
-                    "webhook_dropped_total",
-                    "Webhook events dropped because the endpoint's queue was full",
-                ),
-                &["endpoint"],
-            )
-            .unwrap_or_else(|_| unreachable_metric()),
-            webhook_latency: HistogramVec::new(
-                HistogramOpts::new(
-                    "webhook_delivery_duration_seconds",
-                    "Time from a webhook event's first attempt to its delivery (retries included)",
-                )
-                .buckets(vec![
-                    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                    30.0, 60.0, 300.0,
-                ]),
-                &["endpoint"],
-            )
-            .unwrap_or_else(|_| unreachable_metric()),
             rpc_calls: IntCounterVec::new(
                 Opts::new("rpc_calls_total", "Client rpc calls to the backend by outcome"),
                 &["outcome"],
@@ -254,9 +219,6 @@ impl Metrics {
             Box::new(m.history_reads.clone()),
             Box::new(m.stream_resets.clone()),
             Box::new(m.client_publishes.clone()),
-            Box::new(m.webhook_deliveries.clone()),
-            Box::new(m.webhook_dropped.clone()),
-            Box::new(m.webhook_latency.clone()),
             Box::new(m.rpc_calls.clone()),
             Box::new(m.rpc_seconds.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),

@@ -44,8 +44,6 @@ pub struct GatewayConfig {
     pub backend: Backend,
     /// `history.*`: which streams keep history.
     pub history: HistoryRules,
-    /// `webhooks.*`: where session events are POSTed.
-    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -117,7 +115,6 @@ impl Settings {
         self.check_telemetry(&mut p);
         self.check_registry_and_shutdown(&mut p);
         let history = self.history_rules(&mut p);
-        let webhooks = self.webhook_config(&mut p);
         let rpc = self.rpc_client(&mut p);
         let http_tls = tls_pair(
             &mut p,
@@ -150,7 +147,6 @@ impl Settings {
             grpc_tls,
             backend: self.backend(),
             history,
-            webhooks,
             settings: Arc::new(self.clone()),
         })
     }

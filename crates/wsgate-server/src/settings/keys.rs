@@ -8,7 +8,7 @@ use config::Value;
 use super::sections::Settings;
 use super::values::{
     boolean, choice, duration, float, ip_nets, lowercase_list, opt_choice, opt_path, opt_string,
-    socket_addr, string, string_list, topic_history, uint, webhook_endpoints,
+    socket_addr, string, string_list, topic_history, uint,
 };
 
 /// Declares [`KEYS`] and `apply_key` from one list of `"path" => field: parser` rows.
@@ -80,10 +80,6 @@ keys! {
     "history.user.size" => history.user.size: uint,
     "history.user.ttl" => history.user.ttl: duration,
     "history.idempotency_window" => history.idempotency_window: duration,
-    "webhooks.endpoints" => webhooks.endpoints: webhook_endpoints,
-    "webhooks.retry_for" => webhooks.retry_for: duration,
-    "webhooks.queue" => webhooks.queue: uint,
-    "webhooks.timeout" => webhooks.timeout: duration,
     "rpc.url" => rpc.url: opt_string,
     "rpc.timeout" => rpc.timeout: duration,
     "rpc.max_in_flight" => rpc.max_in_flight: uint,

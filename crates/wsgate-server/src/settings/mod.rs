@@ -28,7 +28,6 @@ mod layers;
 mod rules;
 pub mod sections;
 mod values;
-mod webhooks;
 
 #[cfg(test)]
 mod tests;

@@ -117,8 +117,6 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     /// `[history]`: which streams keep history for recovery.
     pub history: HistorySettings,
-    /// `[webhooks]`: session events POSTed to HTTP endpoints.
-    pub webhooks: WebhookSettings,
     /// `[rpc]`: calls from clients to the application's backend.
     pub rpc: RpcSettings,
 }
@@ -472,35 +470,6 @@ impl Default for UserHistory {
     }
 }
 
-/// `[webhooks]` section: every session event this pod emits is POSTed to each endpoint
-/// that wants its type, signed, retried, from a bounded queue per endpoint.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WebhookSettings {
-    /// `[[webhooks.endpoints]]`: `{ url = "https://…", secret = "…", events = [...] }`
-    /// (`events` empty or absent = every type). In the environment a JSON array of such
-    /// objects. Default `[]`.
-    pub endpoints: Vec<WebhookEndpointSettings>,
-    /// How long one event is retried before it is given up (duration, 1s ..= 24h).
-    /// Default `5m`.
-    pub retry_for: Duration,
-    /// Events waiting per endpoint before new ones are dropped and counted (1 ..=
-    /// 1000000). Default `10000`.
-    pub queue: usize,
-    /// Time limit of one delivery attempt (duration, 100ms ..= 60s). Default `5s`.
-    pub timeout: Duration,
-}
-
-impl Default for WebhookSettings {
-    fn default() -> Self {
-        Self {
-            endpoints: Vec::new(),
-            retry_for: Duration::from_secs(300),
-            queue: 10_000,
-            timeout: Duration::from_secs(5),
-        }
-    }
-}
-
 /// `[rpc]` section: the `rpc` op, a client's call that the gateway POSTs to the
 /// application's backend.
 #[derive(Clone, PartialEq)]
@@ -532,19 +501,6 @@ impl Default for RpcSettings {
             bearer_token: None,
         }
     }
-}
-
-/// One `webhooks.endpoints` entry, as written.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookEndpointSettings {
-    /// Where events are POSTed (`http://` or `https://`).
-    pub url: String,
-    /// The HMAC-SHA256 key of the `X-Wsgate-Signature` header (at least 16 bytes).
-    pub secret: String,
-    /// Event types sent to this endpoint; empty = every type.
-    #[serde(default)]
-    pub events: Vec<String>,
 }
 
 impl std::fmt::Debug for RpcSettings {

@@ -11,10 +11,7 @@ use config::{Value, ValueKind};
 use ipnet::IpNet;
 use strum::VariantNames;
 
-use super::sections::{
-    AuthMode, JwtAlgorithm, LogFormat, OtlpProtocol, RedisMode, TopicHistory,
-    WebhookEndpointSettings,
-};
+use super::sections::{AuthMode, JwtAlgorithm, LogFormat, OtlpProtocol, RedisMode, TopicHistory};
 
 /// A single scalar as a string (numbers and booleans are converted).
 pub(super) fn scalar(v: Value) -> Result<String, String> {
@@ -242,48 +239,4 @@ pub(super) fn topic_history(v: Value) -> Result<Vec<TopicHistory>, String> {
             })
         })
         .collect()
-}
-
-/// `webhooks.endpoints`: a list of tables from a file, or a JSON array of objects from the
-/// environment (`[{"url":"…","secret":"…","events":["connected"]}]`).
-pub(super) fn webhook_endpoints(v: Value) -> Result<Vec<WebhookEndpointSettings>, String> {
-    let json = match v.kind {
-        ValueKind::Nil => return Ok(Vec::new()),
-        ValueKind::String(text) => {
-            serde_json::from_str::<serde_json::Value>(&text).map_err(|e| {
-                format!("expected a JSON array of {{url, secret, events}} objects: {e}")
-            })?
-        }
-        kind => config_to_json(Value::new(None, kind)),
-    };
-    let serde_json::Value::Array(items) = json else {
-        return Err("expected a list of {url, secret, events} entries".to_owned());
-    };
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| serde_json::from_value(item).map_err(|e| format!("entry {i}: {e}")))
-        .collect()
-}
-
-/// A `config` value as JSON (tables keep their keys, scalars their types).
-fn config_to_json(v: Value) -> serde_json::Value {
-    use serde_json::Value as J;
-    match v.kind {
-        ValueKind::Nil => J::Null,
-        ValueKind::Boolean(b) => J::Bool(b),
-        ValueKind::I64(n) => J::from(n),
-        ValueKind::I128(n) => J::from(n as f64),
-        ValueKind::U64(n) => J::from(n),
-        ValueKind::U128(n) => J::from(n as f64),
-        ValueKind::Float(n) => J::from(n),
-        ValueKind::String(s) => J::String(s),
-        ValueKind::Array(items) => J::Array(items.into_iter().map(config_to_json).collect()),
-        ValueKind::Table(table) => J::Object(
-            table
-                .into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), config_to_json(v)))
-                .collect(),
-        ),
-    }
 }
