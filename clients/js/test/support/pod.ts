@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { SECRET } from "./token.js";
-import { freePort, waitFor } from "./wait.js";
+import { freePort, killAndWait, waitFor } from "./wait.js";
 
 const run = promisify(execFile);
 
@@ -140,10 +140,7 @@ export class Pod {
   async kill(): Promise<void> {
     const child = this.child;
     this.child = undefined;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return;
-    const exited = new Promise((resolve) => child.once("exit", resolve));
-    child.kill("SIGKILL");
-    await exited;
+    await killAndWait(child);
   }
 
   /** `wsgate publish` through this pod's control plane; returns the CLI's output. */

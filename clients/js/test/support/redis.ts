@@ -1,7 +1,7 @@
 /** A real `redis-server` on a free loopback port, without persistence, for one test. */
 import { type ChildProcess, spawn } from "node:child_process";
 import { createConnection } from "node:net";
-import { freePort, sleep, waitFor } from "./wait.js";
+import { freePort, killAndWait, sleep, waitFor } from "./wait.js";
 
 export class Redis {
   private child: ChildProcess | undefined;
@@ -46,10 +46,7 @@ export class Redis {
   async stop(): Promise<void> {
     const child = this.child;
     this.child = undefined;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return;
-    const exited = new Promise((resolve) => child.once("exit", resolve));
-    child.kill("SIGKILL");
-    await exited;
+    await killAndWait(child);
   }
 
   /** Stops the server and starts an empty one on the same port. */

@@ -1,4 +1,5 @@
 /** Waiting helpers: every wait is bounded and says what it waited for when it times out. */
+import type { ChildProcess } from "node:child_process";
 import { createServer } from "node:net";
 
 /** A free TCP port on 127.0.0.1 (the OS picks it; the listener is closed again). */
@@ -24,4 +25,12 @@ export async function waitFor<T>(what: string, check: () => T | Promise<T>, time
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await sleep(20);
   }
+}
+
+/** SIGKILLs `child` (if it still runs) and waits for it to end. */
+export async function killAndWait(child: ChildProcess | undefined): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  child.kill("SIGKILL");
+  await exited;
 }
