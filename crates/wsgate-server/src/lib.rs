@@ -10,6 +10,7 @@
 //! the application's backend), [`upkeep`] (liveness and readiness) and [`shutdown`] (the
 //! drain of the sessions).
 
+pub mod accept;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

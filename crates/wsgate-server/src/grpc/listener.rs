@@ -30,15 +30,7 @@ pub fn tls(
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "control listener: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                conn = crate::accept::next_connection(&listener, "control") => conn,
                 () = ready.closed() => break,
             };
             let acceptor = acceptor.clone();

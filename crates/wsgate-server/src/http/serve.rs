@@ -41,15 +41,7 @@ pub async fn serve(
     let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            conn = crate::accept::next_connection(&listener, "http") => conn,
             () = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
