@@ -129,39 +129,13 @@ async fn health_and_reflection_are_served() {
         .await
         .unwrap();
     // Health needs no API key: Kubernetes probes have none.
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    let r = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "wsgate.v1.Gateway".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
-        r.status,
+        gateway_health(channel.clone()).await,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
     // Reflection lists the Gateway service, so grpcurl works without the proto file.
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let mut reflection = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = reflection
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = responses.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("unexpected reflection answer: {response:?}");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    let names = reflection_services(channel).await;
     assert!(
         names.contains(&"wsgate.v1.Gateway".to_string()),
         "{names:?}"

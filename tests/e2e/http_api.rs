@@ -458,17 +458,8 @@ async fn grpc_health_reflection_and_the_api_share_one_port() {
         .connect()
         .await
         .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    let status = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "wsgate.v1.Gateway".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
     assert_eq!(
-        status,
+        gateway_health(channel.clone()).await,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
     let services = reflection_services(channel).await;
@@ -521,27 +512,6 @@ async fn grpc_health_reflection_and_the_api_share_one_port() {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
     assert!(!metrics.contains("nope"), "{metrics}");
-}
-
-async fn reflection_services(channel: tonic::transport::Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = responses.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("unexpected reflection answer: {response:?}");
-    };
-    list.service.into_iter().map(|s| s.name).collect()
 }
 
 #[tokio::test]

@@ -293,14 +293,7 @@ async fn health_status(pod: &Pod) -> i32 {
         .connect()
         .await
         .unwrap();
-    tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "wsgate.v1.Gateway".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
+    gateway_health(channel).await
 }
 
 async fn wait_ready(pod: &Pod, want: u16, within: Duration) -> Duration {
