@@ -54,6 +54,15 @@ pub struct Metrics {
     /// Streams a session stopped vouching for (an epoch change or a gap seen live), by
     /// stream kind: the client is told to join again with its last offset.
     pub stream_resets: IntCounterVec,
+    /// Session events this pod wrote to the log, by type (a reaped pod's `disconnected`s
+    /// count on the reaper).
+    pub events_emitted: IntCounterVec,
+    /// Topic events not written, by type and reason: `queue_full` (the writer's queue
+    /// was full), `session_closed` (the session's `disconnected` was written first),
+    /// `shutdown`.
+    pub events_dropped: IntCounterVec,
+    /// `WatchEvents` streams open now.
+    pub event_watchers: IntGauge,
 }
 
 impl Metrics {
@@ -151,6 +160,27 @@ impl Metrics {
                 &["stream"],
             )
             .unwrap_or_else(|_| unreachable_metric()),
+            events_emitted: IntCounterVec::new(
+                Opts::new(
+                    "events_emitted_total",
+                    "Session events this pod wrote to the event log, by type",
+                ),
+                &["type"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            events_dropped: IntCounterVec::new(
+                Opts::new(
+                    "events_dropped_total",
+                    "Topic events not written, by type and reason",
+                ),
+                &["type", "reason"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            event_watchers: IntGauge::with_opts(Opts::new(
+                "event_watchers",
+                "WatchEvents streams open now",
+            ))
+            .unwrap_or_else(|_| unreachable_metric()),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -173,6 +203,9 @@ impl Metrics {
             Box::new(m.replayed.clone()),
             Box::new(m.history_reads.clone()),
             Box::new(m.stream_resets.clone()),
+            Box::new(m.events_emitted.clone()),
+            Box::new(m.events_dropped.clone()),
+            Box::new(m.event_watchers.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {
@@ -226,6 +259,10 @@ mod tests {
             .with_label_values(&["topic", "recovered", "none"])
             .inc();
         m.stream_resets.with_label_values(&["user"]).inc();
+        m.events_emitted.with_label_values(&["connected"]).inc();
+        m.events_dropped
+            .with_label_values(&["subscribed", "queue_full"])
+            .inc();
         let text = m.render();
         for name in [
             "wsgate_connections",
@@ -244,6 +281,9 @@ mod tests {
             "wsgate_replayed_messages_total",
             "wsgate_history_reads_total",
             "wsgate_stream_resets_total{stream=\"user\"} 1",
+            "wsgate_events_emitted_total{type=\"connected\"} 1",
+            "wsgate_events_dropped_total{reason=\"queue_full\",type=\"subscribed\"} 1",
+            "wsgate_event_watchers",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

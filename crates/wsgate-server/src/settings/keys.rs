@@ -78,6 +78,9 @@ keys! {
     "history.user.size" => history.user.size: uint,
     "history.user.ttl" => history.user.ttl: duration,
     "history.idempotency_window" => history.idempotency_window: duration,
+    "events.enabled" => events.enabled: boolean,
+    "events.max_len" => events.max_len: uint,
+    "events.queue" => events.queue: uint,
 }
 
 /// Whether `path` names a section (a table of keys, `auth` or `auth.jwt`) rather than a key.
