@@ -2,6 +2,7 @@
 //! `grpc.health.v1` and server reflection.
 
 mod control;
+pub mod events;
 pub mod telemetry;
 
 use std::sync::Arc;
