@@ -27,6 +27,10 @@ use wsgate_core::ids::SessionId;
 
 use crate::metrics::Metrics;
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests;
+
 /// Events written per log call.
 const BATCH: usize = 256;
 
