@@ -114,8 +114,9 @@ impl std::fmt::Display for OldestKept {
 }
 
 /// What a read found: the matching events, and the cursor to read after next time (past
-/// every event the read looked at, matching or not).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// every event the read looked at, matching or not). Serializes as the long poll's answer,
+/// `{"events": [...], "next_id": "…"}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct EventBatch {
     /// Matching events, oldest first.
     pub events: Vec<Event>,

@@ -138,6 +138,13 @@ async fn a_long_poll_waits_for_events_and_answers_the_next_cursor() {
         .unwrap();
     assert_eq!(rest.events.len(), 1);
 
+    // The answer as a long poll serves it.
+    let json = serde_json::to_value(&batch).unwrap();
+    assert_eq!(json["next_id"], batch.next_id.to_string());
+    assert_eq!(json["events"][0]["type"], "connected");
+    assert_eq!(json["events"][0]["session_id"], ann.session_id.as_str());
+    assert!(json["events"][0].get("code").is_none(), "{json}");
+
     // A cursor of another log is told apart from "nothing new".
     let foreign = EventId::new(cursor.ms + 1, 0);
     assert!(matches!(
