@@ -237,22 +237,25 @@ impl RedisEventLog {
 
     /// Closes every session of `pod` that is live in the log, as `closed` says, a batch
     /// per script run; returns how many. Racing callers split the work: each session is
-    /// closed by exactly one of them.
+    /// closed by exactly one of them. Sessions that appear meanwhile (a pod taken for dead
+    /// that still registers) are closed too, for a few passes; the next call does the rest.
     pub async fn close_pod(&self, pod: &str, closed: &Closed) -> Result<usize, BackendError> {
+        const PASSES: usize = 4;
         let mut total = 0;
-        loop {
+        for _ in 0..PASSES {
             let live: Vec<String> = self
                 .client
                 .hkeys(self.keys.event_live(pod))
                 .await
                 .map_err(unavailable)?;
             if live.is_empty() {
-                return Ok(total);
+                break;
             }
             for batch in live.chunks(CLOSE_BATCH) {
                 total += self.disconnect(pod, batch, closed).await?;
             }
         }
+        Ok(total)
     }
 
     /// Starts the tail task unless it runs.
