@@ -298,8 +298,10 @@ async fn a_killed_pods_sessions_are_disconnected_once_by_the_pods_that_reap_it()
         SESSIONS as f64,
         "written once in all"
     );
+    // Liveness lapses within one TTL of the kill, a reaper runs within the next; the
+    // slack is for the test's own view (the kill, the stream) on a loaded machine.
     assert!(
-        within <= POD_TTL * 2 + Duration::from_millis(250),
+        within <= POD_TTL * 2 + Duration::from_millis(500),
         "the dead pod's disconnected events took {within:?} (pod TTL {POD_TTL:?})"
     );
     eprintln!(
