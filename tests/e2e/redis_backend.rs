@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use wsgate_core::backend::{
     Broker, Channel, Command, Envelope, EventLog, HistoryPage, HistoryPolicy, Idempotency, Inbox,
-    Liveness, ReadError, Registry, SessionRecord, StreamPosition, Target,
+    Liveness, ReadError, Reaped, Registry, SessionRecord, StreamPosition, Target,
 };
 use wsgate_core::conformance;
 use wsgate_core::events::{Closed, ClosedBy, EventId, EventKind};
@@ -199,6 +199,64 @@ async fn racing_reapers_write_each_pod_lost_once() {
     assert_eq!(once.len(), disconnected.len(), "a session closed twice");
     connected.sort_unstable();
     assert_eq!(once, connected, "every connected has its disconnected");
+}
+
+/// A dead pod that the registry no longer lists (dropped by a reaper of a version that
+/// wrote no events, during a rolling upgrade) still gets its sessions closed: reapers
+/// also read the event log's own list of pods with live sessions.
+#[tokio::test]
+async fn a_dead_pod_the_registry_forgot_still_gets_its_disconnected_events() {
+    let redis = RedisServer::start();
+    let opts = options(redis.url(), false);
+    let client = opts.connect().await.unwrap();
+    let log = RedisEventLog::load(client.clone(), &opts, 1000)
+        .await
+        .unwrap();
+    let registry = RedisRegistry::with_events(client.clone(), &opts, log.clone());
+    let start = log.newest().await.unwrap();
+    registry.heartbeat_pod("gone").await.unwrap();
+    for i in 0..5 {
+        registry
+            .add_session(&record("gone", &format!("u{i}")), 0)
+            .await
+            .unwrap();
+    }
+    // An older reaper forgets the pod from the registry, leaving the event marks.
+    RedisRegistry::new(client, &opts)
+        .remove_pod("gone")
+        .await
+        .unwrap();
+    let ns = &opts.namespace;
+    assert_eq!(
+        redis
+            .cli(&["SISMEMBER", &format!("{ns}:pods"), "gone"])
+            .trim(),
+        "0"
+    );
+    assert_eq!(
+        redis
+            .cli(&["HLEN", &format!("{ns}:ev:{{{ns}}}:live:gone")])
+            .trim(),
+        "5"
+    );
+
+    registry.heartbeat_pod("me").await.unwrap();
+    let reaped = registry.reap_dead_pods().await.unwrap();
+    assert_eq!((reaped.pods, reaped.sessions), (1, 5));
+    let events = log.read(start, 100).await.unwrap();
+    let lost = events
+        .iter()
+        .filter(|e| e.by == Some(ClosedBy::PodLost))
+        .count();
+    assert_eq!(lost, 5);
+    // Nothing is left for the next reaper.
+    assert_eq!(
+        redis
+            .cli(&["EXISTS", &format!("{ns}:ev:{{{ns}}}:pods")])
+            .trim(),
+        "0"
+    );
+    assert_eq!(registry.reap_dead_pods().await.unwrap(), Reaped::default());
 }
 
 /// Reapers that race without the lock, on the log alone: still one `disconnected` each.

@@ -58,21 +58,24 @@ end
     };
 }
 
-/// KEYS = log, live hash; ARGV = maxlen, session, user, pod, at. Returns 1 when the
-/// session became live (and its `connected` was added), 0 when it was live already.
+/// KEYS = log, live hash, pods set; ARGV = maxlen, session, user, pod, at. Returns 1
+/// when the session became live (and its `connected` was added), 0 when it was live
+/// already.
 const CONNECT: &str = concat!(
     lua_add!(),
     r#"
 if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 0 then
   return 0
 end
+redis.call('SADD', KEYS[3], ARGV[4])
 add(KEYS[1], ARGV[1], {'t', 'connected', 's', ARGV[2], 'u', ARGV[3], 'p', ARGV[4], 'at', ARGV[5]})
 return 1
 "#
 );
 
-/// KEYS = log, live hash; ARGV = maxlen, pod, code, by, at, session ids…. Returns how many
-/// of the sessions were live (each got its `disconnected`).
+/// KEYS = log, live hash, pods set; ARGV = maxlen, pod, code, by, at, session ids….
+/// Returns how many of the sessions were live (each got its `disconnected`). A pod left
+/// without live sessions leaves the set.
 const DISCONNECT: &str = concat!(
     lua_add!(),
     r#"
@@ -85,6 +88,9 @@ for i = 6, #ARGV do
       'at', ARGV[5], 'code', ARGV[3], 'by', ARGV[4]})
     n = n + 1
   end
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SREM', KEYS[3], ARGV[2])
 end
 return n
 "#
@@ -202,7 +208,11 @@ impl RedisEventLog {
 
     /// Marks a session live and adds its `connected`, unless it is live already.
     pub(crate) async fn connect(&self, record: &SessionRecord) -> Result<bool, BackendError> {
-        let keys = vec![self.keys.event_log(), self.keys.event_live(&record.pod_id)];
+        let keys = vec![
+            self.keys.event_log(),
+            self.keys.event_live(&record.pod_id),
+            self.keys.event_pods(),
+        ];
         let args = vec![
             Value::from(self.max_len.as_str()),
             Value::from(record.session_id.as_str()),
@@ -222,7 +232,11 @@ impl RedisEventLog {
         sessions: &[String],
         closed: &Closed,
     ) -> Result<usize, BackendError> {
-        let keys = vec![self.keys.event_log(), self.keys.event_live(pod)];
+        let keys = vec![
+            self.keys.event_log(),
+            self.keys.event_live(pod),
+            self.keys.event_pods(),
+        ];
         let mut args = vec![
             Value::from(self.max_len.as_str()),
             Value::from(pod),
@@ -256,6 +270,16 @@ impl RedisEventLog {
             }
         }
         Ok(total)
+    }
+
+    /// The pods that have sessions live in the log: a reaper must close those of a dead
+    /// one even when the registry no longer lists it (forgotten by a version of wsgate
+    /// that did not write events).
+    pub(crate) async fn pods(&self) -> Result<Vec<String>, BackendError> {
+        self.client
+            .smembers(self.keys.event_pods())
+            .await
+            .map_err(unavailable)
     }
 
     /// Starts the tail task unless it runs.

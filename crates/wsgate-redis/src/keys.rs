@@ -15,6 +15,7 @@
 //! | `ns:hiu:{U}:K`, `ns:hit:{T}:K` | string, TTL the key's window | `epoch:offset` the publish with idempotency key K got |
 //! | `ns:ev:{ns}:log` | stream, capped at `events.max_len` (`MAXLEN ~`) | session events |
 //! | `ns:ev:{ns}:live:P` | hash | session id → user id, for P's sessions between their `connected` and `disconnected` |
+//! | `ns:ev:{ns}:pods` | set | pods whose live hash is not empty |
 //!
 //! The part in braces is the Redis Cluster hash tag: a pod's keys share a slot, so do a
 //! session's. Per-user and per-topic hashes are single keys, so the per-user limit can be
@@ -94,6 +95,11 @@ impl Keyspace {
         format!("{ns}:ev:{{{ns}}}:live:{pod}", ns = self.ns)
     }
 
+    /// The pods that have sessions live in the event log.
+    pub fn event_pods(&self) -> String {
+        format!("{ns}:ev:{{{ns}}}:pods", ns = self.ns)
+    }
+
     /// The hash of the stream of `channel` (`epoch`, `top`); only user and topic channels
     /// have streams.
     pub fn stream_meta(&self, channel: &Channel) -> Option<String> {
@@ -156,6 +162,7 @@ mod tests {
         let slot = |key: String| fred::util::redis_keyslot(key.as_bytes());
         assert_eq!(slot(k.event_log()), slot(k.event_live("p-1")));
         assert_eq!(slot(k.event_log()), slot(k.event_live("other")));
+        assert_eq!(slot(k.event_log()), slot(k.event_pods()));
         assert_ne!(
             slot(k.event_log()),
             slot(Keyspace::new("other").event_log()),

@@ -234,11 +234,16 @@ impl Registry for RedisRegistry {
     }
 
     async fn reap_dead_pods(&self) -> Result<Reaped, BackendError> {
-        let pods: Vec<String> = self
+        let mut pods: Vec<String> = self
             .client
             .smembers(self.keys.pods())
             .await
             .map_err(unavailable)?;
+        if let Some(events) = &self.events {
+            pods.extend(events.pods().await?);
+            pods.sort_unstable();
+            pods.dedup();
+        }
         let live = self.live_pods(pods.iter().cloned()).await?;
         let mut reaped = Reaped::default();
         for pod in pods.into_iter().filter(|p| !live.contains(p)) {
