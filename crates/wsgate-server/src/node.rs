@@ -5,7 +5,7 @@
 //! cannot drift apart. The same paths emit the session events ([`crate::events`]): the
 //! registry writes `connected` and `disconnected`, the node queues topic changes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +27,15 @@ use tracing::Instrument;
 
 use crate::events::{EventBatch, EventOptions, Events, EventsError};
 use crate::metrics::Metrics;
+
+/// Most removals kept for retrying; beyond it the oldest are left to the pod's leaving
+/// (or a reaper), which write their `disconnected` too.
+const MAX_UNREMOVED: usize = 100_000;
+
+/// Removals retried per liveness refresh, and how many at once: the refresh must not
+/// take long enough for the pod's own liveness to lapse.
+const RETRIES_PER_REFRESH: usize = 512;
+const RETRIES_AT_ONCE: usize = 16;
 
 /// How long an unneeded broker channel stays subscribed before it is dropped.
 const SUBSCRIPTION_LINGER: Duration = Duration::from_secs(2);
@@ -151,7 +160,7 @@ pub struct Node {
     records: Mutex<HashMap<SessionId, SessionRecord>>,
     /// Sessions that ended while the registry could not be reached: removed (and their
     /// `disconnected` written) by the next liveness refresh that gets through.
-    unremoved: Mutex<Vec<(SessionRecord, Closed)>>,
+    unremoved: Mutex<VecDeque<(SessionRecord, Closed)>>,
     /// Session events, unless `events.enabled` is off.
     events: Option<Arc<Events>>,
     /// Keeps the inbox alive: brokers hold it weakly.
@@ -239,7 +248,7 @@ impl Node {
             metrics,
             history,
             records: Mutex::new(HashMap::new()),
-            unremoved: Mutex::new(Vec::new()),
+            unremoved: Mutex::new(VecDeque::new()),
             events,
             subscriptions: Subscriptions::new(broker.clone(), SUBSCRIPTION_LINGER),
             pod_id,
@@ -329,17 +338,29 @@ impl Node {
             }
             Err(e) => {
                 tracing::warn!(session = %record.session_id, error = %e, "registry removal failed; will retry");
-                self.unremoved.lock().push((record.clone(), *closed));
+                let mut unremoved = self.unremoved.lock();
+                if unremoved.len() >= MAX_UNREMOVED {
+                    unremoved.pop_front();
+                }
+                unremoved.push_back((record.clone(), *closed));
             }
         }
     }
 
-    /// Retries the removals that failed.
-    async fn retry_removals(&self) {
-        let pending = std::mem::take(&mut *self.unremoved.lock());
-        for (record, closed) in pending {
-            self.unregister(&record, &closed).await;
-        }
+    /// Retries up to `budget` of the removals that failed, oldest first, a few at once;
+    /// those that fail again wait for the next call.
+    async fn retry_removals(&self, budget: usize) {
+        use futures_util::StreamExt;
+        let batch: Vec<(SessionRecord, Closed)> = {
+            let mut unremoved = self.unremoved.lock();
+            let n = budget.min(unremoved.len());
+            unremoved.drain(..n).collect()
+        };
+        futures_util::stream::iter(batch)
+            .for_each_concurrent(RETRIES_AT_ONCE, |(record, closed)| async move {
+                self.unregister(&record, &closed).await;
+            })
+            .await;
     }
 
     fn release(&self, channel: Channel) {
@@ -537,7 +558,7 @@ impl Node {
     /// every local session and subscription again.
     pub async fn heartbeat(&self) -> Result<(), BackendError> {
         let liveness = self.registry.heartbeat_pod(&self.pod_id).await?;
-        self.retry_removals().await;
+        self.retry_removals(RETRIES_PER_REFRESH).await;
         if liveness == Liveness::Restored {
             self.reregister().await?;
         }
@@ -641,7 +662,7 @@ impl Node {
         if let Some(events) = &self.events {
             events.stop_writer(Duration::from_secs(2)).await;
         }
-        self.retry_removals().await;
+        self.retry_removals(MAX_UNREMOVED).await;
         if let Err(e) = self.registry.remove_pod(&self.pod_id).await {
             tracing::warn!(error = %e, "could not remove the pod from the registry");
         }
