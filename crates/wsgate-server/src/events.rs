@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use wsgate_core::backend::{BackendError, EventLog, ReadError};
+use wsgate_core::backend::{BackendError, EventLog, ReadError, SessionRecord};
 use wsgate_core::events::{Event, EventId, EventKind, Since, TopicEvent};
 use wsgate_core::ids::SessionId;
 
@@ -197,6 +197,19 @@ impl Events {
                 .with_label_values(&[kind.as_str()])
                 .inc_by(n as u64);
         }
+    }
+
+    /// Queues the `subscribed` (or `unsubscribed`) of `record`'s session to `topic`,
+    /// which happened at `at_ms`; never waits.
+    pub fn push_topic(&self, record: &SessionRecord, topic: &str, subscribed: bool, at_ms: u64) {
+        self.push(TopicEvent {
+            subscribed,
+            session_id: record.session_id.clone(),
+            user_id: record.user_id.clone(),
+            pod_id: record.pod_id.clone(),
+            topic: topic.to_owned(),
+            at_ms,
+        });
     }
 
     /// Queues a topic event; never waits. A full queue drops it (counted).

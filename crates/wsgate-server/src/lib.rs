@@ -7,14 +7,16 @@
 //! gracefully. Inside: [`settings`] (loading and building the configuration), [`http`]
 //! (router, preflight layers, WebSocket upgrade), [`session`] (one task per connection),
 //! [`grpc`] (the control plane), [`node`] (hub plus backends), [`events`] (session events:
-//! the topic-event writer and consumers' reads), [`upkeep`] (liveness and readiness) and
-//! [`shutdown`] (the drain of the sessions).
+//! the topic-event writer and consumers' reads), [`removals`] (session removals kept for
+//! retrying), [`upkeep`] (liveness and readiness) and [`shutdown`] (the drain of the
+//! sessions).
 
 pub mod events;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod removals;
 pub mod session;
 pub mod settings;
 pub mod shutdown;

@@ -5,7 +5,7 @@
 //! cannot drift apart. The same paths emit the session events ([`crate::events`]): the
 //! registry writes `connected` and `disconnected`, the node queues topic changes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +16,7 @@ use wsgate_core::backend::{
     BackendError, Broker, Channel, Command, Envelope, EventLog, HistoryPage, Idempotency, Inbox,
     Liveness, Registry, SessionRecord, StreamPosition, Target,
 };
-use wsgate_core::events::{Closed, EventKind, Since, TopicEvent};
+use wsgate_core::events::{Closed, EventKind, Since};
 use wsgate_core::hub::{Hub, SessionHandle, Subscribed};
 use wsgate_core::ids::SessionId;
 use wsgate_core::stream::{HistoryPolicy, HistoryRules};
@@ -27,15 +27,7 @@ use tracing::Instrument;
 
 use crate::events::{EventBatch, EventOptions, Events, EventsError};
 use crate::metrics::Metrics;
-
-/// Most removals kept for retrying; beyond it the oldest are left to the pod's leaving
-/// (or a reaper), which write their `disconnected` too.
-const MAX_UNREMOVED: usize = 100_000;
-
-/// Removals retried per liveness refresh, and how many at once: the refresh must not
-/// take long enough for the pod's own liveness to lapse.
-const RETRIES_PER_REFRESH: usize = 512;
-const RETRIES_AT_ONCE: usize = 16;
+use crate::removals::{self, PendingRemovals};
 
 /// How long an unneeded broker channel stays subscribed before it is dropped.
 const SUBSCRIPTION_LINGER: Duration = Duration::from_secs(2);
@@ -160,7 +152,7 @@ pub struct Node {
     records: Mutex<HashMap<SessionId, SessionRecord>>,
     /// Sessions that ended while the registry could not be reached: removed (and their
     /// `disconnected` written) by the next liveness refresh that gets through.
-    unremoved: Mutex<VecDeque<(SessionRecord, Closed)>>,
+    unremoved: PendingRemovals,
     /// Session events, unless `events.enabled` is off.
     events: Option<Arc<Events>>,
     /// Keeps the inbox alive: brokers hold it weakly.
@@ -248,7 +240,7 @@ impl Node {
             metrics,
             history,
             records: Mutex::new(HashMap::new()),
-            unremoved: Mutex::new(VecDeque::new()),
+            unremoved: PendingRemovals::default(),
             events,
             subscriptions: Subscriptions::new(broker.clone(), SUBSCRIPTION_LINGER),
             pod_id,
@@ -338,11 +330,7 @@ impl Node {
             }
             Err(e) => {
                 tracing::warn!(session = %record.session_id, error = %e, "registry removal failed; will retry");
-                let mut unremoved = self.unremoved.lock();
-                if unremoved.len() >= MAX_UNREMOVED {
-                    unremoved.pop_front();
-                }
-                unremoved.push_back((record.clone(), *closed));
+                self.unremoved.push(record.clone(), *closed);
             }
         }
     }
@@ -351,13 +339,8 @@ impl Node {
     /// those that fail again wait for the next call.
     async fn retry_removals(&self, budget: usize) {
         use futures_util::StreamExt;
-        let batch: Vec<(SessionRecord, Closed)> = {
-            let mut unremoved = self.unremoved.lock();
-            let n = budget.min(unremoved.len());
-            unremoved.drain(..n).collect()
-        };
-        futures_util::stream::iter(batch)
-            .for_each_concurrent(RETRIES_AT_ONCE, |(record, closed)| async move {
+        futures_util::stream::iter(self.unremoved.take(budget))
+            .for_each_concurrent(removals::AT_ONCE, |(record, closed)| async move {
                 self.unregister(&record, &closed).await;
             })
             .await;
@@ -405,14 +388,7 @@ impl Node {
     /// Queues a session's `subscribed` or `unsubscribed` (never waits).
     fn topic_event(&self, record: &SessionRecord, topic: &str, subscribed: bool) {
         if let Some(events) = &self.events {
-            events.push(TopicEvent {
-                subscribed,
-                session_id: record.session_id.clone(),
-                user_id: record.user_id.clone(),
-                pod_id: record.pod_id.clone(),
-                topic: topic.to_owned(),
-                at_ms: now_ms(),
-            });
+            events.push_topic(record, topic, subscribed, now_ms());
         }
     }
 
@@ -558,7 +534,7 @@ impl Node {
     /// every local session and subscription again.
     pub async fn heartbeat(&self) -> Result<(), BackendError> {
         let liveness = self.registry.heartbeat_pod(&self.pod_id).await?;
-        self.retry_removals(RETRIES_PER_REFRESH).await;
+        self.retry_removals(removals::PER_REFRESH).await;
         if liveness == Liveness::Restored {
             self.reregister().await?;
         }
@@ -662,7 +638,7 @@ impl Node {
         if let Some(events) = &self.events {
             events.stop_writer(Duration::from_secs(2)).await;
         }
-        self.retry_removals(MAX_UNREMOVED).await;
+        self.retry_removals(usize::MAX).await;
         if let Err(e) = self.registry.remove_pod(&self.pod_id).await {
             tracing::warn!(error = %e, "could not remove the pod from the registry");
         }
