@@ -10,6 +10,7 @@ mod cluster;
 mod conformance;
 mod control;
 mod control_history;
+mod events;
 mod handshake_rate;
 mod hostile;
 mod http_api;

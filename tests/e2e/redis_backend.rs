@@ -1,7 +1,8 @@
 //! The Redis backends against real `redis-server` processes: the conformance suite every
 //! backend passes (standalone and Redis Cluster), pod liveness and reaping, the routing
-//! property (a send reaches only the pods that need it), and streams with history (the
-//! history cases of the suite, and epochs that start over when Redis loses a stream).
+//! property (a send reaches only the pods that need it), streams with history (the
+//! history cases of the suite, and epochs that start over when Redis loses a stream), and
+//! session events (the event cases of the suite, racing reapers, a log Redis lost).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,13 +11,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use wsgate_core::backend::{
-    Broker, Channel, Command, Envelope, HistoryPage, HistoryPolicy, Idempotency, Inbox, Liveness,
-    Registry, SessionRecord, StreamPosition, Target,
+    Broker, Channel, Command, Envelope, EventLog, HistoryPage, HistoryPolicy, Idempotency, Inbox,
+    Liveness, ReadError, Reaped, Registry, SessionRecord, StreamPosition, Target,
 };
 use wsgate_core::conformance;
+use wsgate_core::events::{Closed, ClosedBy, EventId, EventKind};
 use wsgate_core::ids::SessionId;
 use wsgate_core::protocol::Payload;
-use wsgate_redis::{RedisBroker, RedisOptions, RedisRegistry, Topology};
+use wsgate_redis::{RedisBroker, RedisEventLog, RedisOptions, RedisRegistry, Topology};
 use wsgate_tests::redis::{RedisCluster, RedisServer};
 
 fn options(url: String, cluster: bool) -> RedisOptions {
@@ -85,6 +87,249 @@ async fn redis_cluster_passes_the_history_cases() {
     run_history_cases(options(cluster.url(), true)).await;
 }
 
+async fn run_event_cases(opts: RedisOptions) {
+    let client = opts.connect().await.unwrap();
+    conformance::events::events_suite(move |max_len| {
+        // A namespace per log: each call of the factory gets a log of its own.
+        let mut o = opts.clone();
+        o.namespace = format!(
+            "{}-{}",
+            o.namespace,
+            wsgate_core::ids::message_id().to_lowercase()
+        );
+        let c = client.clone();
+        async move {
+            let log = RedisEventLog::load(c.clone(), &o, max_len).await.unwrap();
+            let registry = RedisRegistry::with_events(c, &o, log.clone());
+            (
+                Arc::new(registry) as Arc<dyn Registry>,
+                log as Arc<dyn EventLog>,
+            )
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn standalone_redis_passes_the_event_cases() {
+    let redis = RedisServer::start();
+    run_event_cases(options(redis.url(), false)).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_passes_the_event_cases() {
+    let cluster = RedisCluster::start(3);
+    run_event_cases(options(cluster.url(), true)).await;
+}
+
+/// Two live pods reap the same dead pod at once: each of its sessions gets exactly one
+/// `disconnected` (by `pod_lost`, code 1006), and closing them again writes nothing.
+#[tokio::test]
+async fn racing_reapers_write_each_pod_lost_once() {
+    let redis = RedisServer::start();
+    let opts = options(redis.url(), false);
+    let reaper = |name: &'static str| {
+        let opts = opts.clone();
+        async move {
+            let client = opts.connect().await.unwrap();
+            let log = RedisEventLog::load(client.clone(), &opts, 10_000)
+                .await
+                .unwrap();
+            let registry = RedisRegistry::with_events(client, &opts, log.clone());
+            assert_eq!(
+                registry.heartbeat_pod(name).await.unwrap(),
+                Liveness::Restored
+            );
+            (registry, log)
+        }
+    };
+    let (a, log_a) = reaper("a").await;
+    let (b, log_b) = reaper("b").await;
+    let start = log_a.newest().await.unwrap();
+    for dead in ["dead1", "dead2"] {
+        a.heartbeat_pod(dead).await.unwrap();
+        for i in 0..20 {
+            assert!(
+                a.add_session(&record(dead, &format!("u{i}")), 0)
+                    .await
+                    .unwrap()
+            );
+        }
+    }
+    // Both dead pods' liveness lapses; the live pods refresh theirs, then both reap.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let stay_alive = async {
+        for name in ["a", "b"] {
+            a.heartbeat_pod(name).await.unwrap();
+        }
+    };
+    stay_alive.await;
+    let (ra, rb) = tokio::join!(a.reap_dead_pods(), b.reap_dead_pods());
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.sessions + rb.sessions, 40, "{ra:?} {rb:?}");
+    let lost = Closed::pod_lost(1);
+    let (xa, xb) = tokio::join!(
+        log_a.close_pod("dead2", &lost),
+        log_b.close_pod("dead2", &lost)
+    );
+    assert_eq!(xa.unwrap() + xb.unwrap(), 0, "closing again writes nothing");
+
+    let events = log_a.read(start, 1000).await.unwrap();
+    let mut connected: Vec<&str> = Vec::new();
+    let mut disconnected: Vec<&str> = Vec::new();
+    for e in &events {
+        match e.kind {
+            EventKind::Connected => connected.push(&e.session_id),
+            EventKind::Disconnected => {
+                assert_eq!(
+                    (e.code, e.by),
+                    (Some(1006), Some(ClosedBy::PodLost)),
+                    "{e:?}"
+                );
+                assert!(e.pod_id.starts_with("dead"), "{e:?}");
+                disconnected.push(&e.session_id);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(connected.len(), 40);
+    let mut once = disconnected.clone();
+    once.sort_unstable();
+    once.dedup();
+    assert_eq!(once.len(), disconnected.len(), "a session closed twice");
+    connected.sort_unstable();
+    assert_eq!(once, connected, "every connected has its disconnected");
+}
+
+/// A dead pod that the registry no longer lists (dropped by a reaper of a version that
+/// wrote no events, during a rolling upgrade) still gets its sessions closed: reapers
+/// also read the event log's own list of pods with live sessions.
+#[tokio::test]
+async fn a_dead_pod_the_registry_forgot_still_gets_its_disconnected_events() {
+    let redis = RedisServer::start();
+    let opts = options(redis.url(), false);
+    let client = opts.connect().await.unwrap();
+    let log = RedisEventLog::load(client.clone(), &opts, 1000)
+        .await
+        .unwrap();
+    let registry = RedisRegistry::with_events(client.clone(), &opts, log.clone());
+    let start = log.newest().await.unwrap();
+    registry.heartbeat_pod("gone").await.unwrap();
+    for i in 0..5 {
+        registry
+            .add_session(&record("gone", &format!("u{i}")), 0)
+            .await
+            .unwrap();
+    }
+    // An older reaper forgets the pod from the registry, leaving the event marks.
+    RedisRegistry::new(client, &opts)
+        .remove_pod("gone")
+        .await
+        .unwrap();
+    let ns = &opts.namespace;
+    assert_eq!(
+        redis
+            .cli(&["SISMEMBER", &format!("{ns}:pods"), "gone"])
+            .trim(),
+        "0"
+    );
+    assert_eq!(
+        redis
+            .cli(&["HLEN", &format!("{ns}:ev:{{{ns}}}:live:gone")])
+            .trim(),
+        "5"
+    );
+
+    registry.heartbeat_pod("me").await.unwrap();
+    let reaped = registry.reap_dead_pods().await.unwrap();
+    assert_eq!((reaped.pods, reaped.sessions), (1, 5));
+    let events = log.read(start, 100).await.unwrap();
+    let lost = events
+        .iter()
+        .filter(|e| e.by == Some(ClosedBy::PodLost))
+        .count();
+    assert_eq!(lost, 5);
+    // Nothing is left for the next reaper.
+    assert_eq!(
+        redis
+            .cli(&["EXISTS", &format!("{ns}:ev:{{{ns}}}:pods")])
+            .trim(),
+        "0"
+    );
+    assert_eq!(registry.reap_dead_pods().await.unwrap(), Reaped::default());
+}
+
+/// Reapers that race without the lock, on the log alone: still one `disconnected` each.
+#[tokio::test]
+async fn racing_closes_of_one_pod_split_the_sessions() {
+    let redis = RedisServer::start();
+    let opts = options(redis.url(), false);
+    let client = opts.connect().await.unwrap();
+    let log = RedisEventLog::load(client.clone(), &opts, 10_000)
+        .await
+        .unwrap();
+    let registry = RedisRegistry::with_events(client.clone(), &opts, log.clone());
+    let other = RedisEventLog::load(opts.connect().await.unwrap(), &opts, 10_000)
+        .await
+        .unwrap();
+    let start = log.newest().await.unwrap();
+    for i in 0..300 {
+        registry
+            .add_session(&record("dead", &format!("u{i}")), 0)
+            .await
+            .unwrap();
+    }
+    let lost = Closed::pod_lost(1);
+    let (x, y) = tokio::join!(log.close_pod("dead", &lost), other.close_pod("dead", &lost));
+    assert_eq!(x.unwrap() + y.unwrap(), 300);
+    let events = log.read(start, 1000).await.unwrap();
+    assert_eq!(events.len(), 600);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.kind == EventKind::Disconnected)
+            .count(),
+        300
+    );
+}
+
+/// Redis restarted empty: the log is gone, and a consumer's cursor from before says so
+/// (trimmed), instead of reading on as if nothing was missed.
+#[tokio::test]
+async fn a_cursor_from_a_log_redis_lost_reads_as_trimmed() {
+    let mut redis = RedisServer::start();
+    let opts = options(redis.url(), false);
+    let client = opts.connect().await.unwrap();
+    let log = RedisEventLog::load(client.clone(), &opts, 100)
+        .await
+        .unwrap();
+    let registry = RedisRegistry::with_events(client, &opts, log.clone());
+    registry.add_session(&record("p", "u"), 0).await.unwrap();
+    let seen = log.newest().await.unwrap();
+    redis.restart_empty();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match log.read(seen, 10).await {
+            Err(ReadError::Ahead { newest }) => {
+                assert_eq!(newest, EventId::ZERO);
+                break;
+            }
+            Err(ReadError::Backend(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("an empty Redis read {other:?}"),
+        }
+    }
+    // The next event makes a new log; the old cursor is behind its start.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    registry.add_session(&record("p", "v"), 0).await.unwrap();
+    assert!(matches!(
+        log.read(seen, 10).await,
+        Err(ReadError::Trimmed { oldest: Some(_) })
+    ));
+    assert_eq!(log.read(EventId::ZERO, 10).await.unwrap().len(), 1);
+}
+
 fn record(pod: &str, user: &str) -> SessionRecord {
     SessionRecord {
         session_id: SessionId::generate(),
@@ -134,8 +379,8 @@ async fn a_silent_pod_drops_out_of_presence_and_is_reaped() {
     assert_eq!(registry.count_sessions().await.unwrap(), 1);
 
     // A live pod reaps the leftovers, once.
-    assert_eq!(registry.reap_dead_pods().await.unwrap(), 1);
-    assert_eq!(registry.reap_dead_pods().await.unwrap(), 0);
+    assert_eq!(registry.reap_dead_pods().await.unwrap().pods, 1);
+    assert_eq!(registry.reap_dead_pods().await.unwrap().pods, 0);
     assert_eq!(registry.count_user_sessions("alice").await.unwrap(), 1);
     assert_eq!(registry.count_topic_subscribers("news").await.unwrap(), 0);
     assert!(

@@ -19,6 +19,12 @@ pub const PROTOCOL_ERROR: u16 = 1002;
 pub const INVALID_PAYLOAD: u16 = 1007;
 /// Policy violation. Do not reconnect without a fix.
 pub const POLICY: u16 = 1008;
+/// No status: the client's close frame carried no code. Never sent; reported in
+/// `disconnected` events.
+pub const NO_STATUS: u16 = 1005;
+/// Abnormal closure: the connection ended without a close frame (or its pod died). Never
+/// sent; reported in `disconnected` events.
+pub const ABNORMAL: u16 = 1006;
 /// An inbound message exceeded `session.max_message_bytes`. Do not resend it.
 pub const TOO_BIG: u16 = 1009;
 /// Unexpected server error. Reconnect with backoff.

@@ -1,9 +1,12 @@
 //! The conformance suite every backend must pass, unchanged (feature `test-util`).
 //!
-//! A backend's own test calls [`broker_suite`] and [`registry_suite`] with a factory. The
-//! suite names its channels, users and pods uniquely per call, so suites for one backend may
-//! share a server; a Redis backend should still hand each test its own namespace.
+//! A backend's own test calls [`broker_suite`], [`registry_suite`], [`history_suite`] and
+//! [`events::events_suite`] with a factory. The suite names its channels, users and pods
+//! uniquely per call, so suites for one backend may share a server; a Redis backend
+//! should still hand each test its own namespace.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod events;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -91,7 +94,7 @@ where
     }
 }
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", crate::ids::message_id().to_lowercase())
 }
 
@@ -295,8 +298,13 @@ where
         "at least this suite's sessions: {total_before}"
     );
 
-    reg.remove_session(&s1).await.unwrap();
-    reg.remove_session(&s1).await.unwrap();
+    let closed = crate::events::Closed {
+        code: crate::close::NORMAL,
+        by: crate::events::ClosedBy::Client,
+        at_ms: 1_700_000_001_000,
+    };
+    reg.remove_session(&s1, &closed).await.unwrap();
+    reg.remove_session(&s1, &closed).await.unwrap();
     assert_eq!(reg.session(&s1.session_id).await.unwrap(), None);
     assert_eq!(reg.count_topic_subscribers(&topic).await.unwrap(), 0);
     assert_eq!(reg.user_sessions(&user).await.unwrap(), vec![s2.clone()]);
@@ -312,7 +320,11 @@ where
         "removed pod still alive: {pods:?}"
     );
     assert_eq!(reg.count_sessions().await.unwrap(), total_before - 3);
-    assert_eq!(reg.reap_dead_pods().await.unwrap(), 0, "every pod is alive");
+    assert_eq!(
+        reg.reap_dead_pods().await.unwrap().pods,
+        0,
+        "every pod is alive"
+    );
     reg.healthy().await.unwrap();
 }
 

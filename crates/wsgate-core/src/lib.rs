@@ -2,10 +2,11 @@
 //!
 //! It holds the identifiers ([`ids`]), the client protocol `wsgate.v1` and its close codes
 //! ([`protocol`], [`close`]), the preflight checks as pure functions over request parts
-//! ([`preflight`], [`auth`]), the local session [`hub`], and the [`backend`] traits
-//! (`Broker`, `Registry`) with their in-memory implementations. The HTTP and gRPC edges
-//! live in `wsgate-server`; the Redis backends in `wsgate-redis`. A conformance suite
-//! that every backend must pass is exported under the `test-util` feature.
+//! ([`preflight`], [`auth`]), the local session [`hub`], the vocabulary of session
+//! [`events`], and the [`backend`] traits (`Broker`, `Registry`, `EventLog`) with their
+//! in-memory implementations. The HTTP and gRPC edges live in `wsgate-server`; the Redis
+//! backends in `wsgate-redis`. A conformance suite that every backend must pass is
+//! exported under the `test-util` feature.
 
 pub mod admission;
 pub mod auth;
@@ -13,6 +14,7 @@ pub mod backend;
 pub mod close;
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
+pub mod events;
 pub mod hosts;
 pub mod hub;
 pub mod ids;

@@ -13,12 +13,17 @@
 //! | `ns:hmu:{U}`, `ns:hmt:{T}` | hash, TTL `ttl` of the stream's policy | stream of user U / topic T: `epoch`, `top` (newest offset) |
 //! | `ns:hlu:{U}`, `ns:hlt:{T}` | list, same TTL | the stream's kept messages, oldest first, at most `size` |
 //! | `ns:hiu:{U}:K`, `ns:hit:{T}:K` | string, TTL the key's window | `epoch:offset` the publish with idempotency key K got |
+//! | `ns:ev:{ns}:log` | stream, capped at `events.max_len` (`MAXLEN ~`) | session events |
+//! | `ns:ev:{ns}:live:P` | hash | session id → user id, for P's sessions between their `connected` and `disconnected` |
+//! | `ns:ev:{ns}:pods` | set | pods whose live hash is not empty |
 //!
 //! The part in braces is the Redis Cluster hash tag: a pod's keys share a slot, so do a
 //! session's. Per-user and per-topic hashes are single keys, so the per-user limit can be
 //! checked and applied in one atomic script. A stream's keys have the hash tag of its
 //! channel (`{U}` or `{T}`), so one script can append to the stream and publish on the
-//! channel on the node that owns them, with every key it touches in one slot.
+//! channel on the node that owns them, with every key it touches in one slot. The event
+//! log and the pods' live-session hashes share the namespace's own tag, so one script
+//! writes a session's `connected` or `disconnected` together with its mark in the hash.
 //!
 //! Channels: `ns:cu:{U}` (user), `ns:ct:{T}` (topic), `ns:cp:{P}` (pod), `ns:call`
 //! (broadcast). User, topic and pod channels use sharded pub/sub in cluster mode.
@@ -80,6 +85,21 @@ impl Keyspace {
         format!("{}:t:{{{topic}}}", self.ns)
     }
 
+    /// The stream of session events.
+    pub fn event_log(&self) -> String {
+        format!("{ns}:ev:{{{ns}}}:log", ns = self.ns)
+    }
+
+    /// Pod `pod`'s sessions that are live in the event log: session id → user id.
+    pub fn event_live(&self, pod: &str) -> String {
+        format!("{ns}:ev:{{{ns}}}:live:{pod}", ns = self.ns)
+    }
+
+    /// The pods that have sessions live in the event log.
+    pub fn event_pods(&self) -> String {
+        format!("{ns}:ev:{{{ns}}}:pods", ns = self.ns)
+    }
+
     /// The hash of the stream of `channel` (`epoch`, `top`); only user and topic channels
     /// have streams.
     pub fn stream_meta(&self, channel: &Channel) -> Option<String> {
@@ -132,6 +152,22 @@ mod tests {
         assert_eq!(k.pod_sessions("p1"), "ns:pod:{p1}:sessions");
         assert_eq!(k.channel(&Channel::User("alice".into())), "ns:cu:{alice}");
         assert_eq!(k.channel(&Channel::Broadcast), "ns:call");
+    }
+
+    #[test]
+    fn the_event_log_and_the_live_hashes_share_a_slot() {
+        let k = Keyspace::new("ns");
+        assert_eq!(k.event_log(), "ns:ev:{ns}:log");
+        assert_eq!(k.event_live("p-1"), "ns:ev:{ns}:live:p-1");
+        let slot = |key: String| fred::util::redis_keyslot(key.as_bytes());
+        assert_eq!(slot(k.event_log()), slot(k.event_live("p-1")));
+        assert_eq!(slot(k.event_log()), slot(k.event_live("other")));
+        assert_eq!(slot(k.event_log()), slot(k.event_pods()));
+        assert_ne!(
+            slot(k.event_log()),
+            slot(Keyspace::new("other").event_log()),
+            "each namespace its own slot"
+        );
     }
 
     #[test]

@@ -10,14 +10,19 @@
 //! - [`RedisRegistry`]: sessions, topic memberships and pods, with per-pod liveness keys
 //!   (O(1) work per pod per interval), so a pod that dies without cleanup drops out of
 //!   presence by itself and its leftovers are reaped by the live pods.
+//! - [`RedisEventLog`]: session events in a capped Redis Stream; the registry made with
+//!   it writes each session's `connected` and `disconnected` (also a reaped one's) in one
+//!   script with the session's mark in the log, so each is written exactly once.
 //!
 //! The key and channel layout is in [`keys`]; both implementations pass the conformance
 //! suite of `wsgate-core`.
 
 mod broker;
 mod envelope;
+mod events;
 pub mod keys;
 mod registry;
+mod script;
 mod streams;
 
 use std::time::Duration;
@@ -27,6 +32,7 @@ use wsgate_core::backend::BackendError;
 
 pub use broker::RedisBroker;
 pub use envelope::{Decoded, decode, encode};
+pub use events::RedisEventLog;
 pub use keys::Keyspace;
 pub use registry::RedisRegistry;
 

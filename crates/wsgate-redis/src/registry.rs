@@ -6,16 +6,23 @@
 //! reaping a dead pod twice does no harm. Reads that answer "who is live" check the pods'
 //! liveness keys, so a pod that died without cleanup drops out of presence as soon as its
 //! liveness key expires, before any reaping.
+//!
+//! Made [`with_events`](RedisRegistry::with_events), it writes sessions' `connected` and
+//! `disconnected` through [`RedisEventLog`], in the same round trip as the registration
+//! or removal; a reaper writes a dead pod's `disconnected`s before it forgets the pod, so
+//! one that stops midway leaves the pod, with the sessions still to close, to the next.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use fred::prelude::*;
-use wsgate_core::backend::{BackendError, Liveness, PodRecord, Registry, SessionRecord};
+use wsgate_core::backend::{BackendError, Liveness, PodRecord, Reaped, Registry, SessionRecord};
+use wsgate_core::events::{Closed, ClosedBy};
 use wsgate_core::ids::SessionId;
 
-use crate::{Keyspace, RedisOptions, unavailable};
+use crate::{Keyspace, RedisEventLog, RedisOptions, unavailable};
 
 /// Adds a session to its user's hash unless the user is at the limit. One key, one
 /// script: check and insert are atomic, even in Redis Cluster.
@@ -43,15 +50,33 @@ pub struct RedisRegistry {
     client: Client,
     keys: Keyspace,
     pod_ttl: Duration,
+    events: Option<Arc<RedisEventLog>>,
 }
 
 impl RedisRegistry {
-    /// A registry over a connected client.
+    /// A registry over a connected client, without session events.
     pub fn new(client: Client, options: &RedisOptions) -> Self {
         Self {
             client,
             keys: Keyspace::new(&options.namespace),
             pod_ttl: options.pod_ttl,
+            events: None,
+        }
+    }
+
+    /// A registry that writes sessions' `connected` and `disconnected` to `events`.
+    pub fn with_events(client: Client, options: &RedisOptions, events: Arc<RedisEventLog>) -> Self {
+        Self {
+            events: Some(events),
+            ..Self::new(client, options)
+        }
+    }
+
+    /// Writes the `disconnected` of every session of `pod` still live in the event log.
+    async fn close_pod_events(&self, pod: &str, closed: &Closed) -> Result<usize, BackendError> {
+        match &self.events {
+            Some(events) => events.close_pod(pod, closed).await,
+            None => Ok(0),
         }
     }
 
@@ -208,14 +233,19 @@ impl Registry for RedisRegistry {
         })
     }
 
-    async fn reap_dead_pods(&self) -> Result<usize, BackendError> {
-        let pods: Vec<String> = self
+    async fn reap_dead_pods(&self) -> Result<Reaped, BackendError> {
+        let mut pods: Vec<String> = self
             .client
             .smembers(self.keys.pods())
             .await
             .map_err(unavailable)?;
+        if let Some(events) = &self.events {
+            pods.extend(events.pods().await?);
+            pods.sort_unstable();
+            pods.dedup();
+        }
         let live = self.live_pods(pods.iter().cloned()).await?;
-        let mut reaped = 0;
+        let mut reaped = Reaped::default();
         for pod in pods.into_iter().filter(|p| !live.contains(p)) {
             // One reaper per dead pod; a reaper that dies lets the lock expire.
             let locked: Option<String> = self
@@ -233,18 +263,31 @@ impl Registry for RedisRegistry {
                 continue;
             }
             tracing::info!(pod = %pod, "reaping the sessions of a dead pod");
+            // Events first: the pod stays listed until it is forgotten, so a reaper that
+            // stops midway leaves what is left to the next.
+            let sessions = self
+                .close_pod_events(&pod, &Closed::pod_lost(now_ms()))
+                .await?;
             self.forget_pod(&pod).await?;
             let () = self
                 .client
                 .del(self.keys.pod_reaper(&pod))
                 .await
                 .map_err(unavailable)?;
-            reaped += 1;
+            tracing::info!(pod = %pod, sessions, "reaped a dead pod");
+            reaped.pods += 1;
+            reaped.sessions += sessions;
         }
         Ok(reaped)
     }
 
     async fn remove_pod(&self, pod_id: &str) -> Result<(), BackendError> {
+        let closed = Closed {
+            code: wsgate_core::close::GOING_AWAY,
+            by: ClosedBy::Server,
+            at_ms: now_ms(),
+        };
+        self.close_pod_events(pod_id, &closed).await?;
         self.forget_pod(pod_id).await
     }
 
@@ -288,17 +331,40 @@ impl Registry for RedisRegistry {
                 record.session_id.as_str(),
             )
             .await)?;
-        let _: Vec<Value> = pipeline.all().await.map_err(unavailable)?;
+        let recorded = async { pipeline.all::<Vec<Value>>().await.map_err(unavailable) };
+        // The `connected` goes out with the records, in the same round trip.
+        match &self.events {
+            Some(events) => {
+                let (recorded, connected) = tokio::join!(recorded, events.connect(record));
+                recorded?;
+                connected?;
+            }
+            None => {
+                recorded.await?;
+            }
+        }
         Ok(true)
     }
 
-    async fn remove_session(&self, record: &SessionRecord) -> Result<(), BackendError> {
-        self.forget_session(
+    async fn remove_session(
+        &self,
+        record: &SessionRecord,
+        closed: &Closed,
+    ) -> Result<bool, BackendError> {
+        let forgotten = self.forget_session(
             &record.session_id,
             Some(&record.user_id),
             Some(&record.pod_id),
-        )
-        .await
+        );
+        let Some(events) = &self.events else {
+            forgotten.await?;
+            return Ok(false);
+        };
+        let ids = [record.session_id.to_string()];
+        let (forgotten, disconnected) =
+            tokio::join!(forgotten, events.disconnect(&record.pod_id, &ids, closed));
+        forgotten?;
+        Ok(disconnected? == 1)
     }
 
     async fn add_subscription(
@@ -434,4 +500,12 @@ impl Registry for RedisRegistry {
             .map_err(unavailable)?;
         Ok(())
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -6,16 +6,19 @@
 //! [`Gateway::serve`] puts them on the listeners, and [`Serving::drain`] takes the pod down
 //! gracefully. Inside: [`settings`] (loading and building the configuration), [`http`]
 //! (router, preflight layers, WebSocket upgrade), [`session`] (one task per connection),
-//! [`grpc`] (the control plane), [`node`] (hub plus backends), [`rpc`] (clients' calls to
-//! the application's backend), [`upkeep`] (liveness and readiness) and [`shutdown`] (the
-//! drain of the sessions).
+//! [`grpc`] (the control plane), [`node`] (hub plus backends), [`events`] (session events:
+//! the topic-event writer and consumers' reads), [`removals`] (session removals kept for
+//! retrying), [`rpc`] (clients' calls to the application's backend), [`upkeep`] (liveness
+//! and readiness) and [`shutdown`] (the drain of the sessions).
 
 pub mod accept;
+pub mod events;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod propagation;
+pub mod removals;
 pub mod rpc;
 pub mod session;
 pub mod settings;
@@ -91,14 +94,22 @@ pub struct Gateway {
 pub async fn start(config: GatewayConfig) -> Result<Gateway, RunError> {
     let pod_id = config.settings.server.pod_id.clone();
     let node = match &config.backend {
-        Backend::Embedded => Node::embedded(pod_id, config.history.clone()).await?,
+        Backend::Embedded => {
+            Node::embedded(pod_id, config.history.clone(), config.events.clone()).await?
+        }
         Backend::Redis(options) => {
             tracing::info!(
                 redis = %wsgate_redis::redact(&options.url),
                 mode = %config.settings.redis.mode,
                 "cluster mode"
             );
-            Node::redis(pod_id, config.history.clone(), options.clone()).await?
+            Node::redis(
+                pod_id,
+                config.history.clone(),
+                options.clone(),
+                config.events.clone(),
+            )
+            .await?
         }
     };
     let policies = &config.preflight;
@@ -197,6 +208,9 @@ impl Serving {
         self.http_stop.cancel();
         shutdown::drain(&node.hub, &state.sessions, config.settings.shutdown.grace).await;
         let _ = self.http.await;
+        // Event watchers end with a status telling them to resume elsewhere, so the gRPC
+        // server is not held open by their streams.
+        node.stop_event_reads();
         let grpc = self.grpc.stop().await;
         self.upkeep_stop.cancel();
         let _ = self.upkeep.await;

@@ -66,6 +66,15 @@ pub struct Metrics {
     pub rpc_calls: IntCounterVec,
     /// Time from a client's rpc op to the backend's complete answer (or the timeout).
     pub rpc_seconds: Histogram,
+    /// Session events this pod wrote to the log, by type (a reaped pod's `disconnected`s
+    /// count on the reaper).
+    pub events_emitted: IntCounterVec,
+    /// Topic events not written, by type and reason: `queue_full` (the writer's queue
+    /// was full), `session_closed` (the session's `disconnected` was written first),
+    /// `shutdown`.
+    pub events_dropped: IntCounterVec,
+    /// `WatchEvents` streams open now.
+    pub event_watchers: IntGauge,
 }
 
 impl Metrics {
@@ -195,6 +204,27 @@ impl Metrics {
                 ]),
             )
             .unwrap_or_else(|_| unreachable_metric()),
+            events_emitted: IntCounterVec::new(
+                Opts::new(
+                    "events_emitted_total",
+                    "Session events this pod wrote to the event log, by type",
+                ),
+                &["type"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            events_dropped: IntCounterVec::new(
+                Opts::new(
+                    "events_dropped_total",
+                    "Topic events not written, by type and reason",
+                ),
+                &["type", "reason"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            event_watchers: IntGauge::with_opts(Opts::new(
+                "event_watchers",
+                "WatchEvents streams open now",
+            ))
+            .unwrap_or_else(|_| unreachable_metric()),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -221,6 +251,9 @@ impl Metrics {
             Box::new(m.client_publishes.clone()),
             Box::new(m.rpc_calls.clone()),
             Box::new(m.rpc_seconds.clone()),
+            Box::new(m.events_emitted.clone()),
+            Box::new(m.events_dropped.clone()),
+            Box::new(m.event_watchers.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {
@@ -279,6 +312,10 @@ mod tests {
         m.stream_resets.with_label_values(&["user"]).inc();
         m.rpc_calls.with_label_values(&["busy"]).inc();
         m.rpc_seconds.observe(0.02);
+        m.events_emitted.with_label_values(&["connected"]).inc();
+        m.events_dropped
+            .with_label_values(&["subscribed", "queue_full"])
+            .inc();
         let text = m.render();
         for name in [
             "wsgate_connections",
@@ -300,6 +337,9 @@ mod tests {
             "wsgate_stream_resets_total{stream=\"user\"} 1",
             "wsgate_rpc_calls_total{outcome=\"busy\"} 1",
             "wsgate_rpc_duration_seconds_bucket",
+            "wsgate_events_emitted_total{type=\"connected\"} 1",
+            "wsgate_events_dropped_total{reason=\"queue_full\",type=\"subscribed\"} 1",
+            "wsgate_event_watchers",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

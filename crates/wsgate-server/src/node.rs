@@ -2,7 +2,8 @@
 //!
 //! Every path that changes local interest (a session opens or closes, subscribes or
 //! unsubscribes) goes through here, so the hub, the broker subscriptions and the registry
-//! cannot drift apart.
+//! cannot drift apart. The same paths emit the session events ([`crate::events`]): the
+//! registry writes `connected` and `disconnected`, the node queues topic changes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,10 +11,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wsgate_core::admission::ConnectionGauge;
 use wsgate_core::backend::memory::{MemoryBus, MemoryRegistry};
+use wsgate_core::backend::memory_events::MemoryEventLog;
 use wsgate_core::backend::{
-    BackendError, Broker, Channel, Command, Envelope, HistoryPage, Idempotency, Inbox, Liveness,
-    Registry, SessionRecord, StreamPosition, Target,
+    BackendError, Broker, Channel, Command, Envelope, EventLog, HistoryPage, Idempotency, Inbox,
+    Liveness, Registry, SessionRecord, StreamPosition, Target,
 };
+use wsgate_core::events::{Closed, EventKind, Since};
 use wsgate_core::hub::{Hub, SessionHandle, Subscribed};
 use wsgate_core::ids::SessionId;
 use wsgate_core::stream::{HistoryPolicy, HistoryRules};
@@ -22,7 +25,9 @@ use wsgate_core::subscriptions::Subscriptions;
 use parking_lot::Mutex;
 use tracing::Instrument;
 
+use crate::events::{EventBatch, EventOptions, Events, EventsError};
 use crate::metrics::Metrics;
+use crate::removals::{self, PendingRemovals};
 
 /// How long an unneeded broker channel stays subscribed before it is dropped.
 const SUBSCRIPTION_LINGER: Duration = Duration::from_secs(2);
@@ -145,6 +150,11 @@ pub struct Node {
     /// Registry records of this pod's sessions, to register them again when the registry
     /// lost them.
     records: Mutex<HashMap<SessionId, SessionRecord>>,
+    /// Sessions that ended while the registry could not be reached: removed (and their
+    /// `disconnected` written) by the next liveness refresh that gets through.
+    unremoved: PendingRemovals,
+    /// Session events, unless `events.enabled` is off.
+    events: Option<Arc<Events>>,
     /// Keeps the inbox alive: brokers hold it weakly.
     inbox: Arc<HubInbox>,
 }
@@ -154,11 +164,17 @@ impl Node {
     pub async fn embedded(
         pod_id: String,
         history: HistoryRules,
+        events: EventOptions,
     ) -> Result<Arc<Self>, BackendError> {
         let bus = MemoryBus::new();
-        let registry = MemoryRegistry::new();
+        let log = events.enabled.then(|| MemoryEventLog::new(events.max_len));
+        let registry = match &log {
+            Some(log) => MemoryRegistry::with_events(log.clone()),
+            None => MemoryRegistry::new(),
+        };
+        let events = log.map(|log| (log as Arc<dyn EventLog>, events));
         let broker_pod = pod_id.clone();
-        Self::with_backends(pod_id, history, registry, move |inbox| async move {
+        Self::with_backends(pod_id, history, registry, events, move |inbox| async move {
             Ok(Arc::new(bus.broker(broker_pod, inbox)) as Arc<dyn Broker>)
         })
         .await
@@ -169,23 +185,40 @@ impl Node {
         pod_id: String,
         history: HistoryRules,
         options: wsgate_redis::RedisOptions,
+        events: EventOptions,
     ) -> Result<Arc<Self>, BackendError> {
+        use wsgate_redis::{RedisEventLog, RedisRegistry};
         let client = options.connect().await?;
-        let registry = Arc::new(wsgate_redis::RedisRegistry::new(client.clone(), &options));
+        let (registry, events) = if events.enabled {
+            let log = RedisEventLog::load(client.clone(), &options, events.max_len).await?;
+            let registry = RedisRegistry::with_events(client.clone(), &options, log.clone());
+            (registry, Some((log as Arc<dyn EventLog>, events)))
+        } else {
+            (RedisRegistry::new(client.clone(), &options), None)
+        };
         let broker_pod = pod_id.clone();
-        Self::with_backends(pod_id, history, registry, move |inbox| async move {
-            let broker =
-                wsgate_redis::RedisBroker::connect(&options, client, &broker_pod, inbox).await?;
-            Ok(Arc::new(broker) as Arc<dyn Broker>)
-        })
+        Self::with_backends(
+            pod_id,
+            history,
+            Arc::new(registry),
+            events,
+            move |inbox| async move {
+                let broker =
+                    wsgate_redis::RedisBroker::connect(&options, client, &broker_pod, inbox)
+                        .await?;
+                Ok(Arc::new(broker) as Arc<dyn Broker>)
+            },
+        )
         .await
     }
 
-    /// A node on given backends. `make_broker` receives the inbox the broker must feed.
+    /// A node on given backends. `make_broker` receives the inbox the broker must feed;
+    /// `events` is the event log `registry` writes to, if session events are on.
     pub async fn with_backends<F, Fut>(
         pod_id: String,
         history: HistoryRules,
         registry: Arc<dyn Registry>,
+        events: Option<(Arc<dyn EventLog>, EventOptions)>,
         make_broker: F,
     ) -> Result<Arc<Self>, BackendError>
     where
@@ -201,10 +234,14 @@ impl Node {
             resync: tokio::sync::watch::Sender::new(0),
         });
         let broker = make_broker(inbox.clone()).await?;
+        let events =
+            events.map(|(log, options)| Arc::new(Events::start(log, options, metrics.clone())));
         let node = Arc::new(Self {
             metrics,
             history,
             records: Mutex::new(HashMap::new()),
+            unremoved: PendingRemovals::default(),
+            events,
             subscriptions: Subscriptions::new(broker.clone(), SUBSCRIPTION_LINGER),
             pod_id,
             hub,
@@ -244,22 +281,27 @@ impl Node {
                 self.records
                     .lock()
                     .insert(record.session_id.clone(), record.clone());
+                if let Some(events) = &self.events {
+                    events.emitted(EventKind::Connected, 1);
+                }
                 Ok(())
             }
             Ok(false) => {
-                self.close_session(record).await;
+                self.close_session(record, &Closed::unexplained(now_ms()))
+                    .await;
                 Err(OpenError::UserLimit)
             }
             Err(e) => {
-                self.close_session(record).await;
+                self.close_session(record, &Closed::unexplained(now_ms()))
+                    .await;
                 Err(e.into())
             }
         }
     }
 
-    /// Removes a session everywhere. Safe to call more than once: only the first call
-    /// does anything.
-    pub async fn close_session(&self, record: &SessionRecord) {
+    /// Removes a session everywhere, its `disconnected` saying how it ended. Safe to call
+    /// more than once: only the first call does anything.
+    pub async fn close_session(&self, record: &SessionRecord, closed: &Closed) {
         let Some(released) = self.hub.remove(&record.session_id) else {
             return;
         };
@@ -270,10 +312,38 @@ impl Node {
         for topic in released.topics_gone {
             self.release(Channel::Topic(topic));
         }
-        if let Err(e) = self.registry.remove_session(record).await {
-            // The pod's liveness bounds how long a stale record can be seen.
-            tracing::warn!(session = %record.session_id, error = %e, "registry removal failed");
+        if let Some(events) = &self.events {
+            events.settle(&record.session_id).await;
         }
+        self.unregister(record, closed).await;
+    }
+
+    /// Removes a session's record (and writes its `disconnected`); when the registry
+    /// cannot be reached, keeps it for the next liveness refresh to retry, so the
+    /// session's `disconnected` is late rather than missing.
+    async fn unregister(&self, record: &SessionRecord, closed: &Closed) {
+        match self.registry.remove_session(record, closed).await {
+            Ok(written) => {
+                if let Some(events) = &self.events {
+                    events.emitted(EventKind::Disconnected, usize::from(written));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(session = %record.session_id, error = %e, "registry removal failed; will retry");
+                self.unremoved.push(record.clone(), *closed);
+            }
+        }
+    }
+
+    /// Retries up to `budget` of the removals that failed, oldest first, a few at once;
+    /// those that fail again wait for the next call.
+    async fn retry_removals(&self, budget: usize) {
+        use futures_util::StreamExt;
+        futures_util::stream::iter(self.unremoved.take(budget))
+            .for_each_concurrent(removals::AT_ONCE, |(record, closed)| async move {
+                self.unregister(&record, &closed).await;
+            })
+            .await;
     }
 
     fn release(&self, channel: Channel) {
@@ -302,18 +372,35 @@ impl Node {
             }
             .await;
             if let Err(e) = done {
-                self.unsubscribe(record, topic).await;
+                self.leave_topic(record, topic, false).await;
                 return Err(e);
             }
+            self.topic_event(record, topic, true);
         }
         Ok(outcome)
     }
 
     /// Unsubscribes a session from a topic. Returns whether it was subscribed.
     pub async fn unsubscribe(&self, record: &SessionRecord, topic: &str) -> bool {
+        self.leave_topic(record, topic, true).await
+    }
+
+    /// Queues a session's `subscribed` or `unsubscribed` (never waits).
+    fn topic_event(&self, record: &SessionRecord, topic: &str, subscribed: bool) {
+        if let Some(events) = &self.events {
+            events.push_topic(record, topic, subscribed, now_ms());
+        }
+    }
+
+    /// Takes a session off a topic; `announce`: with its `unsubscribed` (not for a
+    /// subscription that was never completed).
+    async fn leave_topic(&self, record: &SessionRecord, topic: &str, announce: bool) -> bool {
         let Some(last) = self.hub.unsubscribe(&record.session_id, topic) else {
             return false;
         };
+        if announce {
+            self.topic_event(record, topic, false);
+        }
         if last {
             self.release(Channel::Topic(topic.to_owned()));
         }
@@ -446,7 +533,9 @@ impl Node {
     /// pod (Redis restarted empty, or the pod was cut off longer than its TTL), registers
     /// every local session and subscription again.
     pub async fn heartbeat(&self) -> Result<(), BackendError> {
-        if self.registry.heartbeat_pod(&self.pod_id).await? == Liveness::Restored {
+        let liveness = self.registry.heartbeat_pod(&self.pod_id).await?;
+        self.retry_removals(removals::PER_REFRESH).await;
+        if liveness == Liveness::Restored {
             self.reregister().await?;
         }
         Ok(())
@@ -468,7 +557,9 @@ impl Node {
                 self.registry.add_subscription(record, &topic).await?;
             }
             if self.hub.get(&record.session_id).is_none() {
-                self.registry.remove_session(record).await?;
+                // It closed meanwhile and was removed before it was added again.
+                let closed = Closed::unexplained(now_ms());
+                self.registry.remove_session(record, &closed).await?;
             }
         }
         Ok(())
@@ -477,8 +568,17 @@ impl Node {
     /// Cleans up after pods that died without doing it themselves.
     pub async fn reap(&self) {
         match self.registry.reap_dead_pods().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(pods = n, "reaped dead pods"),
+            Ok(reaped) if reaped.pods == 0 => {}
+            Ok(reaped) => {
+                if let Some(events) = &self.events {
+                    events.emitted(EventKind::Disconnected, reaped.sessions);
+                }
+                tracing::info!(
+                    pods = reaped.pods,
+                    sessions = reaped.sessions,
+                    "reaped dead pods"
+                );
+            }
             Err(e) => tracing::warn!(error = %e, "reaping dead pods failed"),
         }
     }
@@ -503,8 +603,42 @@ impl Node {
         ready
     }
 
-    /// Takes this pod out of the registry (clean shutdown).
+    /// This pod's session events, unless they are off.
+    pub fn events(&self) -> Option<&Arc<Events>> {
+        self.events.as_ref()
+    }
+
+    /// Reads session events for a consumer: the events after `since` whose type is in
+    /// `kinds` (every type when empty), at most `limit` (capped at
+    /// [`crate::events::MAX_READ`]); when there are none yet, waits up to `wait` for some.
+    /// The answer's `next_id` is the `since` of the consumer's next read, also when it
+    /// holds no event. This is the long poll behind `WatchEvents`; an HTTP handler can
+    /// serve it as is.
+    pub async fn read_events(
+        &self,
+        since: Since,
+        kinds: &[EventKind],
+        limit: usize,
+        wait: Duration,
+    ) -> Result<EventBatch, EventsError> {
+        let events = self.events.as_ref().ok_or(EventsError::Disabled)?;
+        events.read(since, kinds, limit, wait).await
+    }
+
+    /// Ends the consumers' reads (shutdown): they resume on another pod.
+    pub fn stop_event_reads(&self) {
+        if let Some(events) = &self.events {
+            events.stop_reads();
+        }
+    }
+
+    /// Takes this pod out of the registry (clean shutdown): writes the topic events still
+    /// queued and the removals still pending, then removes the pod and what it still has.
     pub async fn leave(&self) {
+        if let Some(events) = &self.events {
+            events.stop_writer(Duration::from_secs(2)).await;
+        }
+        self.retry_removals(usize::MAX).await;
         if let Err(e) = self.registry.remove_pod(&self.pod_id).await {
             tracing::warn!(error = %e, "could not remove the pod from the registry");
         }

@@ -3,6 +3,10 @@
 //! A [`MemoryBus`] stands in for the shared pub/sub server: every pod made from the same
 //! bus sees the others, which is how the conformance suite exercises several "pods" in one
 //! process. A single-node gateway simply makes one bus and one pod.
+//!
+//! A [`MemoryRegistry`] made [`with_events`](MemoryRegistry::with_events) writes each
+//! session's `connected` and `disconnected` into a [`MemoryEventLog`] under its own lock,
+//! together with the change of the session's record.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Weak};
@@ -11,10 +15,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 
+use super::memory_events::MemoryEventLog;
 use super::{
     Appended, BackendError, Broker, Channel, Envelope, HistoryPage, HistoryPolicy, Idempotency,
-    Inbox, Liveness, PodRecord, Registry, SessionRecord, StreamEntry, StreamPosition,
+    Inbox, Liveness, PodRecord, Reaped, Registry, SessionRecord, StreamEntry, StreamPosition,
 };
+use crate::events::{Closed, ClosedBy};
 use crate::ids::SessionId;
 
 /// The pods subscribed to one channel: pod id → inbox. Weak, so a dropped pod stops
@@ -93,7 +99,8 @@ impl Streams {
     }
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -302,12 +309,22 @@ impl RegistryState {
 #[derive(Default)]
 pub struct MemoryRegistry {
     state: RwLock<RegistryState>,
+    /// Where `connected` and `disconnected` go, when session events are on.
+    events: Option<Arc<MemoryEventLog>>,
 }
 
 impl MemoryRegistry {
-    /// An empty registry.
+    /// An empty registry without session events.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// An empty registry that writes sessions' `connected` and `disconnected` to `events`.
+    pub fn with_events(events: Arc<MemoryEventLog>) -> Arc<Self> {
+        Arc::new(Self {
+            state: RwLock::default(),
+            events: Some(events),
+        })
     }
 }
 
@@ -322,9 +339,9 @@ impl Registry for MemoryRegistry {
         )
     }
 
-    async fn reap_dead_pods(&self) -> Result<usize, BackendError> {
+    async fn reap_dead_pods(&self) -> Result<Reaped, BackendError> {
         // Pods share this process: none can die on its own.
-        Ok(0)
+        Ok(Reaped::default())
     }
 
     async fn remove_pod(&self, pod_id: &str) -> Result<(), BackendError> {
@@ -338,6 +355,14 @@ impl Registry for MemoryRegistry {
             .collect();
         for id in gone {
             state.drop_session(&id);
+        }
+        if let Some(events) = &self.events {
+            let closed = Closed {
+                code: crate::close::GOING_AWAY,
+                by: ClosedBy::Server,
+                at_ms: now_ms(),
+            };
+            events.close_pod(pod_id, &closed);
         }
         Ok(())
     }
@@ -359,12 +384,23 @@ impl Registry for MemoryRegistry {
         state
             .sessions
             .insert(record.session_id.clone(), record.clone());
+        if let Some(events) = &self.events {
+            events.open(record);
+        }
         Ok(true)
     }
 
-    async fn remove_session(&self, record: &SessionRecord) -> Result<(), BackendError> {
-        self.state.write().drop_session(&record.session_id);
-        Ok(())
+    async fn remove_session(
+        &self,
+        record: &SessionRecord,
+        closed: &Closed,
+    ) -> Result<bool, BackendError> {
+        let mut state = self.state.write();
+        state.drop_session(&record.session_id);
+        Ok(self
+            .events
+            .as_ref()
+            .is_some_and(|events| events.close(&record.session_id, closed)))
     }
 
     async fn add_subscription(
@@ -482,6 +518,18 @@ mod tests {
         .await;
         crate::conformance::registry_suite(|| async { MemoryRegistry::new() as Arc<dyn Registry> })
             .await;
+    }
+
+    #[tokio::test]
+    async fn memory_events_pass_the_event_cases() {
+        crate::conformance::events::events_suite(|max_len| async move {
+            let log = MemoryEventLog::new(max_len);
+            (
+                MemoryRegistry::with_events(log.clone()) as Arc<dyn Registry>,
+                log as Arc<dyn super::super::EventLog>,
+            )
+        })
+        .await;
     }
 
     #[tokio::test]

@@ -12,15 +12,24 @@
 //! [`Broker::read_stream`] reads what a stream still keeps. The broker owns them because
 //! the append and the publish must be one step: in Redis, one script does both.
 //!
-//! `memory` implements both roles in process (the embedded single-node default);
-//! `wsgate-redis` implements them over Redis. Both pass [`crate::conformance`].
+//! Session events have their own role, [`EventLog`] (`event_log.rs`): the registry
+//! writes `connected` and `disconnected` into it in the same atomic step as the
+//! session's registration and removal, so a backend that keeps events implements both.
+//!
+//! `memory` implements every role in process (the embedded single-node default, with
+//! `memory_events` for the log); `wsgate-redis` implements them over Redis. Both pass
+//! [`crate::conformance`].
 
+pub mod event_log;
 pub mod memory;
+pub mod memory_events;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use self::event_log::{EventLog, ReadError};
+use crate::events::Closed;
 use crate::ids::SessionId;
 use crate::protocol::Payload;
 pub use crate::stream::{HistoryPolicy, Idempotency, StreamPosition};
@@ -258,33 +267,58 @@ pub enum Liveness {
     Restored,
 }
 
+/// What [`Registry::reap_dead_pods`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reaped {
+    /// Dead pods whose leftovers were removed.
+    pub pods: usize,
+    /// `disconnected` events written for their sessions (by `pod_lost`, code 1006).
+    pub sessions: usize,
+}
+
 /// The shared record of sessions, topic memberships and pods.
+///
+/// A registry made with an event log writes each session's `connected` when it records
+/// the session and its `disconnected` when it removes it, reaps it, or removes its pod,
+/// each in the same atomic step as the session's liveness mark in the log: exactly one
+/// `disconnected` per `connected`, whoever removes the session and however often.
 #[async_trait]
 pub trait Registry: Send + Sync + 'static {
     /// Announces a pod or refreshes its liveness: O(1) work, called at start and several
     /// times per liveness period.
     async fn heartbeat_pod(&self, pod_id: &str) -> Result<Liveness, BackendError>;
 
-    /// Removes what pods that died without cleanup left behind; returns how many pods were
-    /// reaped. Live pods call it periodically; a backend where pods cannot die apart from
-    /// the process reaps nothing.
-    async fn reap_dead_pods(&self) -> Result<usize, BackendError>;
+    /// Removes what pods that died without cleanup left behind, writing a `disconnected`
+    /// (code 1006, by `pod_lost`) for each of their sessions. Live pods call it
+    /// periodically; one of several racing reapers does the work, and a reaper that fails
+    /// midway leaves the rest to the next one, without writing any event twice. A
+    /// backend where pods cannot die apart from the process reaps nothing.
+    async fn reap_dead_pods(&self) -> Result<Reaped, BackendError>;
 
-    /// Removes a pod that shuts down cleanly, with every session it still has.
+    /// Removes a pod that shuts down cleanly, with every session it still has (their
+    /// `disconnected`: code 1001, by `server`).
     async fn remove_pod(&self, pod_id: &str) -> Result<(), BackendError>;
 
     /// Records a session unless its user already has `max_user_sessions` live sessions
     /// (0 = no limit); check and insert are one atomic step, so concurrent handshakes
     /// cannot overshoot the limit. Returns whether the session was admitted. Idempotent:
     /// re-adding a recorded session (re-registration after a backend restart) admits it.
+    /// An admitted session gets its `connected` unless it is live in the event log
+    /// already.
     async fn add_session(
         &self,
         record: &SessionRecord,
         max_user_sessions: usize,
     ) -> Result<bool, BackendError>;
 
-    /// Forgets a session and its topic memberships. Idempotent.
-    async fn remove_session(&self, record: &SessionRecord) -> Result<(), BackendError>;
+    /// Forgets a session and its topic memberships and writes its `disconnected` as
+    /// `closed` says, unless it was written already. Idempotent. Returns whether this
+    /// call wrote the `disconnected` (always `false` without an event log).
+    async fn remove_session(
+        &self,
+        record: &SessionRecord,
+        closed: &Closed,
+    ) -> Result<bool, BackendError>;
 
     /// Records that a session subscribed to a topic. Idempotent.
     async fn add_subscription(

@@ -1,5 +1,6 @@
 //! `wsgate.v1.Gateway`: argument validation (INVALID_ARGUMENT with a message naming the
-//! field), then one publish (or one stream read) through the node.
+//! field), then one publish (or one stream read) through the node. `WatchEvents` is in
+//! [`super::events`].
 
 use std::sync::Arc;
 
@@ -158,6 +159,15 @@ fn history_message(entry: StreamEntry) -> Option<pb::HistoryMessage> {
 
 #[tonic::async_trait]
 impl pb::gateway_server::Gateway for ControlService {
+    type WatchEventsStream = super::events::WatchStream;
+
+    async fn watch_events(
+        &self,
+        req: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        super::events::watch(self.node.events(), &self.node.metrics, req.into_inner()).await
+    }
+
     async fn send_to_user(
         &self,
         req: Request<pb::SendToUserRequest>,

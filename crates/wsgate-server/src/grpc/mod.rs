@@ -5,6 +5,7 @@
 //! API's `/api/…` never overlap.
 
 mod control;
+pub mod events;
 pub mod http_api;
 mod listener;
 pub mod telemetry;

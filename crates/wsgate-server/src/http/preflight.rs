@@ -778,7 +778,7 @@ mod tests {
         async fn heartbeat_pod(&self, _: &str) -> Result<Liveness, BackendError> {
             Err(BackendError::Unavailable("down".into()))
         }
-        async fn reap_dead_pods(&self) -> Result<usize, BackendError> {
+        async fn reap_dead_pods(&self) -> Result<wsgate_core::backend::Reaped, BackendError> {
             Err(BackendError::Unavailable("down".into()))
         }
         async fn remove_pod(&self, _: &str) -> Result<(), BackendError> {
@@ -787,7 +787,11 @@ mod tests {
         async fn add_session(&self, _: &SessionRecord, _: usize) -> Result<bool, BackendError> {
             Err(BackendError::Unavailable("down".into()))
         }
-        async fn remove_session(&self, _: &SessionRecord) -> Result<(), BackendError> {
+        async fn remove_session(
+            &self,
+            _: &SessionRecord,
+            _: &wsgate_core::events::Closed,
+        ) -> Result<bool, BackendError> {
             Err(BackendError::Unavailable("down".into()))
         }
         async fn add_subscription(&self, _: &SessionRecord, _: &str) -> Result<(), BackendError> {

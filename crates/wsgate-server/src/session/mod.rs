@@ -35,6 +35,7 @@ use wsgate_core::auth::TopicPolicy;
 use wsgate_core::backend::SessionRecord;
 use wsgate_core::backend::{Channel, StreamPosition};
 use wsgate_core::close::{self, Close};
+use wsgate_core::events::{Closed, ClosedBy};
 use wsgate_core::hub::Outbound;
 use wsgate_core::hub::SessionHandle;
 use wsgate_core::ids::SessionId;
@@ -191,9 +192,10 @@ struct Cleanup {
 }
 
 impl Cleanup {
-    async fn run(mut self) {
+    /// Unregisters the session, which ended as `closed` says.
+    async fn run(mut self, closed: &Closed) {
         if let Some(record) = self.record.take() {
-            self.node.close_session(&record).await;
+            self.node.close_session(&record, closed).await;
         }
     }
 }
@@ -202,12 +204,29 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(record) = self.record.take() {
             let node = self.node.clone();
-            // Only reached when the task was cancelled or panicked; the hub's removal
-            // is idempotent, so a racing explicit cleanup cannot double-count.
+            // Only reached when the task was cancelled or panicked, or the upgrade never
+            // completed; the hub's removal is idempotent, so a racing explicit cleanup
+            // cannot double-count.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move { node.close_session(&record).await });
+                let closed = Closed::unexplained(crate::node::now_ms());
+                rt.spawn(async move { node.close_session(&record, &closed).await });
             }
         }
+    }
+}
+
+/// How a session that stops this way ended, for its `disconnected` event.
+fn closed(exit: &Exit) -> Closed {
+    let (code, by) = match exit {
+        Exit::Close { code, .. } => (*code, ClosedBy::Server),
+        Exit::Ended(EndedBy::Client(code)) => (code.unwrap_or(close::NO_STATUS), ClosedBy::Client),
+        Exit::Ended(EndedBy::Server(code)) => (*code, ClosedBy::Server),
+        Exit::Ended(EndedBy::Transport(_)) => (close::ABNORMAL, ClosedBy::Transport),
+    };
+    Closed {
+        code,
+        by,
+        at_ms: crate::node::now_ms(),
     }
 }
 
@@ -483,7 +502,7 @@ where
         // Calls still out are cancelled: their answers would have nowhere to go.
         drop(calls);
         drop(outbound);
-        cleanup.run().await;
+        cleanup.run(&closed(&exit)).await;
         let ended_by = match exit {
             Exit::Close { code, reason } => {
                 io::close_socket(&mut ws, code, &reason, params.heartbeat_timeout).await;

@@ -44,6 +44,8 @@ pub struct GatewayConfig {
     pub backend: Backend,
     /// `history.*`: which streams keep history.
     pub history: HistoryRules,
+    /// `events.*`: the session event log.
+    pub events: crate::events::EventOptions,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -116,6 +118,7 @@ impl Settings {
         self.check_registry_and_shutdown(&mut p);
         let history = self.history_rules(&mut p);
         let rpc = self.rpc_client(&mut p);
+        let events = self.event_options(&mut p);
         let http_tls = tls_pair(
             &mut p,
             ("server.tls_cert_file", &self.server.tls_cert_file),
@@ -147,6 +150,7 @@ impl Settings {
             grpc_tls,
             backend: self.backend(),
             history,
+            events,
             settings: Arc::new(self.clone()),
         })
     }

@@ -85,6 +85,9 @@ keys! {
     "rpc.max_in_flight" => rpc.max_in_flight: uint,
     "rpc.max_response_bytes" => rpc.max_response_bytes: uint,
     "rpc.bearer_token" => rpc.bearer_token: opt_string,
+    "events.enabled" => events.enabled: boolean,
+    "events.max_len" => events.max_len: uint,
+    "events.queue" => events.queue: uint,
 }
 
 /// Whether `path` names a section (a table of keys, `auth` or `auth.jwt`) rather than a key.

@@ -8,6 +8,7 @@ use wsgate_core::stream::{HistoryPolicy, HistoryRules};
 
 use super::sections::{RedisMode, Settings};
 use super::{MIN_API_KEY_CHARS, Problem};
+use crate::events::EventOptions;
 
 impl Settings {
     pub(super) fn check_server(&self, p: &mut Vec<Problem>) {
@@ -298,6 +299,30 @@ impl Settings {
                 ttl: h.user.ttl,
             }),
             idempotency_window: window,
+        }
+    }
+
+    /// `events.*` as the node runs with it.
+    pub(super) fn event_options(&self, p: &mut Vec<Problem>) -> EventOptions {
+        const MAX_LEN: usize = 10_000_000;
+        const MAX_QUEUE: usize = 1_000_000;
+        let e = &self.events;
+        if !(1..=MAX_LEN).contains(&e.max_len) {
+            p.push(Problem::new(
+                "events.max_len",
+                format!("must be between 1 and {MAX_LEN}, got {}", e.max_len),
+            ));
+        }
+        if !(1..=MAX_QUEUE).contains(&e.queue) {
+            p.push(Problem::new(
+                "events.queue",
+                format!("must be between 1 and {MAX_QUEUE}, got {}", e.queue),
+            ));
+        }
+        EventOptions {
+            enabled: e.enabled,
+            max_len: e.max_len,
+            queue: e.queue,
         }
     }
 

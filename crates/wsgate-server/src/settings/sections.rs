@@ -119,6 +119,8 @@ pub struct Settings {
     pub history: HistorySettings,
     /// `[rpc]`: calls from clients to the application's backend.
     pub rpc: RpcSettings,
+    /// `[events]`: the log of session events.
+    pub events: EventsSettings,
 }
 
 /// `[server]` section.
@@ -411,6 +413,30 @@ impl Default for ShutdownSettings {
     fn default() -> Self {
         Self {
             grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[events]` section: session events (`connected`, `disconnected`, `subscribed`,
+/// `unsubscribed`) kept in a capped log that consumers read with `WatchEvents`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventsSettings {
+    /// Keep session events. Default `true`.
+    pub enabled: bool,
+    /// Events the log keeps at least: the newest ones (1 ..= 10000000; in Redis the
+    /// stream is trimmed by whole nodes, so a few more may be kept). Default `100000`.
+    pub max_len: usize,
+    /// Topic events (`subscribed`, `unsubscribed`) waiting to be written, per pod, before
+    /// new ones are dropped and counted (1 ..= 1000000). Default `10000`.
+    pub queue: usize,
+}
+
+impl Default for EventsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_len: 100_000,
+            queue: 10_000,
         }
     }
 }

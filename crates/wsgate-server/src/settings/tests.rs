@@ -698,6 +698,54 @@ size = 1000000
 }
 
 #[test]
+fn event_settings_from_a_file_and_the_environment_and_their_ranges() {
+    let config = load(None, &HashMap::new()).unwrap();
+    assert_eq!(config.events, crate::events::EventOptions::default());
+    assert!(config.events.enabled);
+    assert_eq!(config.events.max_len, 100_000);
+
+    let f = write_file(
+        ".toml",
+        "[events]\nenabled = false\nmax_len = 500\nqueue = 20\n",
+    );
+    let config = load(Some(f.path()), &HashMap::new()).unwrap();
+    let e = &config.events;
+    assert_eq!((e.enabled, e.max_len, e.queue), (false, 500, 20));
+    let config = load(
+        Some(f.path()),
+        &env(&[
+            ("WSGATE__EVENTS__ENABLED", "yes"),
+            ("WSGATE__EVENTS__MAX_LEN", "7"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!((config.events.enabled, config.events.max_len), (true, 7));
+
+    let err = load(
+        None,
+        &env(&[
+            ("WSGATE__EVENTS__MAX_LEN", "0"),
+            ("WSGATE__EVENTS__QUEUE", "2000000"),
+            ("WSGATE__EVENTS__ENABLED", "maybe"),
+        ]),
+    )
+    .unwrap_err();
+    assert!(
+        problem(&err, "events.max_len")
+            .message
+            .contains("between 1 and 10000000"),
+        "{err}"
+    );
+    assert!(
+        problem(&err, "events.queue")
+            .message
+            .contains("between 1 and 1000000"),
+        "{err}"
+    );
+    problem(&err, "events.enabled");
+}
+
+#[test]
 fn client_publish_is_for_auth_off_only() {
     let mut s = Settings::default();
     s.session.client_publish = true;

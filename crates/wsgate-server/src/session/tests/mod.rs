@@ -39,7 +39,7 @@ async fn node() -> Arc<Node> {
 }
 
 async fn node_with(history: HistoryRules) -> Arc<Node> {
-    Node::embedded("pod-test".to_owned(), history)
+    Node::embedded("pod-test".to_owned(), history, Default::default())
         .await
         .expect("embedded node")
 }
@@ -598,7 +598,7 @@ async fn a_cancelled_session_is_cleaned_up_once() {
         node: node.clone(),
         record: Some(s.record.clone()),
     }
-    .run()
+    .run(&wsgate_core::events::Closed::unexplained(0))
     .await;
     assert!(node.hub.get(&other_ctx.session_id).is_some());
     assert!(node.hub.has_user("alice"));

@@ -1,0 +1,40 @@
+//! Lua scripts run with EVALSHA, one round trip each.
+
+use fred::prelude::*;
+use wsgate_core::backend::BackendError;
+
+use crate::unavailable;
+
+/// A Lua script run with EVALSHA, falling back to EVAL (which caches it again) on a node
+/// that does not have it: one round trip, two after a node lost its script cache
+/// (restart, failover, a node that never saw SCRIPT LOAD).
+pub(crate) struct Script {
+    lua: &'static str,
+    sha: String,
+}
+
+impl Script {
+    /// Loads `lua` on the server the client reaches for keyless commands, to learn its
+    /// SHA-1 (the same on every node).
+    pub(crate) async fn load(client: &Client, lua: &'static str) -> Result<Self, BackendError> {
+        let sha: String = client.script_load(lua).await.map_err(unavailable)?;
+        Ok(Self { lua, sha })
+    }
+
+    pub(crate) async fn run(
+        &self,
+        client: &Client,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> Result<Value, BackendError> {
+        match client
+            .evalsha::<Value, _, _, _>(self.sha.as_str(), keys.clone(), args.clone())
+            .await
+        {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                client.eval(self.lua, keys, args).await.map_err(unavailable)
+            }
+            other => other.map_err(unavailable),
+        }
+    }
+}
