@@ -11,6 +11,7 @@ mod conformance;
 mod control;
 mod control_history;
 mod events;
+mod events_http;
 mod handshake_rate;
 mod hostile;
 mod http_api;

@@ -28,7 +28,7 @@ messages: field names as in the proto (lowerCamelCase names are accepted on inpu
 base64, a oneof as its one set field. Responses write every field, also at its default \
 value. Unknown fields are refused. An empty body is read as `{}`.\n\nErrors are \
 `{\"error\": code, \"message\": text}`: 400 (`bad_json`, `invalid_argument`, \
-`failed_precondition`), 401 (`unauthenticated`), 404 (`unknown_method`, `not_found`), \
+`failed_precondition`, `out_of_range`), 401 (`unauthenticated`), 404 (`unknown_method`, `not_found`), \
 405 (`method_not_allowed`, with `Allow: POST`), 413 (`payload_too_large`, over 4 MiB), \
 415 (`unsupported_media_type`), 429 (`resource_exhausted`), 503 (`unavailable`: retry \
 later), 500 (anything else). The guide is docs/http-api.md.\n\nGenerated from \
@@ -126,7 +126,21 @@ fn local(type_name: &str) -> &str {
         .unwrap_or_else(|| panic!("{type_name}: only top-level {PACKAGE} messages are mapped"))
 }
 
-/// The unary methods of the service: (rpc name, request, response, comment).
+/// Server-streaming rpcs the HTTP API serves as a long poll: (rpc, the poll's request
+/// schema, its response schema). Their schemas are made by [`long_poll_schema`].
+const LONG_POLLS: [(&str, &str, &str); 1] = [("WatchEvents", "WatchEventsPoll", "EventBatch")];
+
+/// What the HTTP API adds to a long-poll method's description.
+const LONG_POLL_NOTE: &str = "Over HTTP this is a long poll: the answer comes as soon as \
+at least one matching event follows `since_id`, or empty after `wait_ms`; send its \
+`next_id` as the next `since_id` (it moves past every event the read looked at, also those \
+`types` left out). Events are the JSON objects webhooks send: `type` is a lowercase \
+string and `at_ms` a number, not the proto3 mapping of `Event`. A status that ends the \
+stream is the poll's error: OUT_OF_RANGE is 400 `out_of_range`, UNAVAILABLE 503. Keep \
+`wait_ms` below the idle timeout of any proxy on the way (30000 is a safe choice).";
+
+/// The methods of the service: (rpc name, request, response, comment). A
+/// server-streaming rpc is listed with its long poll's schemas.
 fn methods(proto: &Proto) -> Vec<(String, String, String, String)> {
     let (index, service) = proto
         .file
@@ -140,20 +154,33 @@ fn methods(proto: &Proto) -> Vec<(String, String, String, String)> {
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            assert!(
-                !m.client_streaming() && !m.server_streaming(),
-                "rpc {} streams: the HTTP API serves it as a long poll with request and \
-                 response messages of its own; map that here, then regenerate",
-                m.name()
-            );
             let comment = proto
                 .comment(&[6, index as i32, 2, i as i32])
                 .unwrap_or_else(|| panic!("rpc {} has no comment to document it", m.name()));
+            if !m.client_streaming() && !m.server_streaming() {
+                return (
+                    m.name().to_owned(),
+                    local(m.input_type()).to_owned(),
+                    local(m.output_type()).to_owned(),
+                    comment.to_owned(),
+                );
+            }
+            let (_, request, response) = LONG_POLLS
+                .iter()
+                .find(|(rpc, ..)| *rpc == m.name() && !m.client_streaming())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "rpc {} streams: the HTTP API serves it as a long poll with request \
+                         and response schemas of its own; map them in LONG_POLLS, then \
+                         regenerate",
+                        m.name()
+                    )
+                });
             (
                 m.name().to_owned(),
-                local(m.input_type()).to_owned(),
-                local(m.output_type()).to_owned(),
-                comment.to_owned(),
+                (*request).to_owned(),
+                (*response).to_owned(),
+                format!("{comment}\n\n{LONG_POLL_NOTE}"),
             )
         })
         .collect()
@@ -238,6 +265,170 @@ fn schema(proto: &Proto, name: &str, more: &mut Vec<String>) -> Node {
     to_map(out)
 }
 
+/// The schemas of the long poll of `WatchEvents`, made from the proto's
+/// `WatchEventsRequest` and `Event` (their fields' comments, the event types) and the
+/// server's limits; `None` for any other name.
+fn long_poll_schema(proto: &Proto, name: &str, more: &mut Vec<String>) -> Option<Node> {
+    let field_comment = |message: &str, field: &str| -> String {
+        let (index, m) = proto.message(message);
+        let i = m
+            .field
+            .iter()
+            .position(|f| f.name() == field)
+            .unwrap_or_else(|| panic!("{message}.{field} is not in the proto"));
+        proto
+            .comment(&[4, index as i32, 2, i as i32])
+            .unwrap_or("")
+            .to_owned()
+    };
+    let object = |description: &str, required: Vec<Node>, properties: Vec<(String, Node)>| {
+        let mut out = vec![("type", s("object")), ("description", s(description))];
+        if !required.is_empty() {
+            out.push(("required", Node::List(required)));
+        }
+        out.push(("additionalProperties", Node::Bool(false)));
+        out.push(("properties", Node::Map(properties)));
+        to_map(out)
+    };
+    let max_wait = wsgate_server::events::MAX_WAIT.as_millis() as i64;
+    let max_read = wsgate_server::events::MAX_READ as i64;
+    let default_limit = wsgate_server::grpc::http_api::watch::DEFAULT_LIMIT as i64;
+    match name {
+        "WatchEventsPoll" => Some(object(
+            "A long poll of the session events.",
+            vec![],
+            vec![
+                (
+                    "since_id".to_owned(),
+                    map([
+                        ("type", s("string")),
+                        (
+                            "description",
+                            s(field_comment("WatchEventsRequest", "since_id")),
+                        ),
+                    ]),
+                ),
+                (
+                    "types".to_owned(),
+                    map([
+                        ("type", s("array")),
+                        ("items", event_type_schema(proto)),
+                        (
+                            "description",
+                            s("Only events of these types; empty = every type."),
+                        ),
+                    ]),
+                ),
+                (
+                    "wait_ms".to_owned(),
+                    map([
+                        ("type", s("integer")),
+                        ("minimum", Node::Int(0)),
+                        ("maximum", Node::Int(max_wait)),
+                        ("default", Node::Int(0)),
+                        (
+                            "description",
+                            s("How long to wait for a first matching event, in \
+                               milliseconds; 0 answers at once."),
+                        ),
+                    ]),
+                ),
+                (
+                    "limit".to_owned(),
+                    map([
+                        ("type", s("integer")),
+                        ("minimum", Node::Int(1)),
+                        ("maximum", Node::Int(max_read)),
+                        ("default", Node::Int(default_limit)),
+                        ("description", s("Most events in the answer.")),
+                    ]),
+                ),
+            ],
+        )),
+        "EventBatch" => {
+            more.push("SessionEvent".to_owned());
+            Some(object(
+                "The events of one poll, oldest first, and where the next poll starts.",
+                vec![s("events"), s("next_id")],
+                vec![
+                    (
+                        "events".to_owned(),
+                        map([
+                            ("type", s("array")),
+                            ("items", reference("schemas", "SessionEvent")),
+                        ]),
+                    ),
+                    (
+                        "next_id".to_owned(),
+                        map([
+                            ("type", s("string")),
+                            (
+                                "description",
+                                s("The `since_id` of the next poll: past every event this \
+                                   read looked at, also when it answered none."),
+                            ),
+                        ]),
+                    ),
+                ],
+            ))
+        }
+        "SessionEvent" => {
+            let (index, event) = proto.message("Event");
+            let mut required = Vec::new();
+            let mut properties = Vec::new();
+            for field in &event.field {
+                let mut schema = match field.r#type() {
+                    Type::String => vec![("type", s("string"))],
+                    Type::Uint32 | Type::Uint64 => {
+                        vec![("type", s("integer")), ("minimum", Node::Int(0))]
+                    }
+                    Type::Enum => event_type_pairs(proto),
+                    other => panic!("Event.{}: {other:?} is not mapped yet", field.name()),
+                };
+                let comment = field_comment("Event", field.name());
+                if !comment.is_empty() {
+                    schema.push(("description", s(comment)));
+                }
+                if !field.proto3_optional() {
+                    required.push(s(field.name()));
+                }
+                properties.push((field.name().to_owned(), to_map(schema)));
+            }
+            let description = proto
+                .comment(&[4, index as i32])
+                .unwrap_or("A session event.");
+            Some(object(description, required, properties))
+        }
+        _ => None,
+    }
+}
+
+/// The event types as JSON has them: the proto's `EventType` values, lowercase, without
+/// their prefix and without `EVENT_TYPE_UNSPECIFIED`.
+fn event_type_schema(proto: &Proto) -> Node {
+    to_map(event_type_pairs(proto))
+}
+
+fn event_type_pairs(proto: &Proto) -> Vec<(&'static str, Node)> {
+    let kinds = proto
+        .file
+        .enum_type
+        .iter()
+        .find(|e| e.name() == "EventType")
+        .expect("enum EventType")
+        .value
+        .iter()
+        .filter(|v| v.number() != 0)
+        .map(|v| {
+            s(v.name()
+                .strip_prefix("EVENT_TYPE_")
+                .expect("EventType values start with EVENT_TYPE_")
+                .to_ascii_lowercase())
+        })
+        .collect();
+    vec![("type", s("string")), ("enum", Node::List(kinds))]
+}
+
 fn to_map(pairs: Vec<(&str, Node)>) -> Node {
     Node::Map(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
 }
@@ -316,7 +507,9 @@ fn document(proto: &Proto) -> Node {
         let name = wanted.remove(0);
         if done.insert(name.clone()) {
             let mut more = Vec::new();
-            schemas.push((name.clone(), schema(proto, &name, &mut more)));
+            let node = long_poll_schema(proto, &name, &mut more)
+                .unwrap_or_else(|| schema(proto, &name, &mut more));
+            schemas.push((name.clone(), node));
             wanted.extend(more);
         }
     }
@@ -401,7 +594,7 @@ fn document(proto: &Proto) -> Node {
                             "BadRequest",
                             error_response(
                                 "`bad_json` (not the request in proto3 JSON), \
-                             `invalid_argument` or `failed_precondition`",
+                             `invalid_argument`, `failed_precondition` or `out_of_range`",
                             ),
                         ),
                         (

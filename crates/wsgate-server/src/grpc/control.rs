@@ -3,15 +3,18 @@
 //! [`super::events`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 use wsgate_core::auth::{valid_topic, valid_user_id};
 use wsgate_core::backend::{BackendError, Channel, Command, StreamEntry, Target};
 use wsgate_core::close;
+use wsgate_core::events::{EventKind, Since};
 use wsgate_core::ids::SessionId;
 use wsgate_core::protocol::Payload;
 use wsgate_proto::pb;
 
+use crate::events::EventBatch;
 use crate::node::{Node, SendError, Sent};
 
 /// Longest session id accepted (ULIDs are 26 characters).
@@ -155,6 +158,23 @@ fn history_message(entry: StreamEntry) -> Option<pb::HistoryMessage> {
         payload: Some(pb::Payload { body: Some(body) }),
         published_at_ms: entry.published_at_ms,
     })
+}
+
+impl ControlService {
+    /// One long-poll read of the session events (`POST /api/v1/watch_events`): the events
+    /// after `since` of the `kinds` asked for, waiting up to `wait` for the first.
+    pub async fn poll_events(
+        &self,
+        since: Since,
+        kinds: &[EventKind],
+        limit: usize,
+        wait: Duration,
+    ) -> Result<EventBatch, Status> {
+        self.node
+            .read_events(since, kinds, limit, wait)
+            .await
+            .map_err(super::events::status)
+    }
 }
 
 #[tonic::async_trait]

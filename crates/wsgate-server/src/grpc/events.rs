@@ -173,7 +173,8 @@ fn kinds(types: &[i32]) -> Result<Vec<EventKind>, Status> {
         .collect()
 }
 
-fn status(e: EventsError) -> Status {
+/// The status of a read that cannot be answered (gRPC and the HTTP long poll alike).
+pub fn status(e: EventsError) -> Status {
     match e {
         EventsError::Disabled => Status::failed_precondition(e.to_string()),
         EventsError::Trimmed { .. } | EventsError::Ahead { .. } => {

@@ -60,6 +60,11 @@ pub static METHODS: &[Method] = &[
     unary!("GetPresence", get_presence),
     unary!("Stats", stats),
     unary!("History", history),
+    Method {
+        name: "watch_events",
+        rpc: "WatchEvents",
+        call: |control, body| Box::pin(super::watch::watch_events(control, body)),
+    },
 ];
 
 /// The method served at `/api/v1/<name>`.

@@ -10,11 +10,14 @@
 //! `tonic::Status` becomes an HTTP status ([`methods::status_rejection`]). Every error is
 //! `{"error": code, "message": text}`, like the rest of the gateway's HTTP errors.
 //!
+//! `WatchEvents`, a server stream in gRPC, is a long poll here ([`watch`]).
+//!
 //! Each call gets a server span (continuing a caller's `traceparent`) and counts in
 //! `wsgate_http_api_requests_total{method, code}`, the method label bounded by the table
 //! of [`methods::METHODS`] (any other path is `unknown`).
 
 pub mod methods;
+pub mod watch;
 
 use std::sync::Arc;
 
