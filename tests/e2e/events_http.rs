@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use wsgate_proto::pb;
 use wsgate_tests::api::Api;
+use wsgate_tests::hostile::scrape;
 use wsgate_tests::recorder::session_id;
 use wsgate_tests::*;
 
@@ -192,6 +193,10 @@ async fn a_long_poll_answers_when_an_event_comes_and_reads_what_watch_events_str
             ("disconnected", None)
         ]
     );
+    // Handed out: 1 + 1 + 3 by polls (the empty ones count nothing), 3 by the stream.
+    let metrics = scrape(gw.http).await;
+    assert_eq!(metrics.get("wsgate_events_consumed_total{via=poll}"), 5.0);
+    assert_eq!(metrics.get("wsgate_events_consumed_total{via=watch}"), 3.0);
     gw.stop().await.unwrap();
 }
 

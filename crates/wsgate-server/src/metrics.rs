@@ -75,6 +75,9 @@ pub struct Metrics {
     pub events_dropped: IntCounterVec,
     /// `WatchEvents` streams open now.
     pub event_watchers: IntGauge,
+    /// Session events handed to consumers, by way: `watch` (the gRPC stream) or `poll`
+    /// (the HTTP long poll).
+    pub events_consumed: IntCounterVec,
 }
 
 impl Metrics {
@@ -225,6 +228,14 @@ impl Metrics {
                 "WatchEvents streams open now",
             ))
             .unwrap_or_else(|_| unreachable_metric()),
+            events_consumed: IntCounterVec::new(
+                Opts::new(
+                    "events_consumed_total",
+                    "Session events handed to consumers, by way: watch (gRPC) or poll (HTTP)",
+                ),
+                &["via"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -254,6 +265,7 @@ impl Metrics {
             Box::new(m.events_emitted.clone()),
             Box::new(m.events_dropped.clone()),
             Box::new(m.event_watchers.clone()),
+            Box::new(m.events_consumed.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {
@@ -316,6 +328,7 @@ mod tests {
         m.events_dropped
             .with_label_values(&["subscribed", "queue_full"])
             .inc();
+        m.events_consumed.with_label_values(&["poll"]).inc_by(3);
         let text = m.render();
         for name in [
             "wsgate_connections",
@@ -340,6 +353,7 @@ mod tests {
             "wsgate_events_emitted_total{type=\"connected\"} 1",
             "wsgate_events_dropped_total{reason=\"queue_full\",type=\"subscribed\"} 1",
             "wsgate_event_watchers",
+            "wsgate_events_consumed_total{via=\"poll\"} 3",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

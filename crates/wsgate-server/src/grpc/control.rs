@@ -161,6 +161,11 @@ fn history_message(entry: StreamEntry) -> Option<pb::HistoryMessage> {
 }
 
 impl ControlService {
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.node.metrics
+    }
+
     /// One long-poll read of the session events (`POST /api/v1/watch_events`): the events
     /// after `since` of the `kinds` asked for, waiting up to `wait` for the first.
     pub async fn poll_events(

@@ -65,7 +65,7 @@ pub async fn watch(
         events,
         kinds,
         tx,
-        _open: Open::new(metrics.clone()),
+        open: Open::new(metrics.clone()),
     };
     tokio::spawn(watcher.run(first).instrument(span));
     Ok(Response::new(ReceiverStream::new(rx)))
@@ -92,7 +92,7 @@ struct Watcher {
     events: Arc<Events>,
     kinds: Vec<EventKind>,
     tx: mpsc::Sender<Result<pb::Event, Status>>,
-    _open: Open,
+    open: Open,
 }
 
 impl Watcher {
@@ -117,6 +117,7 @@ impl Watcher {
                             return "caller_gone";
                         }
                         *sent += 1;
+                        self.open.0.events_consumed.with_label_values(&["watch"]).inc();
                     }
                 }
             }

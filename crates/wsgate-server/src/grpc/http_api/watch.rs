@@ -84,6 +84,11 @@ pub async fn watch_events(control: ControlService, body: Bytes) -> Result<Vec<u8
         .poll_events(since, &kinds, limit, Duration::from_millis(req.wait_ms))
         .await
         .map_err(|status| status_rejection(&status))?;
+    control
+        .metrics()
+        .events_consumed
+        .with_label_values(&["poll"])
+        .inc_by(batch.events.len() as u64);
     encode(&batch)
 }
 
