@@ -22,6 +22,7 @@ mod preflight;
 mod process;
 mod recovery;
 mod redis_backend;
+mod refresh;
 mod rolling;
 mod rolling_recovery;
 mod rpc;

@@ -300,7 +300,17 @@ pub enum ClientOp {
         /// `null` when the op has no `data`.
         data: RawJson,
     },
+    /// `{"op":"refresh","token":"…"}`: a new token for the live session (same user): its
+    /// expiry and its `topics` and `publish` claims replace the old token's.
+    Refresh {
+        /// The new token, as sent (verified by the session).
+        token: String,
+    },
 }
+
+/// Longest token a `refresh` op may carry, in bytes (a handshake's whole request head is
+/// bounded too; a token is a few hundred bytes to a few KiB).
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// Longest rpc method name, in bytes.
 pub const MAX_RPC_METHOD_BYTES: usize = 128;
@@ -408,9 +418,20 @@ pub fn decode_client(text: &str) -> Result<ClientRequest, ProtocolError> {
             ClientOp::Publish { topic, data }
         }
         "rpc" => decode_rpc(text, &obj, &id)?,
+        "refresh" => match obj.get("token").and_then(|v| v.as_str()) {
+            Some(t) if !t.is_empty() && t.len() <= MAX_TOKEN_BYTES => ClientOp::Refresh {
+                token: t.to_owned(),
+            },
+            _ => {
+                return Err(ProtocolError::bad_request(
+                    format!("\"token\" must be a string of 1 to {MAX_TOKEN_BYTES} bytes"),
+                    id,
+                ));
+            }
+        },
         _ => {
             return Err(ProtocolError::bad_request(
-                "unknown op: expected subscribe, unsubscribe, publish, ping or rpc",
+                "unknown op: expected subscribe, unsubscribe, publish, ping, rpc or refresh",
                 id,
             ));
         }
@@ -526,6 +547,12 @@ pub enum Reply {
     },
     /// The backend's answer to an `rpc` op: its JSON body, as `data`.
     RpcResult(RawJson),
+    /// The `refresh` op's new token is in force; the session now ends at its `exp`
+    /// (seconds since the Unix epoch), written as `expires_at`.
+    Refreshed {
+        /// The new token's `exp`.
+        expires_at: u64,
+    },
     /// The op was refused.
     Error {
         /// Machine-readable code.
@@ -558,6 +585,8 @@ pub fn encode_reply(reply: &Reply, id: Option<&RequestId>) -> OutFrame {
         id: Option<&'a RequestId>,
         #[serde(skip_serializing_if = "Option::is_none")]
         data: Option<&'a RawValue>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
     }
     let mut out = Out {
         op: "",
@@ -570,6 +599,7 @@ pub fn encode_reply(reply: &Reply, id: Option<&RequestId>) -> OutFrame {
         message: None,
         id,
         data: None,
+        expires_at: None,
     };
     match reply {
         Reply::Subscribed(t) => (out.op, out.topic) = ("subscribed", Some(t.as_str())),
@@ -596,6 +626,9 @@ pub fn encode_reply(reply: &Reply, id: Option<&RequestId>) -> OutFrame {
             }
         }
         Reply::RpcResult(data) => (out.op, out.data) = ("rpc_result", Some(&*data.0)),
+        Reply::Refreshed { expires_at } => {
+            (out.op, out.expires_at) = ("refreshed", Some(*expires_at))
+        }
         Reply::Error { code, message } => {
             (out.op, out.code, out.message) = ("error", Some(*code), Some(message.as_str()));
         }
@@ -784,6 +817,37 @@ mod tests {
             text(&encode_reply(&Reply::RpcResult(null), None)),
             serde_json::json!({"op":"rpc_result","data":null})
         );
+    }
+
+    #[test]
+    fn refresh_ops_carry_a_token_and_are_answered_with_the_new_expiry() {
+        let r = decode_client(r#"{"op":"refresh","token":"a.b.c","id":9}"#).unwrap();
+        assert_eq!(
+            r.op,
+            ClientOp::Refresh {
+                token: "a.b.c".into()
+            }
+        );
+        assert_eq!(
+            text(&encode_reply(
+                &Reply::Refreshed {
+                    expires_at: 1_800_000_000
+                },
+                r.id.as_ref()
+            )),
+            serde_json::json!({"op":"refreshed","expires_at":1_800_000_000u64,"id":9})
+        );
+        let long = "t".repeat(MAX_TOKEN_BYTES + 1);
+        for bad in [
+            r#"{"op":"refresh"}"#.to_owned(),
+            r#"{"op":"refresh","token":""}"#.to_owned(),
+            r#"{"op":"refresh","token":7}"#.to_owned(),
+            format!(r#"{{"op":"refresh","token":"{long}"}}"#),
+        ] {
+            let e = decode_client(&bad).unwrap_err();
+            assert_eq!(e.code, "bad_request", "{bad:.80}");
+            assert!(e.message.contains("\"token\""), "{}", e.message);
+        }
     }
 
     #[test]

@@ -163,7 +163,7 @@ proptest! {
             ClientOp::Subscribe { topic, .. } => Reply::Subscribed(topic.clone()),
             ClientOp::Unsubscribe { topic } => Reply::Unsubscribed(topic.clone()),
             ClientOp::Ping => Reply::Pong,
-            ClientOp::Rpc { .. } | ClientOp::Publish { .. } => {
+            ClientOp::Rpc { .. } | ClientOp::Publish { .. } | ClientOp::Refresh { .. } => {
                 unreachable!("only subscribe, unsubscribe and ping are sent")
             }
         };

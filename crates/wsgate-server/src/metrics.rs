@@ -57,6 +57,8 @@ pub struct Metrics {
     /// Streams a session stopped vouching for (an epoch change or a gap seen live), by
     /// stream kind: the client is told to join again with its last offset.
     pub stream_resets: IntCounterVec,
+    /// `refresh` ops by outcome: `refreshed`, `refused`.
+    pub token_refreshes: IntCounterVec,
     /// Clients' `publish` ops by outcome (`published`, `forbidden`, `rate_limited`,
     /// `unavailable`).
     pub client_publishes: IntCounterVec,
@@ -183,6 +185,14 @@ impl Metrics {
                 &["stream"],
             )
             .unwrap_or_else(|_| unreachable_metric()),
+            token_refreshes: IntCounterVec::new(
+                Opts::new(
+                    "token_refreshes_total",
+                    "Clients' refresh ops by outcome: refreshed, refused",
+                ),
+                &["outcome"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
             client_publishes: IntCounterVec::new(
                 Opts::new(
                     "client_publishes_total",
@@ -259,6 +269,7 @@ impl Metrics {
             Box::new(m.replayed.clone()),
             Box::new(m.history_reads.clone()),
             Box::new(m.stream_resets.clone()),
+            Box::new(m.token_refreshes.clone()),
             Box::new(m.client_publishes.clone()),
             Box::new(m.rpc_calls.clone()),
             Box::new(m.rpc_seconds.clone()),

@@ -13,7 +13,7 @@ const ENV = {
 };
 const TTL_S = 3;
 
-e2e("short-lived tokens from getToken are renewed without losing or repeating a message", 30_000, async (scene) => {
+e2e("short-lived tokens from getToken are renewed on the live session without losing or repeating a message", 30_000, async (scene) => {
   const pod = await scene.pod("a", { jwt: true, env: ENV });
   const issued: number[] = [];
   const [client, record] = scene.client(pod.wsUrl(), {
@@ -44,19 +44,13 @@ e2e("short-lived tokens from getToken are renewed without losing or repeating a 
   assert.deepEqual(record.ns, range(0, sent.user), "the user stream: every message exactly once, in order");
   assert.ok(sent.topic > 20 && sent.user > 20, `enough traffic: ${JSON.stringify(sent)}`);
 
-  // Renewed: more than one token, more than one session, each close a renewal.
+  // Renewed on the live session with the refresh op: several tokens, one session, no
+  // close, no recovery needed.
   assert.ok(issued.length >= 3, `getToken called ${issued.length} times`);
-  assert.ok(record.connected.length >= 3, `${record.connected.length} sessions`);
-  assert.equal(new Set(record.connected.map((s) => s.sessionId)).size, record.connected.length);
-  for (const d of record.disconnected) {
-    const renewal = d.code === 1000 && d.reason === "token refresh" && d.reconnect;
-    const expired = d.code === 3005 && d.reconnect;
-    assert.ok(renewal || expired, `a renewal, not ${JSON.stringify(d)}`);
-  }
-  assert.ok(!record.states.includes("closed"), "never gave up");
-  assert.ok(record.recovered.length >= 2 && record.recovered.every((r) => r), `user stream: ${record.recovered}`);
-  assert.ok(topic.recovered.length >= 2 && topic.recovered.every((r) => r), `topic: ${topic.recovered}`);
-  assert.deepEqual(record.errors, [], "the gateway's missing refresh op is no error for the application");
+  assert.equal(record.connected.length, 1, "one session throughout");
+  assert.deepEqual(record.disconnected, []);
+  assert.deepEqual(record.states, ["connecting", "connected"]);
+  assert.deepEqual(record.errors, [], "no error for the application");
   assert.equal(client.state, "connected");
 });
 

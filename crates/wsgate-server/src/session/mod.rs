@@ -12,12 +12,14 @@
 //! - `io.rs`: writes under the session's limits, the close handshake, read errors;
 //! - `ops.rs`: what the client's frames ask for;
 //! - `publish.rs`: the `publish` op, its policy and rate;
+//! - `refresh.rs`: the `refresh` op, a new token for the live session;
 //! - `rpc.rs`: the client's calls to the backend, in flight beside the loop;
 //! - `streams.rs`: joining streams with history and keeping them without gaps.
 
 mod io;
 mod ops;
 mod publish;
+mod refresh;
 mod rpc;
 mod streams;
 #[cfg(test)]
@@ -383,6 +385,16 @@ where
         }
     }
 
+    /// When a token expiring at `exp` (seconds since the Unix epoch) closes the session:
+    /// then, plus the leeway.
+    fn deadline_of(&self, exp: Option<u64>) -> Option<tokio::time::Instant> {
+        exp.map(|exp| {
+            let now = crate::node::now_ms() / 1000;
+            let left = Duration::from_secs(exp.saturating_sub(now)) + self.params.token_leeway;
+            tokio::time::Instant::now() + left
+        })
+    }
+
     /// Greets the client, then handles events until the session ends.
     async fn serve(&mut self) -> Exit {
         match self.welcome().await {
@@ -432,11 +444,7 @@ where
             self.params.heartbeat_interval,
         );
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.token_deadline = self.ctx.expires_at.map(|exp| {
-            let now = crate::node::now_ms() / 1000;
-            let left = Duration::from_secs(exp.saturating_sub(now)) + self.params.token_leeway;
-            tokio::time::Instant::now() + left
-        });
+        self.token_deadline = self.deadline_of(self.ctx.expires_at);
 
         loop {
             let flow = tokio::select! {

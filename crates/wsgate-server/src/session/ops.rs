@@ -1,5 +1,5 @@
 //! What the client's frames ask for: the `wsgate.v1` ops (subscribe, unsubscribe, ping,
-//! rpc; publish in `publish.rs`), echo mode, and the control frames tungstenite leaves to
+//! rpc; publish in `publish.rs`, refresh in `refresh.rs`), echo mode, and the control frames tungstenite leaves to
 //! the session.
 //!
 //! A new op is a [`ClientOp`] variant and one method here that answers it with a
@@ -27,10 +27,11 @@ where
             self.tally.received(len);
             return self.send_counted([msg], len as u64).await;
         }
+        let mut notices = Vec::new();
         let (reply, join) = match msg {
             Message::Text(text) => {
                 self.tally.received(text.len());
-                match self.handle_op(text.as_str()).await {
+                match self.handle_op(text.as_str(), &mut notices).await {
                     (Some(reply), join) => (reply, join),
                     // A call started: its answer comes when it ends.
                     (None, _) => return Flow::Continue,
@@ -58,8 +59,10 @@ where
                 )));
             }
         };
-        let len = reply.len() as u64;
-        match self.send_counted([to_message(reply)], len).await {
+        notices.push(reply);
+        let len = notices.iter().map(|f| f.len() as u64).sum();
+        let frames: Vec<Message> = notices.into_iter().map(to_message).collect();
+        match self.send_counted(frames, len).await {
             Flow::Continue => match join {
                 // The missed messages follow the answer, before any live one.
                 Some((key, join)) => self.replay(key, join).await,
@@ -70,9 +73,14 @@ where
     }
 
     /// Decodes a text frame as an op and answers it; the reply echoes the request id. A
-    /// join of a stream with history comes back with it, to replay after the answer. No
-    /// reply: an rpc call started.
-    async fn handle_op(&mut self, text: &str) -> (Option<OutFrame>, Option<(StreamKey, Join)>) {
+    /// join of a stream with history comes back with it, to replay after the answer;
+    /// frames the op makes the server send first go to `notices`. No reply: an rpc call
+    /// started.
+    async fn handle_op(
+        &mut self,
+        text: &str,
+        notices: &mut Vec<OutFrame>,
+    ) -> (Option<OutFrame>, Option<(StreamKey, Join)>) {
         let request = match decode_client(text) {
             Ok(r) => r,
             Err(e) => {
@@ -88,6 +96,7 @@ where
             ClientOp::Subscribe { topic, since } => self.subscribe(topic, since).await,
             ClientOp::Unsubscribe { topic } => (self.unsubscribe(topic).await, None),
             ClientOp::Publish { topic, data } => (self.publish(topic, data).await, None),
+            ClientOp::Refresh { token } => (self.refresh(&token, notices).await, None),
             ClientOp::Rpc { method, data } => {
                 match self.start_rpc(request.id.clone(), &method, &data) {
                     Some(refusal) => (refusal, None),

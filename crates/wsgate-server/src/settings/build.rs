@@ -79,6 +79,8 @@ pub struct SessionParams {
     /// `rpc.*`: the backend's client, shared by every session; `None` when `rpc.url`
     /// is not set.
     pub rpc: Option<Arc<RpcClient>>,
+    /// Verifies the tokens of `refresh` ops, as the handshake verifies the first.
+    pub authenticator: Arc<Authenticator>,
 }
 
 /// The policies of the preflight chain that come from configuration alone (the chain
@@ -141,10 +143,11 @@ impl Settings {
         if !p.is_empty() {
             return Err(SettingsError { problems: p });
         }
+        let authenticator = Arc::new(authenticator);
         Ok(GatewayConfig {
             preflight,
-            authenticator: Arc::new(authenticator),
-            session: self.session_params(rpc),
+            session: self.session_params(rpc, authenticator.clone()),
+            authenticator,
             websocket: self.websocket_config(),
             http_tls,
             grpc_tls,
@@ -188,7 +191,11 @@ impl Settings {
         })
     }
 
-    fn session_params(&self, rpc: Option<Arc<RpcClient>>) -> SessionParams {
+    fn session_params(
+        &self,
+        rpc: Option<Arc<RpcClient>>,
+        authenticator: Arc<Authenticator>,
+    ) -> SessionParams {
         let s = &self.session;
         SessionParams {
             heartbeat_interval: s.heartbeat_interval,
@@ -198,6 +205,7 @@ impl Settings {
             client_publish: self.session.client_publish,
             client_publish_per_s: self.limits.client_publish_per_s,
             rpc,
+            authenticator,
         }
     }
 

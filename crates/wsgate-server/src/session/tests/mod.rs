@@ -27,6 +27,7 @@ use wsgate_core::stream::HistoryRules;
 use super::*;
 
 mod publish;
+mod refresh;
 mod streams;
 
 type Socket = WebSocketStream<DuplexStream>;
@@ -54,8 +55,21 @@ fn params() -> SessionParams {
         client_publish: false,
         client_publish_per_s: 5,
         rpc: None,
+        authenticator: Arc::new(
+            wsgate_core::auth::Authenticator::jwt(wsgate_core::auth::JwtConfig {
+                algorithm: wsgate_core::auth::JwtAlgorithm::HS256,
+                key: wsgate_core::auth::JwtKey::Secret(SECRET.to_vec()),
+                issuer: None,
+                audience: None,
+                leeway: Duration::ZERO,
+            })
+            .expect("an HS256 authenticator"),
+        ),
     }
 }
+
+/// The key of the sessions' tokens in [`params`].
+const SECRET: &[u8] = b"session-tests-secret-0123456789abcdef";
 
 /// [`params`] with pings every `interval`.
 fn pinging_every(interval: Duration) -> SessionParams {
