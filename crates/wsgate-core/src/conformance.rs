@@ -326,6 +326,64 @@ where
         "every pod is alive"
     );
     reg.healthy().await.unwrap();
+    revocations(&*reg).await;
+}
+
+/// The revocation set: the later time wins, the version moves with every revoke and only
+/// then is the set read again, and what is over is left out.
+async fn revocations(reg: &dyn Registry) {
+    use crate::revocation::{Revocation, Revoked};
+    let now = 1_900_000_000_000u64;
+    let (v0, _) = reg
+        .revocations(u64::MAX, now)
+        .await
+        .unwrap()
+        .expect("a version that is not ours reads the set");
+    assert_eq!(reg.revocations(v0, now).await.unwrap(), None, "unchanged");
+    let user = Revoked::User(unique("revoked-user"));
+    let session = Revoked::Session(SessionId::generate());
+    let token = Revoked::Token(unique("jti"));
+    let r = |what: &Revoked, until_ms| Revocation {
+        what: what.clone(),
+        until_ms,
+    };
+    assert_eq!(
+        reg.revoke(&r(&user, now + 60_000)).await.unwrap(),
+        now + 60_000
+    );
+    assert_eq!(
+        reg.revoke(&r(&user, now + 1_000)).await.unwrap(),
+        now + 60_000,
+        "a revocation never shortens another"
+    );
+    assert_eq!(
+        reg.revoke(&r(&session, now + 2_000)).await.unwrap(),
+        now + 2_000
+    );
+    assert_eq!(
+        reg.revoke(&r(&token, now + 3_000)).await.unwrap(),
+        now + 3_000
+    );
+    let (v1, set) = reg.revocations(v0, now).await.unwrap().expect("changed");
+    assert!(v1 > v0);
+    for want in [
+        r(&user, now + 60_000),
+        r(&session, now + 2_000),
+        r(&token, now + 3_000),
+    ] {
+        assert!(set.contains(&want), "{want:?} in {set:?}");
+    }
+    // Ten seconds on: the session and the token are over, the user is not.
+    let (_, later) = reg
+        .revocations(u64::MAX, now + 10_000)
+        .await
+        .unwrap()
+        .expect("read");
+    assert!(later.contains(&r(&user, now + 60_000)), "{later:?}");
+    assert!(
+        !later.iter().any(|x| x.what == session || x.what == token),
+        "{later:?}"
+    );
 }
 
 fn policy(size: usize, ttl_ms: u64) -> HistoryPolicy {

@@ -22,5 +22,6 @@ pub mod limiter;
 pub mod preflight;
 pub mod protocol;
 pub mod rejection;
+pub mod revocation;
 pub mod stream;
 pub mod subscriptions;

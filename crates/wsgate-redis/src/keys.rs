@@ -16,6 +16,8 @@
 //! | `ns:ev:{ns}:log` | stream, capped at `events.max_len` (`MAXLEN ~`) | session events |
 //! | `ns:ev:{ns}:live:P` | hash | session id → user id, for P's sessions between their `connected` and `disconnected` |
 //! | `ns:ev:{ns}:pods` | set | pods whose live hash is not empty |
+//! | `ns:rv:{ns}:set` | hash | revocations: `u:U`, `s:S` or `t:J` (a `jti`) → until, ms |
+//! | `ns:rv:{ns}:v` | string | the revocation set's version, moved on by every revoke |
 //!
 //! The part in braces is the Redis Cluster hash tag: a pod's keys share a slot, so do a
 //! session's. Per-user and per-topic hashes are single keys, so the per-user limit can be
@@ -98,6 +100,16 @@ impl Keyspace {
     /// The pods that have sessions live in the event log.
     pub fn event_pods(&self) -> String {
         format!("{ns}:ev:{{{ns}}}:pods", ns = self.ns)
+    }
+
+    /// The revocations in force: what (`u:U`, `s:S`, `t:J`) → until (ms).
+    pub fn revocations(&self) -> String {
+        format!("{ns}:rv:{{{ns}}}:set", ns = self.ns)
+    }
+
+    /// The version of the revocation set, moved on by every revoke.
+    pub fn revocations_version(&self) -> String {
+        format!("{ns}:rv:{{{ns}}}:v", ns = self.ns)
     }
 
     /// The hash of the stream of `channel` (`epoch`, `top`); only user and topic channels

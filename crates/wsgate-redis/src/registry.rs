@@ -21,6 +21,7 @@ use fred::prelude::*;
 use wsgate_core::backend::{BackendError, Liveness, PodRecord, Reaped, Registry, SessionRecord};
 use wsgate_core::events::{Closed, ClosedBy};
 use wsgate_core::ids::SessionId;
+use wsgate_core::revocation::{Revocation, Revoked};
 
 use crate::{Keyspace, RedisEventLog, RedisOptions, unavailable};
 
@@ -500,7 +501,94 @@ impl Registry for RedisRegistry {
             .map_err(unavailable)?;
         Ok(())
     }
+
+    async fn revoke(&self, revocation: &Revocation) -> Result<u64, BackendError> {
+        let until: i64 = self
+            .client
+            .eval(
+                REVOKE,
+                vec![self.keys.revocations(), self.keys.revocations_version()],
+                vec![revocation.what.key(), revocation.until_ms.to_string()],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(until.max(0) as u64)
+    }
+
+    async fn revocations(
+        &self,
+        known: u64,
+        now_ms: u64,
+    ) -> Result<Option<(u64, Vec<Revocation>)>, BackendError> {
+        let version: Option<u64> = self
+            .client
+            .get(self.keys.revocations_version())
+            .await
+            .map_err(unavailable)?;
+        let version = version.unwrap_or(0);
+        if version == known {
+            return Ok(None);
+        }
+        // Read and prune in one step: a revoke between the two cannot be pruned away.
+        let reply: Vec<Value> = self
+            .client
+            .eval(
+                READ_REVOCATIONS,
+                vec![self.keys.revocations(), self.keys.revocations_version()],
+                vec![now_ms.to_string()],
+            )
+            .await
+            .map_err(unavailable)?;
+        let mut reply = reply.into_iter();
+        let version = reply
+            .next()
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| BackendError::Unavailable("a malformed revocation set".into()))?;
+        let mut in_force = Vec::new();
+        while let (Some(key), Some(until)) = (reply.next(), reply.next()) {
+            let what = key.as_string().as_deref().and_then(Revoked::from_key);
+            let until_ms = until.as_string().and_then(|u| u.parse::<u64>().ok());
+            if let (Some(what), Some(until_ms)) = (what, until_ms) {
+                in_force.push(Revocation { what, until_ms });
+            }
+        }
+        Ok(Some((version, in_force)))
+    }
 }
+
+/// Adds a revocation, keeping the later time; moves the set's version on. KEYS = set,
+/// version; ARGV = what (`u:…`, `s:…`, `t:…`), until (ms). Returns the time in force.
+/// (Times in ms fit a Lua double exactly.)
+const REVOKE: &str = r#"
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') or 0
+local new = tonumber(ARGV[2])
+if new > old then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+else
+  new = old
+end
+redis.call('INCR', KEYS[2])
+return new
+"#;
+
+/// The revocation set's version, then each revocation in force at ARGV[1] (ms) as a
+/// field and its time; deletes those no longer in force. KEYS = set, version.
+const READ_REVOCATIONS: &str = r#"
+local version = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+local now = tonumber(ARGV[1])
+local all = redis.call('HGETALL', KEYS[1])
+local out = {version}
+for i = 1, #all, 2 do
+  local until_ms = tonumber(all[i + 1])
+  if until_ms == nil or until_ms <= now then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    out[#out + 1] = all[i]
+    out[#out + 1] = all[i + 1]
+  end
+end
+return out
+"#;
 
 /// Milliseconds since the Unix epoch.
 fn now_ms() -> u64 {

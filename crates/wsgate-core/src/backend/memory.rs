@@ -22,6 +22,7 @@ use super::{
 };
 use crate::events::{Closed, ClosedBy};
 use crate::ids::SessionId;
+use crate::revocation::{Revocation, RevocationSet};
 
 /// The pods subscribed to one channel: pod id → inbox. Weak, so a dropped pod stops
 /// receiving by itself.
@@ -281,6 +282,9 @@ struct RegistryState {
     /// session → topics, to release memberships when the session goes.
     session_topics: HashMap<SessionId, HashSet<String>>,
     pods: BTreeMap<String, ()>,
+    /// The revocation set and its version.
+    revocations: RevocationSet,
+    revocations_version: u64,
 }
 
 impl RegistryState {
@@ -501,6 +505,28 @@ impl Registry for MemoryRegistry {
 
     async fn healthy(&self) -> Result<(), BackendError> {
         Ok(())
+    }
+
+    async fn revoke(&self, revocation: &Revocation) -> Result<u64, BackendError> {
+        let mut state = self.state.write();
+        state.revocations_version += 1;
+        Ok(state.revocations.insert(revocation.clone()))
+    }
+
+    async fn revocations(
+        &self,
+        known: u64,
+        now_ms: u64,
+    ) -> Result<Option<(u64, Vec<Revocation>)>, BackendError> {
+        let mut state = self.state.write();
+        if state.revocations_version == known {
+            return Ok(None);
+        }
+        state.revocations.prune(now_ms);
+        Ok(Some((
+            state.revocations_version,
+            state.revocations.to_revocations(),
+        )))
     }
 }
 

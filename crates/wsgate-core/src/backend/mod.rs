@@ -32,6 +32,7 @@ pub use self::event_log::{EventLog, ReadError};
 use crate::events::Closed;
 use crate::ids::SessionId;
 use crate::protocol::Payload;
+use crate::revocation::Revocation;
 pub use crate::stream::{HistoryPolicy, Idempotency, StreamPosition};
 
 /// A backend failure. Callers map `Unavailable` to gRPC `UNAVAILABLE` and fail readiness.
@@ -354,4 +355,17 @@ pub trait Registry: Send + Sync + 'static {
 
     /// Whether the registry can be read and written right now (readiness).
     async fn healthy(&self) -> Result<(), BackendError>;
+
+    /// Adds a revocation to the cluster's set (keeping the later time when its target is
+    /// revoked already) and moves the set's version on. Returns the time in force.
+    async fn revoke(&self, revocation: &Revocation) -> Result<u64, BackendError>;
+
+    /// The revocations in force at `now_ms` with the set's version, or `None` when the
+    /// version is still `known` (nothing changed: one cheap read). Revocations whose time
+    /// has passed are left out (and may be deleted).
+    async fn revocations(
+        &self,
+        known: u64,
+        now_ms: u64,
+    ) -> Result<Option<(u64, Vec<Revocation>)>, BackendError>;
 }

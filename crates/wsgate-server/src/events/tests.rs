@@ -17,6 +17,7 @@ use wsgate_core::backend::{
 use wsgate_core::events::{Closed, ClosedBy, Event, EventId, EventKind, Since, TopicEvent};
 use wsgate_core::hub::SessionHandle;
 use wsgate_core::ids::SessionId;
+use wsgate_core::revocation::Revocation;
 use wsgate_core::stream::HistoryRules;
 
 use super::EventOptions;
@@ -311,6 +312,16 @@ impl Registry for Flaky {
     }
     async fn healthy(&self) -> Result<(), BackendError> {
         self.check()
+    }
+    async fn revoke(&self, r: &Revocation) -> Result<u64, BackendError> {
+        self.inner.revoke(r).await
+    }
+    async fn revocations(
+        &self,
+        known: u64,
+        now_ms: u64,
+    ) -> Result<Option<(u64, Vec<Revocation>)>, BackendError> {
+        self.inner.revocations(known, now_ms).await
     }
 }
 

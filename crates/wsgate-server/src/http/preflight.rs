@@ -825,6 +825,19 @@ mod tests {
         async fn healthy(&self) -> Result<(), BackendError> {
             Err(BackendError::Unavailable("down".into()))
         }
+        async fn revoke(
+            &self,
+            _: &wsgate_core::revocation::Revocation,
+        ) -> Result<u64, BackendError> {
+            Err(BackendError::Unavailable("down".into()))
+        }
+        async fn revocations(
+            &self,
+            _: u64,
+            _: u64,
+        ) -> Result<Option<(u64, Vec<wsgate_core::revocation::Revocation>)>, BackendError> {
+            Err(BackendError::Unavailable("down".into()))
+        }
     }
 
     #[tokio::test]
