@@ -447,8 +447,8 @@ async fn a_hanging_receiver_does_not_slow_sessions_and_its_overflow_is_counted()
         "median publish latency {hanging:?} with a hanging receiver, {healthy:?} without"
     );
 
-    // The endpoint is stuck on each event it read until it gives up (1 s); by then the log has
-    // moved on past it: the events trimmed meanwhile are counted as overflow.
+    // The endpoint is stuck on each event it read until it gives up (1 s); by then the
+    // log has moved on past it: the events trimmed meanwhile are counted as overflow.
     let dropped = eventually(
         "the overflow counted",
         Duration::from_secs(20),
