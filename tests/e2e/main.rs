@@ -28,3 +28,4 @@ mod rolling_recovery;
 mod rpc;
 mod security;
 mod sessions;
+mod webhooks;

@@ -18,6 +18,10 @@
 //! more than one before the oldest kept event; and whether it is ahead of the newest.
 //! The page is one `XRANGE`, in the same atomic step. Redis 7.0 or later.
 //!
+//! Consumers' leases and cursors are keys on the same slot: a claim is `SET NX PX` or,
+//! for the holder, `PEXPIRE`; storing a cursor checks the lease in the same script, so a
+//! holder whose lease lapsed cannot move its successor's cursor.
+//!
 //! [`EventLog::wait`] does not poll: one task per pod blocks in `XREAD` on a connection of
 //! its own (a blocking command would hold up the shared one) while anyone waits, and
 //! publishes the newest id it saw to every waiter.
@@ -155,6 +159,39 @@ end
 return '0-0'
 "#;
 
+/// KEYS = lease; ARGV = holder, ttl (ms). Returns 1 when `holder` now holds the lease
+/// (taken or renewed), 0 when another holder has it.
+const CLAIM: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
+/// KEYS = lease; ARGV = holder. Deletes the lease if `holder` holds it.
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+/// KEYS = lease, cursor; ARGV = holder, id. Stores the cursor only while `holder` holds
+/// the lease; returns 1 when it did.
+const STORE_CURSOR: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"#;
+
 /// How long the tail task blocks in one `XREAD`.
 const TAIL_BLOCK: Duration = Duration::from_secs(1);
 
@@ -171,6 +208,9 @@ pub struct RedisEventLog {
     append: Script,
     read: Script,
     newest: Script,
+    claim: Script,
+    release: Script,
+    store_cursor: Script,
     /// The newest id the tail task saw; every waiter holds a receiver.
     tail: watch::Sender<EventId>,
     /// Whether the tail task runs.
@@ -191,6 +231,9 @@ impl RedisEventLog {
         let append = Script::load(&client, APPEND).await?;
         let read = Script::load(&client, READ).await?;
         let newest = Script::load(&client, NEWEST).await?;
+        let claim = Script::load(&client, CLAIM).await?;
+        let release = Script::load(&client, RELEASE).await?;
+        let store_cursor = Script::load(&client, STORE_CURSOR).await?;
         Ok(Arc::new_cyclic(|me| Self {
             keys: Keyspace::new(&options.namespace),
             max_len: max_len.max(1).to_string(),
@@ -199,6 +242,9 @@ impl RedisEventLog {
             append,
             read,
             newest,
+            claim,
+            release,
+            store_cursor,
             client,
             tail: watch::Sender::new(EventId::ZERO),
             tailing: Mutex::new(false),
@@ -428,6 +474,56 @@ impl EventLog for RedisEventLog {
         let mut newest = self.tail.subscribe();
         self.ensure_tailing();
         let _ = tokio::time::timeout(timeout, newest.wait_for(|id| *id > after)).await;
+    }
+
+    async fn claim(
+        &self,
+        consumer: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let keys = vec![self.keys.consumer_lease(consumer)];
+        let args = vec![
+            Value::from(holder),
+            Value::from(ttl.as_millis().max(1).to_string()),
+        ];
+        let held = self.claim.run(&self.client, keys, args).await?;
+        Ok(number(&held)? == 1)
+    }
+
+    async fn release(&self, consumer: &str, holder: &str) -> Result<(), BackendError> {
+        let keys = vec![self.keys.consumer_lease(consumer)];
+        self.release
+            .run(&self.client, keys, vec![Value::from(holder)])
+            .await?;
+        Ok(())
+    }
+
+    async fn cursor(&self, consumer: &str) -> Result<Option<EventId>, BackendError> {
+        let stored: Value = self
+            .client
+            .get(self.keys.consumer_cursor(consumer))
+            .await
+            .map_err(unavailable)?;
+        match stored {
+            Value::Null => Ok(None),
+            id => event_id(&id).map(Some),
+        }
+    }
+
+    async fn store_cursor(
+        &self,
+        consumer: &str,
+        holder: &str,
+        id: EventId,
+    ) -> Result<bool, BackendError> {
+        let keys = vec![
+            self.keys.consumer_lease(consumer),
+            self.keys.consumer_cursor(consumer),
+        ];
+        let args = vec![Value::from(holder), Value::from(id.to_string())];
+        let stored = self.store_cursor.run(&self.client, keys, args).await?;
+        Ok(number(&stored)? == 1)
     }
 }
 

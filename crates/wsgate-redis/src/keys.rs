@@ -18,6 +18,8 @@
 //! | `ns:ev:{ns}:pods` | set | pods whose live hash is not empty |
 //! | `ns:rv:{ns}:set` | hash | revocations: `u:U`, `s:S` or `t:J` (a `jti`) → until, ms |
 //! | `ns:rv:{ns}:v` | string | the revocation set's version, moved on by every revoke |
+//! | `ns:ev:{ns}:lease:C` | string, TTL the lease's | the holder of consumer C's lease (a webhook endpoint's delivering pod) |
+//! | `ns:ev:{ns}:cursor:C` | string | consumer C's cursor: the id of the last event it is done with |
 //!
 //! The part in braces is the Redis Cluster hash tag: a pod's keys share a slot, so do a
 //! session's. Per-user and per-topic hashes are single keys, so the per-user limit can be
@@ -25,7 +27,9 @@
 //! channel (`{U}` or `{T}`), so one script can append to the stream and publish on the
 //! channel on the node that owns them, with every key it touches in one slot. The event
 //! log and the pods' live-session hashes share the namespace's own tag, so one script
-//! writes a session's `connected` or `disconnected` together with its mark in the hash.
+//! writes a session's `connected` or `disconnected` together with its mark in the hash;
+//! consumers' leases and cursors share it as well, so a cursor is stored in one script
+//! that checks the lease.
 //!
 //! Channels: `ns:cu:{U}` (user), `ns:ct:{T}` (topic), `ns:cp:{P}` (pod), `ns:call`
 //! (broadcast). User, topic and pod channels use sharded pub/sub in cluster mode.
@@ -112,6 +116,16 @@ impl Keyspace {
         format!("{ns}:rv:{{{ns}}}:v", ns = self.ns)
     }
 
+    /// Who holds the lease of consumer `consumer` (a string with the lease's TTL).
+    pub fn consumer_lease(&self, consumer: &str) -> String {
+        format!("{ns}:ev:{{{ns}}}:lease:{consumer}", ns = self.ns)
+    }
+
+    /// The cursor of consumer `consumer`.
+    pub fn consumer_cursor(&self, consumer: &str) -> String {
+        format!("{ns}:ev:{{{ns}}}:cursor:{consumer}", ns = self.ns)
+    }
+
     /// The hash of the stream of `channel` (`epoch`, `top`); only user and topic channels
     /// have streams.
     pub fn stream_meta(&self, channel: &Channel) -> Option<String> {
@@ -175,6 +189,13 @@ mod tests {
         assert_eq!(slot(k.event_log()), slot(k.event_live("p-1")));
         assert_eq!(slot(k.event_log()), slot(k.event_live("other")));
         assert_eq!(slot(k.event_log()), slot(k.event_pods()));
+        assert_eq!(k.consumer_lease("wh-1"), "ns:ev:{ns}:lease:wh-1");
+        assert_eq!(k.consumer_cursor("wh-1"), "ns:ev:{ns}:cursor:wh-1");
+        // A consumer's name cannot move its keys to another slot, braces or not.
+        for name in ["wh-1", "{x}", "}{"] {
+            assert_eq!(slot(k.consumer_lease(name)), slot(k.event_log()));
+            assert_eq!(slot(k.consumer_cursor(name)), slot(k.event_log()));
+        }
         assert_ne!(
             slot(k.event_log()),
             slot(Keyspace::new("other").event_log()),

@@ -9,12 +9,14 @@
 //! [`grpc`] (the control plane), [`node`] (hub plus backends), [`events`] (session events:
 //! the topic-event writer and consumers' reads), [`removals`] (session removals kept for
 //! retrying), [`rpc`] (clients' calls to the application's backend), [`upkeep`] (liveness
-//! and readiness) and [`shutdown`] (the drain of the sessions).
+//! and readiness), [`shutdown`] (the drain of the sessions) and [`webhooks`] (session
+//! events POSTed to endpoints, fed from the event log).
 
 pub mod accept;
 pub mod events;
 pub mod grpc;
 pub mod http;
+pub mod http_client;
 pub mod metrics;
 pub mod node;
 pub mod propagation;
@@ -27,6 +29,7 @@ pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod upkeep;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -143,6 +146,8 @@ pub struct Serving {
     http_stop: CancellationToken,
     upkeep: JoinHandle<()>,
     upkeep_stop: CancellationToken,
+    /// The webhook endpoints' tasks, when there are endpoints.
+    webhooks: Option<webhooks::Webhooks>,
 }
 
 impl Gateway {
@@ -179,7 +184,19 @@ impl Gateway {
             settings.registry.pod_ttl,
             upkeep_stop.clone(),
         ));
+        let webhooks = match self.node.events() {
+            Some(events) if !self.config.webhooks.endpoints.is_empty() => {
+                Some(webhooks::Webhooks::start(
+                    &self.config.webhooks,
+                    events.clone(),
+                    &self.node.pod_id,
+                    self.node.metrics.clone(),
+                ))
+            }
+            _ => None,
+        };
         Ok(Serving {
+            webhooks,
             gateway: self,
             health,
             grpc,
@@ -208,6 +225,11 @@ impl Serving {
         self.http_stop.cancel();
         shutdown::drain(&node.hub, &state.sessions, config.settings.shutdown.grace).await;
         let _ = self.http.await;
+        // The sessions' last events are in the log: webhooks catch up briefly, then hand
+        // their endpoints over (cursor stored, lease released) to the pods that stay.
+        if let Some(webhooks) = self.webhooks {
+            webhooks.stop(std::time::Duration::from_secs(2)).await;
+        }
         // Event watchers end with a status telling them to resume elsewhere, so the gRPC
         // server is not held open by their streams.
         node.stop_event_reads();

@@ -6,8 +6,8 @@
 //! meanings is in `docs/observability.md`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the gateway exports.
@@ -80,6 +80,21 @@ pub struct Metrics {
     /// Session events handed to consumers, by way: `watch` (the gRPC stream) or `poll`
     /// (the HTTP long poll).
     pub events_consumed: IntCounterVec,
+    /// Webhook events and attempts by endpoint and outcome: `delivered` (an event got a
+    /// 2xx), `failed_attempt` (one attempt did not), `gave_up` (an event skipped after
+    /// `webhooks.retry_for`).
+    pub webhook_deliveries: IntCounterVec,
+    /// Time from an event's first attempt to its 2xx, retries included, by endpoint.
+    pub webhook_seconds: HistogramVec,
+    /// Events an endpoint never got, by endpoint and reason: `overflow` (the endpoint
+    /// fell behind `events.max_len` and they were trimmed from the log), `reset` (the log
+    /// was lost with the backend's data; counted as 1).
+    pub webhook_dropped: IntCounterVec,
+    /// 1 while this pod holds the endpoint's lease (delivers its events), by endpoint.
+    pub webhook_lease: IntGaugeVec,
+    /// Age of the event being delivered (now minus its `at_ms`) in seconds, 0 once the
+    /// endpoint has caught up with the log; by endpoint, on the pod that holds its lease.
+    pub webhook_lag: GaugeVec,
 }
 
 impl Metrics {
@@ -246,6 +261,50 @@ impl Metrics {
                 &["via"],
             )
             .unwrap_or_else(|_| unreachable_metric()),
+            webhook_deliveries: IntCounterVec::new(
+                Opts::new(
+                    "webhook_deliveries_total",
+                    "Webhook events and attempts by endpoint and outcome: delivered, failed_attempt, gave_up",
+                ),
+                &["endpoint", "outcome"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            webhook_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "webhook_delivery_duration_seconds",
+                    "Time from a webhook event's first attempt to its 2xx, retries included",
+                )
+                .buckets(vec![
+                    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0, 60.0, 300.0,
+                ]),
+                &["endpoint"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            webhook_dropped: IntCounterVec::new(
+                Opts::new(
+                    "webhook_dropped_total",
+                    "Events a webhook endpoint never got: overflow (fell behind events.max_len), reset (log lost)",
+                ),
+                &["endpoint", "reason"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            webhook_lease: IntGaugeVec::new(
+                Opts::new(
+                    "webhook_lease_held",
+                    "1 while this pod holds the webhook endpoint's lease and delivers its events",
+                ),
+                &["endpoint"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            webhook_lag: GaugeVec::new(
+                Opts::new(
+                    "webhook_lag_seconds",
+                    "Age of the event a webhook endpoint is being sent; 0 once caught up",
+                ),
+                &["endpoint"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -277,6 +336,11 @@ impl Metrics {
             Box::new(m.events_dropped.clone()),
             Box::new(m.event_watchers.clone()),
             Box::new(m.events_consumed.clone()),
+            Box::new(m.webhook_deliveries.clone()),
+            Box::new(m.webhook_seconds.clone()),
+            Box::new(m.webhook_dropped.clone()),
+            Box::new(m.webhook_lease.clone()),
+            Box::new(m.webhook_lag.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {
@@ -340,8 +404,22 @@ mod tests {
             .with_label_values(&["subscribed", "queue_full"])
             .inc();
         m.events_consumed.with_label_values(&["poll"]).inc_by(3);
+        m.webhook_deliveries
+            .with_label_values(&["hook", "delivered"])
+            .inc();
+        m.webhook_seconds.with_label_values(&["hook"]).observe(0.01);
+        m.webhook_dropped
+            .with_label_values(&["hook", "overflow"])
+            .inc_by(3);
+        m.webhook_lease.with_label_values(&["hook"]).set(1);
+        m.webhook_lag.with_label_values(&["hook"]).set(0.5);
         let text = m.render();
         for name in [
+            "wsgate_webhook_deliveries_total{endpoint=\"hook\",outcome=\"delivered\"} 1",
+            "wsgate_webhook_delivery_duration_seconds_bucket",
+            "wsgate_webhook_dropped_total{endpoint=\"hook\",reason=\"overflow\"} 3",
+            "wsgate_webhook_lease_held{endpoint=\"hook\"} 1",
+            "wsgate_webhook_lag_seconds{endpoint=\"hook\"} 0.5",
             "wsgate_connections",
             "wsgate_handshakes_total{result=\"accepted\"} 1",
             "wsgate_messages_received_total",

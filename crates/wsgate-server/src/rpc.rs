@@ -3,9 +3,8 @@
 //! is what the client gets back.
 //!
 //! One [`RpcClient`] per gateway, built with the configuration: a pooled HTTP client
-//! (reqwest on the rustls and ring the listeners use, HTTP/1.1 and HTTP/2), no proxies
-//! and no redirects (the backend is one known URL), the bearer token as a sensitive
-//! header. [`RpcClient::call`] runs one call to its end and says how it went in an
+//! ([`crate::http_client`]: reqwest on the rustls and ring the listeners use, no proxies,
+//! no redirects), the bearer token as a sensitive header. [`RpcClient::call`] runs one call to its end and says how it went in an
 //! [`RpcOutcome`]; it knows nothing of sessions, which decide when to call and where the
 //! answer goes (`session/rpc.rs`).
 //!
@@ -132,14 +131,8 @@ impl RpcClient {
             None => None,
             Some(token) => Some(bearer(token).ok_or(RpcSetupError::BearerToken)?),
         };
-        let tls = tls_config(config.url.scheme() == "https").map_err(RpcSetupError::Client)?;
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tls_backend_preconfigured(tls)
-            .build()
-            .map_err(|e| RpcSetupError::Client(format!("cannot build the HTTP client: {e}")))?;
+        let http = crate::http_client::pooled(config.url.scheme() == "https")
+            .map_err(RpcSetupError::Client)?;
         Ok(Self {
             http,
             url: config.url,
@@ -367,31 +360,6 @@ fn bearer(token: &str) -> Option<HeaderValue> {
     let mut value = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
     value.set_sensitive(true);
     Some(value)
-}
-
-/// rustls on ring, trusting the system's CA certificates (`SSL_CERT_FILE` and
-/// `SSL_CERT_DIR` are honoured) when `https` calls are to be made.
-fn tls_config(https: bool) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    if https {
-        let found = rustls_native_certs::load_native_certs();
-        let (added, _) = roots.add_parsable_certificates(found.certs);
-        if added == 0 {
-            return Err(
-                "no CA certificates found in the system store for an https URL (install \
-                 ca-certificates or set SSL_CERT_FILE)"
-                    .to_owned(),
-            );
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
 }
 
 #[cfg(test)]

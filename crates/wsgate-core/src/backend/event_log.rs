@@ -8,6 +8,13 @@
 //! reaps it — and nothing of a session can be written after its `disconnected`.
 //! [`EventLog::append`] adds the topic changes, which a pod queues and writes in the
 //! background, and keeps them behind that mark.
+//!
+//! Consumers that the gateway runs itself (webhook endpoints) keep their place in the
+//! backend too, so that any pod can take over from where the last one stopped: a named
+//! consumer has a lease ([`EventLog::claim`], one holder at a time, for a TTL) and a
+//! cursor that only the lease's holder can move ([`EventLog::store_cursor`], checked in
+//! the same atomic step as the write). A holder that lost its lease — it stalled past
+//! the TTL and another pod took over — cannot move the new holder's cursor back.
 
 use std::time::Duration;
 
@@ -60,4 +67,30 @@ pub trait EventLog: Send + Sync + 'static {
     /// Returns once an event above `after` may have been added, or after `timeout`
     /// (whichever is first; spurious returns are allowed, callers read again).
     async fn wait(&self, after: EventId, timeout: Duration);
+
+    /// Takes the lease of `consumer` for `holder` when nobody holds it, or renews it when
+    /// `holder` does; either way it lasts `ttl` from now. `false`: another holder has it.
+    async fn claim(
+        &self,
+        consumer: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, BackendError>;
+
+    /// Gives up the lease of `consumer` if `holder` holds it (another pod may take it at
+    /// once); nothing otherwise.
+    async fn release(&self, consumer: &str, holder: &str) -> Result<(), BackendError>;
+
+    /// The cursor `consumer` stored last, if any.
+    async fn cursor(&self, consumer: &str) -> Result<Option<EventId>, BackendError>;
+
+    /// Stores `id` as the cursor of `consumer`, only while `holder` holds its lease
+    /// (checked in the same atomic step). `false`: `holder` does not hold it, nothing
+    /// was stored.
+    async fn store_cursor(
+        &self,
+        consumer: &str,
+        holder: &str,
+        id: EventId,
+    ) -> Result<bool, BackendError>;
 }

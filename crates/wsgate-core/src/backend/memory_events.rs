@@ -7,6 +7,9 @@
 //! then the event's number. A process that restarts starts a new log with a later epoch:
 //! a consumer's cursor from before the restart reads as trimmed, never as "nothing
 //! missed".
+//!
+//! Consumers' leases and cursors live beside the log, under a lock of their own; a lease
+//! ends at a [`tokio::time::Instant`], so tests with a paused clock can let it lapse.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -15,6 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::event_log::{EventLog, ReadError};
 use super::{BackendError, SessionRecord};
@@ -26,6 +30,27 @@ pub struct MemoryEventLog {
     state: Mutex<LogState>,
     /// The newest id made, for [`EventLog::wait`].
     newest: watch::Sender<EventId>,
+    consumers: Mutex<HashMap<String, Consumer>>,
+}
+
+/// A consumer's lease and cursor.
+#[derive(Default)]
+struct Consumer {
+    /// The holder and when its lease ends.
+    lease: Option<(String, Instant)>,
+    cursor: Option<EventId>,
+}
+
+impl Consumer {
+    /// Whether `holder` holds the lease at `now`.
+    fn held_by(&self, holder: &str, now: Instant) -> bool {
+        matches!(&self.lease, Some((h, until)) if h == holder && *until > now)
+    }
+
+    /// Whether anyone holds the lease at `now`.
+    fn held(&self, now: Instant) -> bool {
+        matches!(&self.lease, Some((_, until)) if *until > now)
+    }
 }
 
 struct LogState {
@@ -71,6 +96,7 @@ impl MemoryEventLog {
                 live: HashMap::new(),
             }),
             newest: watch::Sender::new(start),
+            consumers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -162,5 +188,51 @@ impl EventLog for MemoryEventLog {
     async fn wait(&self, after: EventId, timeout: Duration) {
         let mut newest = self.newest.subscribe();
         let _ = tokio::time::timeout(timeout, newest.wait_for(|id| *id > after)).await;
+    }
+
+    async fn claim(
+        &self,
+        consumer: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let now = Instant::now();
+        let mut consumers = self.consumers.lock();
+        let c = consumers.entry(consumer.to_owned()).or_default();
+        if c.held(now) && !c.held_by(holder, now) {
+            return Ok(false);
+        }
+        c.lease = Some((holder.to_owned(), now + ttl));
+        Ok(true)
+    }
+
+    async fn release(&self, consumer: &str, holder: &str) -> Result<(), BackendError> {
+        let mut consumers = self.consumers.lock();
+        if let Some(c) = consumers.get_mut(consumer)
+            && c.held_by(holder, Instant::now())
+        {
+            c.lease = None;
+        }
+        Ok(())
+    }
+
+    async fn cursor(&self, consumer: &str) -> Result<Option<EventId>, BackendError> {
+        Ok(self.consumers.lock().get(consumer).and_then(|c| c.cursor))
+    }
+
+    async fn store_cursor(
+        &self,
+        consumer: &str,
+        holder: &str,
+        id: EventId,
+    ) -> Result<bool, BackendError> {
+        let mut consumers = self.consumers.lock();
+        match consumers.get_mut(consumer) {
+            Some(c) if c.held_by(holder, Instant::now()) => {
+                c.cursor = Some(id);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 }

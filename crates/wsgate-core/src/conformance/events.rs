@@ -1,7 +1,8 @@
 //! The session-event cases of the conformance suite: a registry and its event log, from
 //! one factory, must write exactly one `connected` and one `disconnected` per session,
 //! keep topic events between them, read from any cursor exactly once and in order, and
-//! say plainly when a cursor was trimmed or is not theirs.
+//! say plainly when a cursor was trimmed or is not theirs; and keep a consumer's lease
+//! and cursor so that only the lease's holder moves the cursor.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -81,6 +82,7 @@ where
     lifecycle(&make).await;
     concurrent_pods_read_once_in_order(&make).await;
     trimmed_cursors_are_told(&make).await;
+    consumers_lease_and_fence_their_cursors(&make).await;
 }
 
 async fn lifecycle<F, Fut>(make: &F)
@@ -342,4 +344,75 @@ where
             other => panic!("a trimmed cursor {stale} read {other:?}"),
         }
     }
+}
+
+/// One holder at a time per consumer: a claim takes a free lease or renews one's own, a
+/// lease lapses after its TTL or on release, and only the holder stores the cursor.
+async fn consumers_lease_and_fence_their_cursors<F, Fut>(make: &F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = (Arc<dyn Registry>, Arc<dyn EventLog>)>,
+{
+    const TTL: Duration = Duration::from_secs(30);
+    let (_reg, log) = make(100).await;
+    let hook = unique("hook");
+    let other = unique("other");
+    let (a, b) = ("pod-a/1", "pod-b/1");
+    assert_eq!(log.cursor(&hook).await.unwrap(), None, "no cursor yet");
+    assert!(
+        !log.store_cursor(&hook, a, EventId::new(1, 1))
+            .await
+            .unwrap(),
+        "no cursor without the lease"
+    );
+    assert!(log.claim(&hook, a, TTL).await.unwrap(), "a free lease");
+    assert!(!log.claim(&hook, b, TTL).await.unwrap(), "held by a");
+    assert!(log.claim(&hook, a, TTL).await.unwrap(), "a renews");
+    assert!(
+        log.claim(&other, b, TTL).await.unwrap(),
+        "consumers are apart"
+    );
+
+    let id = EventId::new(1_718_000_000_000, 42);
+    assert!(log.store_cursor(&hook, a, id).await.unwrap());
+    assert!(
+        !log.store_cursor(&hook, b, EventId::new(1, 1))
+            .await
+            .unwrap()
+    );
+    assert_eq!(log.cursor(&hook).await.unwrap(), Some(id));
+    assert_eq!(log.cursor(&other).await.unwrap(), None);
+
+    // A release by someone else changes nothing; the holder's frees the lease at once.
+    log.release(&hook, b).await.unwrap();
+    assert!(!log.claim(&hook, b, TTL).await.unwrap());
+    log.release(&hook, a).await.unwrap();
+    assert!(
+        !log.store_cursor(&hook, a, EventId::new(9, 9))
+            .await
+            .unwrap()
+    );
+    assert!(
+        log.claim(&hook, b, Duration::from_millis(300))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        log.cursor(&hook).await.unwrap(),
+        Some(id),
+        "the cursor stays"
+    );
+
+    // A lease nobody renews lapses: the next holder takes over, the old one is fenced.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !log.store_cursor(&hook, b, EventId::new(9, 9))
+            .await
+            .unwrap()
+    );
+    assert!(log.claim(&hook, a, TTL).await.unwrap(), "a lapsed lease");
+    assert!(!log.claim(&hook, b, TTL).await.unwrap());
+    let next = EventId::new(1_718_000_000_000, 43);
+    assert!(log.store_cursor(&hook, a, next).await.unwrap());
+    assert_eq!(log.cursor(&hook).await.unwrap(), Some(next));
 }

@@ -210,6 +210,28 @@ impl EventLog for Gated {
     async fn wait(&self, after: EventId, timeout: Duration) {
         self.log.wait(after, timeout).await;
     }
+    async fn claim(
+        &self,
+        consumer: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        self.log.claim(consumer, holder, ttl).await
+    }
+    async fn release(&self, consumer: &str, holder: &str) -> Result<(), BackendError> {
+        self.log.release(consumer, holder).await
+    }
+    async fn cursor(&self, consumer: &str) -> Result<Option<EventId>, BackendError> {
+        self.log.cursor(consumer).await
+    }
+    async fn store_cursor(
+        &self,
+        consumer: &str,
+        holder: &str,
+        id: EventId,
+    ) -> Result<bool, BackendError> {
+        self.log.store_cursor(consumer, holder, id).await
+    }
 }
 
 #[tokio::test]

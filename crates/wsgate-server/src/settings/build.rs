@@ -46,6 +46,8 @@ pub struct GatewayConfig {
     pub history: HistoryRules,
     /// `events.*`: the session event log.
     pub events: crate::events::EventOptions,
+    /// `webhooks.*`: where session events are POSTed.
+    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -56,6 +58,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("http_tls", &self.http_tls.is_some())
             .field("grpc_tls", &self.grpc_tls.is_some())
             .field("backend", &self.backend)
+            .field("webhooks", &self.webhooks)
             .finish_non_exhaustive()
     }
 }
@@ -121,6 +124,7 @@ impl Settings {
         let history = self.history_rules(&mut p);
         let rpc = self.rpc_client(&mut p);
         let events = self.event_options(&mut p);
+        let webhooks = self.webhook_config(&mut p);
         let http_tls = tls_pair(
             &mut p,
             ("server.tls_cert_file", &self.server.tls_cert_file),
@@ -154,6 +158,7 @@ impl Settings {
             backend: self.backend(),
             history,
             events,
+            webhooks,
             settings: Arc::new(self.clone()),
         })
     }

@@ -10,6 +10,7 @@ use super::values::{
     boolean, choice, duration, float, ip_nets, lowercase_list, opt_choice, opt_path, opt_string,
     socket_addr, string, string_list, topic_history, uint,
 };
+use super::webhooks::webhook_endpoints;
 
 /// Declares [`KEYS`] and `apply_key` from one list of `"path" => field: parser` rows.
 macro_rules! keys {
@@ -88,6 +89,10 @@ keys! {
     "events.enabled" => events.enabled: boolean,
     "events.max_len" => events.max_len: uint,
     "events.queue" => events.queue: uint,
+    "webhooks.endpoints" => webhooks.endpoints: webhook_endpoints,
+    "webhooks.retry_for" => webhooks.retry_for: duration,
+    "webhooks.timeout" => webhooks.timeout: duration,
+    "webhooks.retry_backoff" => webhooks.retry_backoff: duration,
 }
 
 /// Whether `path` names a section (a table of keys, `auth` or `auth.jwt`) rather than a key.

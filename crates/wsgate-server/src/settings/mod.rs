@@ -18,7 +18,8 @@
 //!
 //! The modules follow those jobs: [`sections`] (the structs and their defaults), [`keys`]
 //! (the key table), `values` (one parser per kind of value), `layers` (files and the
-//! environment), `build`, `rules` and `auth` (what the settings become, and the rules).
+//! environment), `build`, `rules` and `auth` (what the settings become, and the rules);
+//! `webhooks` holds the `[webhooks]` section whole (its settings, parser and rules).
 //! The reference for every key is `docs/configuration.md`.
 
 mod auth;
@@ -28,6 +29,7 @@ mod layers;
 mod rules;
 pub mod sections;
 mod values;
+mod webhooks;
 
 #[cfg(test)]
 mod tests;
@@ -38,6 +40,7 @@ pub use build::{Backend, GatewayConfig, PreflightPolicies, SessionParams};
 pub use keys::KEYS;
 pub use layers::{default_pod_id, load, load_from_process_env};
 pub use sections::*;
+pub use webhooks::{WebhookEndpointSettings, WebhookSettings};
 
 /// Prefix of the environment variables that are configuration keys (`WSGATE__SERVER__LISTEN`).
 pub const ENV_PREFIX: &str = "WSGATE__";

@@ -121,6 +121,8 @@ pub struct Settings {
     pub rpc: RpcSettings,
     /// `[events]`: the log of session events.
     pub events: EventsSettings,
+    /// `[webhooks]`: session events POSTed to HTTP endpoints.
+    pub webhooks: super::webhooks::WebhookSettings,
 }
 
 /// `[server]` section.

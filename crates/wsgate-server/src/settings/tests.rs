@@ -840,3 +840,137 @@ fn bad_rpc_keys_are_reported_without_their_secrets() {
         "{err}"
     );
 }
+
+#[test]
+fn webhook_endpoints_from_a_file_and_from_the_environment() {
+    let f = write_file(
+        ".toml",
+        r#"
+[[webhooks.endpoints]]
+url = "https://hooks.example/in"
+secret = "0123456789abcdef"
+events = ["connected", "disconnected"]
+name = "billing"
+
+[[webhooks.endpoints]]
+url = "http://127.0.0.1:9000/all?token=t0ken"
+secret = "fedcba9876543210"
+"#,
+    );
+    let config = load(Some(f.path()), &env(&[])).unwrap();
+    let w = &config.webhooks;
+    assert_eq!(w.endpoints.len(), 2);
+    assert!(w.client.is_some());
+    let (billing, all) = (&w.endpoints[0], &w.endpoints[1]);
+    assert_eq!(billing.url.as_str(), "https://hooks.example/in");
+    assert_eq!(
+        (billing.name.as_str(), billing.label.as_str()),
+        ("billing", "billing")
+    );
+    use wsgate_core::events::EventKind;
+    assert_eq!(
+        billing.events,
+        [EventKind::Connected, EventKind::Disconnected]
+    );
+    assert_eq!(&*all.secret, b"fedcba9876543210");
+    assert!(all.events.is_empty(), "absent = every type");
+    // Without a name: a name from the URL's hash, a label without its query.
+    assert!(
+        all.name.starts_with("url-") && all.name.len() == 20,
+        "{}",
+        all.name
+    );
+    assert_eq!(all.label, "http://127.0.0.1:9000/all");
+    assert_eq!(w.retry_for, Duration::from_secs(3600));
+    assert_eq!(w.timeout, Duration::from_secs(5));
+    assert_eq!(w.retry_backoff, Duration::from_millis(500));
+    assert_eq!(w.lease_ttl, config.settings.registry.pod_ttl);
+    let debug = format!("{config:?} {:?}", config.settings);
+    for secret in ["0123456789abcdef", "fedcba9876543210", "t0ken"] {
+        assert!(!debug.contains(secret), "{secret} in {debug}");
+    }
+
+    let e = env(&[
+        (
+            "WSGATE__WEBHOOKS__ENDPOINTS",
+            r#"[{"url":"http://127.0.0.1:1/h","secret":"0123456789abcdef","events":["subscribed"]}]"#,
+        ),
+        ("WSGATE__WEBHOOKS__RETRY_FOR", "10m"),
+        ("WSGATE__WEBHOOKS__RETRY_BACKOFF", "20ms"),
+    ]);
+    let config = load(None, &e).unwrap();
+    let w = &config.webhooks;
+    assert_eq!(w.endpoints[0].events, [EventKind::Subscribed]);
+    assert_eq!(w.retry_for, Duration::from_secs(600));
+    assert_eq!(w.retry_backoff, Duration::from_millis(20));
+    // The same URL gives the same name, on every pod and after any restart.
+    let again = load(None, &e).unwrap();
+    assert_eq!(again.webhooks.endpoints[0].name, w.endpoints[0].name);
+    assert!(load(None, &env(&[])).unwrap().webhooks.client.is_none());
+}
+
+#[test]
+fn bad_webhooks_are_reported_per_entry_without_secrets() {
+    let e = env(&[
+        (
+            "WSGATE__WEBHOOKS__ENDPOINTS",
+            r#"[{"url":"ftp://x/","secret":"0123456789abcdef"},
+                {"url":"https://ok.example/","secret":"short-secret","events":["connected","left"]},
+                {"url":"not a url","secret":"0123456789abcdef"},
+                {"url":"https://ok.example/","secret":"0123456789abcdef","name":"a b"},
+                {"url":"https://a.example/","secret":"0123456789abcdef","name":"dup"},
+                {"url":"https://b.example/","secret":"0123456789abcdef","name":"dup"}]"#,
+        ),
+        ("WSGATE__WEBHOOKS__RETRY_FOR", "0s"),
+        ("WSGATE__WEBHOOKS__TIMEOUT", "2m"),
+        ("WSGATE__WEBHOOKS__RETRY_BACKOFF", "1ms"),
+    ]);
+    let err = load(None, &e).unwrap_err();
+    let messages: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+    let has = |needle: &str| messages.iter().any(|m| m.contains(needle));
+    for needle in [
+        "webhooks.endpoints: entry 0: url must be an http:// or https:// URL",
+        "entry 1: secret must be at least 16 bytes",
+        "entry 1: unknown event type \"left\"",
+        "entry 2: invalid url",
+        "entry 3: name must be",
+        "entry 5: the same name as entry 4",
+        "webhooks.retry_for: must be between 1s",
+        "webhooks.timeout: must be between 100ms and 1m",
+        "webhooks.retry_backoff: must be between 10ms",
+    ] {
+        assert!(has(needle), "{needle:?} not in {messages:?}");
+    }
+    for secret in ["0123456789abcdef", "short-secret"] {
+        assert!(!err.to_string().contains(secret), "{secret} quoted: {err}");
+    }
+
+    let e = env(&[("WSGATE__WEBHOOKS__ENDPOINTS", r#"{"url":"x"}"#)]);
+    assert_eq!(keys(&load(None, &e).unwrap_err()), ["webhooks.endpoints"]);
+    let e = env(&[(
+        "WSGATE__WEBHOOKS__ENDPOINTS",
+        r#"[{"url":"http://a/","secret":"0123456789abcdef","extra":1}]"#,
+    )]);
+    let err = load(None, &e).unwrap_err();
+    assert!(
+        problem(&err, "webhooks.endpoints")
+            .message
+            .contains("extra")
+    );
+}
+
+#[test]
+fn webhooks_need_the_event_log() {
+    let e = env(&[
+        (
+            "WSGATE__WEBHOOKS__ENDPOINTS",
+            r#"[{"url":"http://127.0.0.1:1/h","secret":"0123456789abcdef"}]"#,
+        ),
+        ("WSGATE__EVENTS__ENABLED", "false"),
+    ]);
+    let err = load(None, &e).unwrap_err();
+    let p = problem(&err, "webhooks.endpoints");
+    assert!(p.message.contains("events.enabled = true"), "{p}");
+    // Without endpoints, events may be off.
+    assert!(load(None, &env(&[("WSGATE__EVENTS__ENABLED", "false")])).is_ok());
+}
