@@ -18,6 +18,7 @@ pub mod events;
 pub mod hosts;
 pub mod hub;
 pub mod ids;
+pub mod jwks;
 pub mod limiter;
 pub mod preflight;
 pub mod protocol;
