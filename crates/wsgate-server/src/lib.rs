@@ -8,13 +8,15 @@
 //! (router, preflight layers, WebSocket upgrade), [`session`] (one task per connection),
 //! [`grpc`] (the control plane), [`node`] (hub plus backends), [`events`] (session events:
 //! the topic-event writer and consumers' reads), [`removals`] (session removals kept for
-//! retrying), [`rpc`] (clients' calls to the application's backend), [`upkeep`] (liveness
-//! and readiness) and [`shutdown`] (the drain of the sessions).
+//! retrying), [`rpc`] (clients' calls to the application's backend), [`jwks`] (the
+//! fetcher of a JWKS key set), [`upkeep`] (liveness and readiness) and [`shutdown`] (the
+//! drain of the sessions).
 
 pub mod accept;
 pub mod events;
 pub mod grpc;
 pub mod http;
+pub mod jwks;
 pub mod metrics;
 pub mod node;
 pub mod propagation;
@@ -143,6 +145,8 @@ pub struct Serving {
     http_stop: CancellationToken,
     upkeep: JoinHandle<()>,
     upkeep_stop: CancellationToken,
+    /// The JWKS fetcher, stopped with the upkeep.
+    jwks: Option<JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -177,8 +181,16 @@ impl Gateway {
             health.clone(),
             self.preflight.limiter.clone(),
             settings.registry.pod_ttl,
+            self.config.jwks.as_ref().map(|source| source.keys.clone()),
             upkeep_stop.clone(),
         ));
+        let jwks = self.config.jwks.clone().map(|source| {
+            tokio::spawn(jwks::run(
+                source,
+                self.node.metrics.clone(),
+                upkeep_stop.clone(),
+            ))
+        });
         Ok(Serving {
             gateway: self,
             health,
@@ -187,6 +199,7 @@ impl Gateway {
             http_stop,
             upkeep,
             upkeep_stop,
+            jwks,
         })
     }
 }
@@ -214,6 +227,9 @@ impl Serving {
         let grpc = self.grpc.stop().await;
         self.upkeep_stop.cancel();
         let _ = self.upkeep.await;
+        if let Some(jwks) = self.jwks {
+            let _ = jwks.await;
+        }
         node.leave().await;
         tracing::info!("shutdown complete");
         grpc

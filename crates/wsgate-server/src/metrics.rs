@@ -78,6 +78,14 @@ pub struct Metrics {
     /// Session events handed to consumers, by way: `watch` (the gRPC stream) or `poll`
     /// (the HTTP long poll).
     pub events_consumed: IntCounterVec,
+    /// JWKS fetches (`auth.jwt.jwks_url`) by outcome: `ok`, `unreachable` (connection or
+    /// timeout), `http_status` (not 200), `invalid` (not a key set, too large, or no
+    /// usable key).
+    pub jwks_fetches: IntCounterVec,
+    /// Seconds since the key set in use was fetched (0 until the first fetch).
+    pub jwks_age_seconds: IntGauge,
+    /// Usable keys in the key set in use (0 until the first fetch).
+    pub jwks_keys: IntGauge,
 }
 
 impl Metrics {
@@ -236,6 +244,21 @@ impl Metrics {
                 &["via"],
             )
             .unwrap_or_else(|_| unreachable_metric()),
+            jwks_fetches: IntCounterVec::new(
+                Opts::new("jwks_fetches_total", "JWKS fetches by outcome"),
+                &["outcome"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            jwks_age_seconds: IntGauge::with_opts(Opts::new(
+                "jwks_age_seconds",
+                "Seconds since the JWKS key set in use was fetched",
+            ))
+            .unwrap_or_else(|_| unreachable_metric()),
+            jwks_keys: IntGauge::with_opts(Opts::new(
+                "jwks_keys",
+                "Usable keys in the JWKS key set in use",
+            ))
+            .unwrap_or_else(|_| unreachable_metric()),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -266,6 +289,9 @@ impl Metrics {
             Box::new(m.events_dropped.clone()),
             Box::new(m.event_watchers.clone()),
             Box::new(m.events_consumed.clone()),
+            Box::new(m.jwks_fetches.clone()),
+            Box::new(m.jwks_age_seconds.clone()),
+            Box::new(m.jwks_keys.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {
@@ -329,6 +355,7 @@ mod tests {
             .with_label_values(&["subscribed", "queue_full"])
             .inc();
         m.events_consumed.with_label_values(&["poll"]).inc_by(3);
+        m.jwks_fetches.with_label_values(&["ok"]).inc();
         let text = m.render();
         for name in [
             "wsgate_connections",
@@ -354,6 +381,9 @@ mod tests {
             "wsgate_events_dropped_total{reason=\"queue_full\",type=\"subscribed\"} 1",
             "wsgate_event_watchers",
             "wsgate_events_consumed_total{via=\"poll\"} 3",
+            "wsgate_jwks_fetches_total{outcome=\"ok\"} 1",
+            "wsgate_jwks_age_seconds",
+            "wsgate_jwks_keys",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

@@ -371,7 +371,7 @@ fn bearer(token: &str) -> Option<HeaderValue> {
 
 /// rustls on ring, trusting the system's CA certificates (`SSL_CERT_FILE` and
 /// `SSL_CERT_DIR` are honoured) when `https` calls are to be made.
-fn tls_config(https: bool) -> Result<rustls::ClientConfig, String> {
+pub(crate) fn tls_config(https: bool) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     if https {
         let found = rustls_native_certs::load_native_certs();

@@ -6,19 +6,34 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use wsgate_core::jwks::JwksKeys;
 use wsgate_core::preflight::HandshakeLimiter;
 
 use crate::grpc::GatewayServer;
 use crate::node::Node;
 
+/// Whether the pod takes connections: the node's readiness (backends healthy, not
+/// draining) and, when tokens are verified with a JWKS, a key set fetched at least once —
+/// without one every handshake would be 503 `auth_unavailable`. A failed refresh later
+/// keeps the last good set, so it does not take a ready pod out.
+pub async fn ready(node: &Node, auth_keys: Option<&JwksKeys>) -> Result<(), String> {
+    node.ready().await?;
+    if auth_keys.is_some_and(|keys| keys.current().is_none()) {
+        node.metrics.ready.set(0);
+        return Err("no JWKS key set fetched yet (auth.jwt.jwks_url)".to_owned());
+    }
+    Ok(())
+}
+
 /// Checks readiness every second so gRPC health and the readiness metrics follow the
 /// same state as `/readyz` (which checks on every request).
 async fn follow_readiness(
     node: &Node,
+    auth_keys: Option<&JwksKeys>,
     health: &tonic_health::server::HealthReporter,
     was: &mut Option<bool>,
 ) {
-    let ready = node.ready().await;
+    let ready = ready(node, auth_keys).await;
     let serving = ready.is_ok();
     if *was != Some(serving) {
         match &ready {
@@ -43,6 +58,7 @@ pub async fn run(
     health: tonic_health::server::HealthReporter,
     limiter: Arc<HandshakeLimiter>,
     pod_ttl: Duration,
+    auth_keys: Option<Arc<JwksKeys>>,
     stop: CancellationToken,
 ) {
     // Three refreshes per TTL: one lost refresh never makes a live pod look dead.
@@ -63,7 +79,7 @@ pub async fn run(
                 }
             }
             _ = reap.tick() => node.reap().await,
-            _ = readiness.tick() => follow_readiness(&node, &health, &mut was_ready).await,
+            _ = readiness.tick() => follow_readiness(&node, auth_keys.as_deref(), &health, &mut was_ready).await,
             _ = purge.tick() => limiter.retain_recent(),
         }
     }

@@ -46,6 +46,9 @@ pub struct GatewayConfig {
     pub history: HistoryRules,
     /// `events.*`: the session event log.
     pub events: crate::events::EventOptions,
+    /// `auth.jwt.jwks_url`: where the fetcher gets the key set the authenticator reads;
+    /// `None` without a JWKS.
+    pub jwks: Option<crate::jwks::JwksSource>,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -132,7 +135,8 @@ impl Settings {
             CONTROL_ALPN,
         );
         let preflight = self.preflight_policies(&mut p);
-        let authenticator = self.authenticator(&mut p);
+        let jwks = self.jwks_source(&mut p);
+        let authenticator = self.authenticator(&mut p, jwks.as_ref());
         let (Some(http_tls), Some(grpc_tls), Some(preflight), Some(authenticator)) =
             (http_tls, grpc_tls, preflight, authenticator)
         else {
@@ -141,6 +145,8 @@ impl Settings {
         if !p.is_empty() {
             return Err(SettingsError { problems: p });
         }
+        // No fetcher when auth is off, even if a URL is set.
+        let jwks = jwks.filter(|_| matches!(authenticator, Authenticator::Jwks(_)));
         Ok(GatewayConfig {
             preflight,
             authenticator: Arc::new(authenticator),
@@ -151,6 +157,7 @@ impl Settings {
             backend: self.backend(),
             history,
             events,
+            jwks,
             settings: Arc::new(self.clone()),
         })
     }
