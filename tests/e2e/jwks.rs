@@ -252,3 +252,51 @@ async fn forged_algorithms_are_refused() {
     }
     gw.stop().await.unwrap();
 }
+
+/// `wsgate jwks` publishes a key and `wsgate token --key-file --kid` signs with it: what
+/// a developer runs against a gateway with `auth.jwt.jwks_url`.
+#[tokio::test]
+async fn the_cli_mints_tokens_for_a_key_it_publishes() {
+    let key = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/jwks/ec.key.pem");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(wsgate_binary())
+            .args(args)
+            .env_remove("WSGATE_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let set: serde_json::Value = serde_json::from_str(&run(&[
+        "jwks",
+        "--key-file",
+        key,
+        "--algorithm",
+        "ES256",
+        "--kid",
+        "dev",
+    ]))
+    .unwrap();
+    let keys = set["keys"].as_array().unwrap().clone();
+    assert_eq!(keys[0]["kid"], "dev");
+    let idp = JwksServer::start(keys).await;
+    let gw = Gateway::start(jwks_settings(&idp.url())).await;
+    let token = run(&[
+        "token",
+        "--user",
+        "dev-user",
+        "--key-file",
+        key,
+        "--algorithm",
+        "es256",
+        "--kid",
+        "dev",
+    ]);
+    let (_ws, welcome) = gw.connect_token(&token).await;
+    assert_eq!(welcome["user_id"], "dev-user");
+    gw.stop().await.unwrap();
+}

@@ -9,7 +9,8 @@
 //!
 //! Only the configured algorithm is ever accepted: a token whose header names another
 //! one (`none`, or HS256 against an RSA public key — the classic key-confusion attack) is
-//! rejected before its signature is looked at.
+//! rejected before its signature is looked at. With a JWKS (`crate::jwks`) the algorithm
+//! is the one of the key the token's `kid` names, under the same rule.
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
