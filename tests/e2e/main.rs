@@ -15,6 +15,7 @@ mod events_http;
 mod handshake_rate;
 mod hostile;
 mod http_api;
+mod jwks;
 mod layout;
 mod observability;
 mod openapi;

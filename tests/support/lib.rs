@@ -6,6 +6,7 @@
 pub mod api;
 pub mod hostile;
 pub mod jitter;
+pub mod jwks;
 pub mod otlp;
 pub mod pods;
 pub mod recorder;
@@ -82,6 +83,14 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the real server with `settings` on fresh loopback ports.
     pub async fn start(settings: Settings) -> Self {
+        let gw = Self::start_unready(settings).await;
+        gw.wait_ready().await;
+        gw
+    }
+
+    /// [`Gateway::start`] without waiting for `/readyz` (a pod that is not ready yet, e.g.
+    /// without a JWKS key set).
+    pub async fn start_unready(settings: Settings) -> Self {
         let http = TcpListener::bind(settings.server.listen).await.unwrap();
         let grpc = TcpListener::bind(settings.server.grpc_listen)
             .await
@@ -97,18 +106,17 @@ impl Gateway {
             config,
             shutdown,
         ));
-        let gw = Self {
+        Self {
             http: http_addr,
             grpc: grpc_addr,
             settings,
             stop,
             task: Some(task),
-        };
-        gw.wait_ready().await;
-        gw
+        }
     }
 
-    async fn wait_ready(&self) {
+    /// Waits until `/readyz` answers 200 (at most [`WAIT`]).
+    pub async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if let Ok(resp) =

@@ -9,7 +9,8 @@
 //!
 //! Only the configured algorithm is ever accepted: a token whose header names another
 //! one (`none`, or HS256 against an RSA public key — the classic key-confusion attack) is
-//! rejected before its signature is looked at.
+//! rejected before its signature is looked at. With a JWKS (`crate::jwks`) the algorithm
+//! is the one of the key the token's `kid` names, under the same rule.
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,6 +22,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::rejection::Rejection;
+use jwks::JwksVerifier;
+
+pub mod jwks;
 
 /// The query parameter that may carry the token.
 pub const TOKEN_QUERY_PARAM: &str = "access_token";
@@ -100,6 +104,8 @@ pub enum JwtAlgorithm {
     RS256,
     /// ECDSA P-256 with SHA-256, verified with an EC public key PEM.
     ES256,
+    /// Ed25519, verified with an Ed25519 public key PEM.
+    EdDSA,
 }
 
 impl JwtAlgorithm {
@@ -108,10 +114,11 @@ impl JwtAlgorithm {
             JwtAlgorithm::HS256 => Algorithm::HS256,
             JwtAlgorithm::RS256 => Algorithm::RS256,
             JwtAlgorithm::ES256 => Algorithm::ES256,
+            JwtAlgorithm::EdDSA => Algorithm::EdDSA,
         }
     }
 
-    /// Whether this algorithm verifies with a public key (RS256, ES256) rather than a
+    /// Whether this algorithm verifies with a public key (RS256, ES256, EdDSA) rather than a
     /// shared secret.
     pub fn uses_public_key(self) -> bool {
         !matches!(self, JwtAlgorithm::HS256)
@@ -197,6 +204,8 @@ impl JwtVerifier {
                 .map_err(|e| invalid(format!("not an RSA public key PEM ({e})")))?,
             (JwtAlgorithm::ES256, JwtKey::PublicPem(pem)) => DecodingKey::from_ec_pem(pem)
                 .map_err(|e| invalid(format!("not an EC public key PEM ({e})")))?,
+            (JwtAlgorithm::EdDSA, JwtKey::PublicPem(pem)) => DecodingKey::from_ed_pem(pem)
+                .map_err(|e| invalid(format!("not an Ed25519 public key PEM ({e})")))?,
             (JwtAlgorithm::HS256, JwtKey::PublicPem(_)) => {
                 return Err(invalid(
                     "HS256 needs a shared secret, not a public key".to_owned(),
@@ -208,23 +217,7 @@ impl JwtVerifier {
                 )));
             }
         };
-        // `Validation::new` allows exactly this one algorithm; say so explicitly anyway,
-        // since accepting any other is the whole class of confusion attacks.
-        let mut validation = Validation::new(algorithm.jsonwebtoken());
-        validation.algorithms = vec![algorithm.jsonwebtoken()];
-        validation.leeway = cfg.leeway.as_secs();
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        let mut required = vec!["exp", "sub"];
-        if let Some(issuer) = &cfg.issuer {
-            validation.set_issuer(&[issuer]);
-            required.push("iss");
-        }
-        if let Some(audience) = &cfg.audience {
-            validation.set_audience(&[audience]);
-            required.push("aud");
-        }
-        validation.set_required_spec_claims(&required);
+        let validation = cfg.claim_checks().validation(algorithm.jsonwebtoken());
         Ok(Self {
             algorithm,
             key,
@@ -233,24 +226,78 @@ impl JwtVerifier {
     }
 
     fn verify(&self, token: &str) -> Result<Identity, Rejection> {
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-                // The error names the failed check, never the token.
-                tracing::debug!(reason = %e, "token rejected");
-                invalid_token()
-            })?;
-        let claims = data.claims;
-        let user_id = claims.sub.filter(|sub| valid_user_id(sub)).ok_or_else(|| {
-            tracing::debug!("token rejected: sub is missing or not a valid user id");
-            invalid_token()
-        })?;
-        Ok(Identity {
-            user_id,
-            topics: TopicPolicy::Patterns(claims.topics.unwrap_or_default()),
-            publish: TopicPolicy::Patterns(claims.publish.unwrap_or_default()),
-            expires_at: Some(claims.exp),
-        })
+        identity_from(token, &self.key, &self.validation)
     }
+}
+
+/// The claim checks of `auth.jwt` that do not depend on the key: `iss`, `aud`, leeway.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimChecks {
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set; when unset a token carrying an `aud` is refused.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
+}
+
+impl ClaimChecks {
+    /// The validation for tokens signed with `algorithm` and only that algorithm.
+    pub(crate) fn validation(&self, algorithm: Algorithm) -> Validation {
+        // `Validation::new` allows exactly this one algorithm; say so explicitly anyway,
+        // since accepting any other is the whole class of confusion attacks.
+        let mut validation = Validation::new(algorithm);
+        validation.algorithms = vec![algorithm];
+        validation.leeway = self.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        if let Some(audience) = &self.audience {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
+        validation
+    }
+}
+
+impl JwtConfig {
+    /// Its claim checks, for a key set that shares them.
+    pub fn claim_checks(&self) -> ClaimChecks {
+        ClaimChecks {
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            leeway: self.leeway,
+        }
+    }
+}
+
+/// Verifies `token` with `key` under `validation` and reads its [`Identity`]; any failure
+/// is `invalid_token`, logged at debug with the check that failed, never the token.
+pub(crate) fn identity_from(
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+) -> Result<Identity, Rejection> {
+    let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| {
+        tracing::debug!(reason = %e, "token rejected");
+        invalid_token()
+    })?;
+    let claims = data.claims;
+    let user_id = claims.sub.filter(|sub| valid_user_id(sub)).ok_or_else(|| {
+        tracing::debug!("token rejected: sub is missing or not a valid user id");
+        invalid_token()
+    })?;
+    Ok(Identity {
+        user_id,
+        topics: TopicPolicy::Patterns(claims.topics.unwrap_or_default()),
+        publish: TopicPolicy::Patterns(claims.publish.unwrap_or_default()),
+        expires_at: Some(claims.exp),
+    })
 }
 
 /// Which topics an identity may subscribe (or publish) to.
@@ -310,8 +357,11 @@ pub enum Authenticator {
     /// No verification: the user id comes from `?user=`. Only for loopback or explicitly
     /// insecure deployments; settings validation enforces that.
     None,
-    /// A JWT is required.
+    /// A JWT is required, verified with one configured key.
     Jwt(Box<JwtVerifier>),
+    /// A JWT is required, verified with the keys of a JWKS (`auth.jwt.jwks_url`) that
+    /// `wsgate-server` fetches and refreshes.
+    Jwks(Box<JwksVerifier>),
 }
 
 impl Authenticator {
@@ -326,8 +376,10 @@ impl Authenticator {
     /// JWT mode: 401 `missing_token` (with `WWW-Authenticate: Bearer`) when there is no
     /// token, 401 `invalid_token` (with `WWW-Authenticate: Bearer error="invalid_token"`)
     /// for any token that fails verification. None mode: 401 `missing_user` without
-    /// `?user=`, 400 `invalid_user` when it is not a valid user id.
-    pub fn authenticate(&self, parts: &Parts) -> Result<Identity, Rejection> {
+    /// `?user=`, 400 `invalid_user` when it is not a valid user id. JWKS mode adds 503
+    /// `auth_unavailable` while no key set was fetched yet; it is the only mode that may
+    /// wait (at most [`crate::jwks::UNKNOWN_KID_WAIT`], for a refetch on an unknown `kid`).
+    pub async fn authenticate(&self, parts: &Parts) -> Result<Identity, Rejection> {
         match self {
             Authenticator::None => {
                 let user = query_param(&parts.uri, USER_QUERY_PARAM).ok_or_else(|| {
@@ -354,8 +406,11 @@ impl Authenticator {
                     )),
                 }
             }
-            Authenticator::Jwt(verifier) => match find_token(parts) {
-                Some(Some(token)) => verifier.verify(&token),
+            Authenticator::Jwt(_) | Authenticator::Jwks(_) => match find_token(parts) {
+                Some(Some(token)) => match self.verify_token(&token).await {
+                    Some(verdict) => verdict,
+                    None => Err(invalid_token()),
+                },
                 Some(None) => Err(invalid_token()),
                 None => Err(Rejection::new(
                     StatusCode::UNAUTHORIZED,
@@ -372,15 +427,19 @@ impl Authenticator {
 impl Authenticator {
     /// Verifies a bare token, as the handshake does (a live session's `refresh` op).
     /// `None` when tokens are not verified (auth off): there is nothing to refresh.
-    pub fn verify_token(&self, token: &str) -> Option<Result<Identity, Rejection>> {
+    /// With a JWKS this may wait briefly, as the handshake does (see
+    /// [`JwksVerifier::verify`]).
+    pub async fn verify_token(&self, token: &str) -> Option<Result<Identity, Rejection>> {
         match self {
             Authenticator::None => None,
             Authenticator::Jwt(verifier) => Some(verifier.verify(token)),
+            Authenticator::Jwks(verifier) => Some(verifier.verify(token).await),
         }
     }
 }
 
-fn invalid_token() -> Rejection {
+/// 401 `invalid_token`, the one answer for every token that fails verification.
+pub(crate) fn invalid_token() -> Rejection {
     Rejection::new(
         StatusCode::UNAUTHORIZED,
         "invalid_token",
@@ -526,15 +585,62 @@ pub fn mint_hs256_with(
     issuer: Option<&str>,
     audience: Option<&str>,
 ) -> Result<String, AuthError> {
+    let key = MintKey {
+        algorithm: JwtAlgorithm::HS256,
+        key: secret,
+        kid: None,
+    };
+    mint(&key, user_id, ttl, grants, issuer, audience)
+}
+
+/// What a development token is signed with.
+#[derive(Clone, Copy)]
+pub struct MintKey<'a> {
+    /// The algorithm, which also says what `key` is.
+    pub algorithm: JwtAlgorithm,
+    /// The HS256 secret, or the PEM of the private key for RS256, ES256 or EdDSA.
+    pub key: &'a [u8],
+    /// The `kid` header, naming the key in a JWKS.
+    pub kid: Option<&'a str>,
+}
+
+impl std::fmt::Debug for MintKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MintKey")
+            .field("algorithm", &self.algorithm)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Mints a development token (`wsgate token`) with any supported algorithm: `sub`,
+/// `iat`, `exp = now + ttl`, the grants, `iss` and `aud` when given, and `kid` in the
+/// header when given.
+pub fn mint(
+    key: &MintKey<'_>,
+    user_id: &str,
+    ttl: Duration,
+    grants: Grants<'_>,
+    issuer: Option<&str>,
+    audience: Option<&str>,
+) -> Result<String, AuthError> {
     if !valid_user_id(user_id) {
         return Err(AuthError::InvalidUserId);
     }
-    if secret.is_empty() {
-        return Err(AuthError::InvalidKey {
-            algorithm: JwtAlgorithm::HS256,
-            reason: "the secret is empty".to_owned(),
-        });
-    }
+    let algorithm = key.algorithm;
+    let invalid = |reason: String| AuthError::InvalidKey { algorithm, reason };
+    let encoding = match algorithm {
+        JwtAlgorithm::HS256 if key.key.is_empty() => {
+            return Err(invalid("the secret is empty".to_owned()));
+        }
+        JwtAlgorithm::HS256 => EncodingKey::from_secret(key.key),
+        JwtAlgorithm::RS256 => EncodingKey::from_rsa_pem(key.key)
+            .map_err(|e| invalid(format!("not an RSA private key PEM ({e})")))?,
+        JwtAlgorithm::ES256 => EncodingKey::from_ec_pem(key.key)
+            .map_err(|e| invalid(format!("not an EC P-256 private key PEM ({e})")))?,
+        JwtAlgorithm::EdDSA => EncodingKey::from_ed_pem(key.key)
+            .map_err(|e| invalid(format!("not an Ed25519 private key PEM ({e})")))?,
+    };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -547,12 +653,35 @@ pub fn mint_hs256_with(
         iss: issuer,
         aud: audience,
     };
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .map_err(AuthError::Sign)
+    let mut header = Header::new(algorithm.jsonwebtoken());
+    header.kid = key.kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, &claims, &encoding).map_err(AuthError::Sign)
+}
+
+/// The public JWK of a private key PEM, with `kid`, `alg` and `use: sig`, as a JWKS
+/// serves it (`wsgate jwks`, tests). HS256 has no public key: an error.
+pub fn public_jwk(
+    algorithm: JwtAlgorithm,
+    private_pem: &[u8],
+    kid: Option<&str>,
+) -> Result<serde_json::Value, AuthError> {
+    let invalid = |reason: String| AuthError::InvalidKey { algorithm, reason };
+    let encoding = match algorithm {
+        JwtAlgorithm::HS256 => {
+            return Err(invalid(
+                "HS256 keys are secrets and are never published".to_owned(),
+            ));
+        }
+        JwtAlgorithm::RS256 => EncodingKey::from_rsa_pem(private_pem),
+        JwtAlgorithm::ES256 => EncodingKey::from_ec_pem(private_pem),
+        JwtAlgorithm::EdDSA => EncodingKey::from_ed_pem(private_pem),
+    }
+    .map_err(|e| invalid(format!("not a private key PEM for {algorithm} ({e})")))?;
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&encoding, algorithm.jsonwebtoken())
+        .map_err(|e| invalid(e.to_string()))?;
+    jwk.common.key_id = kid.map(str::to_owned);
+    jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+    serde_json::to_value(&jwk).map_err(|e| invalid(e.to_string()))
 }
 
 #[cfg(test)]
@@ -562,6 +691,24 @@ mod tests {
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use serde_json::json;
+
+    /// Static keys never wait: their future is ready at its first poll.
+    trait AuthenticateNow {
+        fn authenticate_now(&self, parts: &Parts) -> Result<Identity, Rejection>;
+    }
+
+    impl AuthenticateNow for Authenticator {
+        fn authenticate_now(&self, parts: &Parts) -> Result<Identity, Rejection> {
+            let mut future = std::pin::pin!(self.authenticate(parts));
+            match future
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+            {
+                std::task::Poll::Ready(verdict) => verdict,
+                std::task::Poll::Pending => panic!("a static key waited"),
+            }
+        }
+    }
 
     // Test-only keys, generated once with openssl for these tests.
     const RSA_PRIVATE: &str = "\
@@ -687,13 +834,13 @@ CGdUv3VhsCNmhAt2Smb8KoSEOxbF4lGaxK9ZUdGWUollt3ec0N3stQXKlg==
     fn valid_hs256_via_header_and_query() {
         let auth = hs256();
         let token = sign_hs(&claims("u42"));
-        let id = auth.authenticate(&with_bearer(&token)).unwrap();
+        let id = auth.authenticate_now(&with_bearer(&token)).unwrap();
         assert_eq!(id.user_id, "u42");
         assert_eq!(id.topics, TopicPolicy::Patterns(vec![]));
         assert!(id.expires_at.unwrap() > now());
 
         let id = auth
-            .authenticate(&with_uri(&format!("/ws?x=1&access_token={token}")))
+            .authenticate_now(&with_uri(&format!("/ws?x=1&access_token={token}")))
             .unwrap();
         assert_eq!(id.user_id, "u42");
 
@@ -704,12 +851,12 @@ CGdUv3VhsCNmhAt2Smb8KoSEOxbF4lGaxK9ZUdGWUollt3ec0N3stQXKlg==
             .unwrap()
             .into_parts()
             .0;
-        assert!(auth.authenticate(&p).is_ok());
+        assert!(auth.authenticate_now(&p).is_ok());
 
         // The header wins over the query.
         let mut p = with_bearer(&token);
         p.uri = "/ws?access_token=garbage".parse().unwrap();
-        assert!(auth.authenticate(&p).is_ok());
+        assert!(auth.authenticate_now(&p).is_ok());
     }
 
     #[test]
@@ -717,7 +864,7 @@ CGdUv3VhsCNmhAt2Smb8KoSEOxbF4lGaxK9ZUdGWUollt3ec0N3stQXKlg==
         let token = sign_hs(&claims("u1"));
         let encoded = token.replace('.', "%2E");
         let id = hs256()
-            .authenticate(&with_uri(&format!("/ws?access%5Ftoken={encoded}")))
+            .authenticate_now(&with_uri(&format!("/ws?access%5Ftoken={encoded}")))
             .unwrap();
         assert_eq!(id.user_id, "u1");
     }
@@ -734,7 +881,7 @@ CGdUv3VhsCNmhAt2Smb8KoSEOxbF4lGaxK9ZUdGWUollt3ec0N3stQXKlg==
                 .into_parts()
                 .0,
         ] {
-            let r = hs256().authenticate(&p).unwrap_err();
+            let r = hs256().authenticate_now(&p).unwrap_err();
             assert_eq!(
                 (r.status, r.code),
                 (StatusCode::UNAUTHORIZED, "missing_token")
@@ -743,19 +890,19 @@ CGdUv3VhsCNmhAt2Smb8KoSEOxbF4lGaxK9ZUdGWUollt3ec0N3stQXKlg==
         }
         // Present but empty is a bad token, not a missing one.
         let r = hs256()
-            .authenticate(&with_uri("/ws?access_token="))
+            .authenticate_now(&with_uri("/ws?access_token="))
             .unwrap_err();
         assert_eq!(r.code, "invalid_token");
-        let r = hs256().authenticate(&with_bearer("")).unwrap_err();
+        let r = hs256().authenticate_now(&with_bearer("")).unwrap_err();
         assert_eq!(r.code, "invalid_token");
     }
 
     #[test]
     fn expired_and_not_yet_valid() {
         let token = sign_hs(&json!({ "sub": "u", "exp": now() - 10 }));
-        assert_invalid(hs256().authenticate(&with_bearer(&token)), &token);
+        assert_invalid(hs256().authenticate_now(&with_bearer(&token)), &token);
         let token = sign_hs(&json!({ "sub": "u", "exp": now() + 600, "nbf": now() + 300 }));
-        assert_invalid(hs256().authenticate(&with_bearer(&token)), &token);
+        assert_invalid(hs256().authenticate_now(&with_bearer(&token)), &token);
         // Leeway forgives small skew.
         let lenient = Authenticator::jwt(JwtConfig {
             leeway: Duration::from_secs(60),
@@ -763,7 +910,7 @@ CGdUv3VhsCNmhAt2Smb8KoSEOxbF4lGaxK9ZUdGWUollt3ec0N3stQXKlg==
         })
         .unwrap();
         let token = sign_hs(&json!({ "sub": "u", "exp": now() - 10 }));
-        assert!(lenient.authenticate(&with_bearer(&token)).is_ok());
+        assert!(lenient.authenticate_now(&with_bearer(&token)).is_ok());
     }
 
     #[test]
@@ -773,16 +920,16 @@ CGdUv3VhsCNmhAt2Smb8KoSEOxbF4lGaxK9ZUdGWUollt3ec0N3stQXKlg==
             &EncodingKey::from_secret(b"another-secret"),
             &claims("u"),
         );
-        assert_invalid(hs256().authenticate(&with_bearer(&token)), &token);
+        assert_invalid(hs256().authenticate_now(&with_bearer(&token)), &token);
         for junk in ["abc", "a.b.c", "....", "eyJ.eyJ.sig"] {
-            assert_invalid(hs256().authenticate(&with_bearer(junk)), junk);
+            assert_invalid(hs256().authenticate_now(&with_bearer(junk)), junk);
         }
         // A tampered payload fails the signature.
         let token = sign_hs(&claims("alice"));
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
         parts[1] = URL_SAFE_NO_PAD.encode(claims("admin").to_string());
         let forged = parts.join(".");
-        assert_invalid(hs256().authenticate(&with_bearer(&forged)), &forged);
+        assert_invalid(hs256().authenticate_now(&with_bearer(&forged)), &forged);
     }
 
     #[test]
@@ -798,7 +945,7 @@ CGdUv3VhsCNmhAt2Smb8KoSEOxbF4lGaxK9ZUdGWUollt3ec0N3stQXKlg==
             json!({ "sub": "u", "exp": now() + 600, "topics": "chat.*" }),
         ] {
             let token = sign_hs(&c);
-            assert_invalid(hs256().authenticate(&with_bearer(&token)), &token);
+            assert_invalid(hs256().authenticate_now(&with_bearer(&token)), &token);
         }
     }
 
@@ -810,7 +957,7 @@ CGdUv3VhsCNmhAt2Smb8KoSEOxbF4lGaxK9ZUdGWUollt3ec0N3stQXKlg==
             format!("{header}.{payload}."),
             format!("{header}.{payload}"),
         ] {
-            assert_invalid(hs256().authenticate(&with_bearer(&token)), &token);
+            assert_invalid(hs256().authenticate_now(&with_bearer(&token)), &token);
         }
     }
 
@@ -826,24 +973,27 @@ CGdUv3VhsCNmhAt2Smb8KoSEOxbF4lGaxK9ZUdGWUollt3ec0N3stQXKlg==
             &EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap(),
             &claims("u"),
         );
-        assert_eq!(rs.authenticate(&with_bearer(&good)).unwrap().user_id, "u");
+        assert_eq!(
+            rs.authenticate_now(&with_bearer(&good)).unwrap().user_id,
+            "u"
+        );
 
         let confused = sign(
             Algorithm::HS256,
             &EncodingKey::from_secret(RSA_PUBLIC.as_bytes()),
             &claims("u"),
         );
-        assert_invalid(rs.authenticate(&with_bearer(&confused)), &confused);
+        assert_invalid(rs.authenticate_now(&with_bearer(&confused)), &confused);
 
         // And the other way round: an RS-signed token against an HS256 gateway.
-        assert_invalid(hs256().authenticate(&with_bearer(&good)), &good);
+        assert_invalid(hs256().authenticate_now(&with_bearer(&good)), &good);
         // An RS256 gateway does not take ES256 tokens either.
         let es = sign(
             Algorithm::ES256,
             &EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).unwrap(),
             &claims("u"),
         );
-        assert_invalid(rs.authenticate(&with_bearer(&es)), &es);
+        assert_invalid(rs.authenticate_now(&with_bearer(&es)), &es);
     }
 
     #[test]
@@ -858,7 +1008,7 @@ CGdUv3VhsCNmhAt2Smb8KoSEOxbF4lGaxK9ZUdGWUollt3ec0N3stQXKlg==
             &EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).unwrap(),
             &json!({ "sub": "e", "exp": now() + 60, "topics": ["a.*"] }),
         );
-        let id = es.authenticate(&with_bearer(&token)).unwrap();
+        let id = es.authenticate_now(&with_bearer(&token)).unwrap();
         assert_eq!(id.user_id, "e");
         assert!(id.topics.allows("a.b"));
         let hs = sign(
@@ -866,7 +1016,7 @@ CGdUv3VhsCNmhAt2Smb8KoSEOxbF4lGaxK9ZUdGWUollt3ec0N3stQXKlg==
             &EncodingKey::from_secret(EC_PUBLIC.as_bytes()),
             &claims("e"),
         );
-        assert_invalid(es.authenticate(&with_bearer(&hs)), &hs);
+        assert_invalid(es.authenticate_now(&with_bearer(&hs)), &hs);
     }
 
     #[test]
@@ -879,9 +1029,9 @@ CGdUv3VhsCNmhAt2Smb8KoSEOxbF4lGaxK9ZUdGWUollt3ec0N3stQXKlg==
         .unwrap();
         let exp = now() + 600;
         let ok = sign_hs(&json!({"sub":"u","exp":exp,"iss":"https://issuer","aud":"wsgate"}));
-        assert!(auth.authenticate(&with_bearer(&ok)).is_ok());
+        assert!(auth.authenticate_now(&with_bearer(&ok)).is_ok());
         let ok = sign_hs(&json!({"sub":"u","exp":exp,"iss":"https://issuer","aud":["x","wsgate"]}));
-        assert!(auth.authenticate(&with_bearer(&ok)).is_ok());
+        assert!(auth.authenticate_now(&with_bearer(&ok)).is_ok());
         for bad in [
             json!({"sub":"u","exp":exp,"iss":"https://other","aud":"wsgate"}),
             json!({"sub":"u","exp":exp,"iss":"https://issuer","aud":"other"}),
@@ -889,11 +1039,11 @@ CGdUv3VhsCNmhAt2Smb8KoSEOxbF4lGaxK9ZUdGWUollt3ec0N3stQXKlg==
             json!({"sub":"u","exp":exp,"iss":"https://issuer"}),
         ] {
             let token = sign_hs(&bad);
-            assert_invalid(auth.authenticate(&with_bearer(&token)), &token);
+            assert_invalid(auth.authenticate_now(&with_bearer(&token)), &token);
         }
         // Without a configured audience, a token addressed to someone is not for us.
         let token = sign_hs(&json!({"sub":"u","exp":exp,"aud":"someone-else"}));
-        assert_invalid(hs256().authenticate(&with_bearer(&token)), &token);
+        assert_invalid(hs256().authenticate_now(&with_bearer(&token)), &token);
     }
 
     #[test]
@@ -925,7 +1075,7 @@ CGdUv3VhsCNmhAt2Smb8KoSEOxbF4lGaxK9ZUdGWUollt3ec0N3stQXKlg==
         let token = sign_hs(&json!({
             "sub": "u", "exp": now() + 600, "topics": ["chat.*", "news"]
         }));
-        let id = hs256().authenticate(&with_bearer(&token)).unwrap();
+        let id = hs256().authenticate_now(&with_bearer(&token)).unwrap();
         let t = &id.topics;
         assert!(t.allows("chat.x") && t.allows("chat.x.y") && t.allows("news"));
         assert!(!t.allows("chat") && !t.allows("chatx") && !t.allows("chat."));
@@ -943,14 +1093,14 @@ CGdUv3VhsCNmhAt2Smb8KoSEOxbF4lGaxK9ZUdGWUollt3ec0N3stQXKlg==
     #[test]
     fn auth_none_mode() {
         let id = Authenticator::None
-            .authenticate(&with_uri("/ws?user=bob%20smith"))
+            .authenticate_now(&with_uri("/ws?user=bob%20smith"))
             .unwrap();
         assert_eq!(id.user_id, "bob smith");
         assert_eq!(id.topics, TopicPolicy::Any);
         assert_eq!(id.expires_at, None);
 
         let r = Authenticator::None
-            .authenticate(&with_uri("/ws"))
+            .authenticate_now(&with_uri("/ws"))
             .unwrap_err();
         assert_eq!(
             (r.status, r.code),
@@ -959,7 +1109,7 @@ CGdUv3VhsCNmhAt2Smb8KoSEOxbF4lGaxK9ZUdGWUollt3ec0N3stQXKlg==
         assert!(r.message.contains("?user="));
         for bad in ["/ws?user=", "/ws?user=a%00b", "/ws?user=%FF"] {
             let r = Authenticator::None
-                .authenticate(&with_uri(bad))
+                .authenticate_now(&with_uri(bad))
                 .unwrap_err();
             assert_eq!(r.code, "invalid_user", "{bad}");
         }
@@ -983,7 +1133,7 @@ CGdUv3VhsCNmhAt2Smb8KoSEOxbF4lGaxK9ZUdGWUollt3ec0N3stQXKlg==
             ..config(JwtAlgorithm::HS256, JwtKey::Secret(SECRET.to_vec()))
         })
         .unwrap();
-        let id = auth.authenticate(&with_bearer(&token)).unwrap();
+        let id = auth.authenticate_now(&with_bearer(&token)).unwrap();
         assert_eq!(id.user_id, "minted");
         assert!(id.topics.allows("chat.1"));
         assert!(matches!(
@@ -1057,7 +1207,7 @@ CGdUv3VhsCNmhAt2Smb8KoSEOxbF4lGaxK9ZUdGWUollt3ec0N3stQXKlg==
                 };
                 let mut p = with_uri("/ws");
                 p.headers.insert("authorization", header);
-                if let Err(r) = hs256().authenticate(&p) {
+                if let Err(r) = hs256().authenticate_now(&p) {
                     prop_assert_eq!(r.status, StatusCode::UNAUTHORIZED);
                     let echoed = r.json_body().contains(value.trim());
                     prop_assert!(value.trim().len() < 16 || !echoed);

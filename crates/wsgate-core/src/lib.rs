@@ -11,6 +11,7 @@
 pub mod admission;
 pub mod auth;
 pub mod backend;
+pub mod clock;
 pub mod close;
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
@@ -18,6 +19,7 @@ pub mod events;
 pub mod hosts;
 pub mod hub;
 pub mod ids;
+pub use auth::jwks;
 pub mod limiter;
 pub mod preflight;
 pub mod protocol;

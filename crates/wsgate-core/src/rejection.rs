@@ -97,6 +97,17 @@ impl Rejection {
         .with_retry_after(RETRY_AFTER_BUSY_S)
     }
 
+    /// 503 `auth_unavailable`: tokens are verified with a JWKS (`auth.jwt.jwks_url`) and
+    /// no key set could be fetched yet.
+    pub fn auth_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "auth_unavailable",
+            "the gateway has no keys to verify tokens with yet; retry shortly",
+        )
+        .with_retry_after(RETRY_AFTER_BUSY_S)
+    }
+
     /// 429 `rate_limited`: the client's address is over its handshake rate; it may try
     /// again in `retry_after_s` seconds (at least 1 is sent).
     pub fn rate_limited(retry_after_s: u64) -> Self {

@@ -8,15 +8,17 @@
 //! (router, preflight layers, WebSocket upgrade), [`session`] (one task per connection),
 //! [`grpc`] (the control plane), [`node`] (hub plus backends), [`events`] (session events:
 //! the topic-event writer and consumers' reads), [`removals`] (session removals kept for
-//! retrying), [`rpc`] (clients' calls to the application's backend), [`upkeep`] (liveness
-//! and readiness), [`shutdown`] (the drain of the sessions) and [`webhooks`] (session
-//! events POSTed to endpoints, fed from the event log).
+//! retrying), [`rpc`] (clients' calls to the application's backend), [`jwks`] (the
+//! fetcher of a JWKS key set), [`upkeep`] (liveness and readiness), [`shutdown`] (the
+//! drain of the sessions) and [`webhooks`] (session events POSTed to endpoints, fed from
+//! the event log).
 
 pub mod accept;
 pub mod events;
 pub mod grpc;
 pub mod http;
 pub mod http_client;
+pub mod jwks;
 pub mod metrics;
 pub mod node;
 pub mod propagation;
@@ -148,6 +150,8 @@ pub struct Serving {
     upkeep_stop: CancellationToken,
     /// The webhook endpoints' tasks, when there are endpoints.
     webhooks: Option<webhooks::Webhooks>,
+    /// The JWKS fetcher, stopped with the upkeep.
+    jwks: Option<JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -182,6 +186,7 @@ impl Gateway {
             health.clone(),
             self.preflight.limiter.clone(),
             settings.registry.pod_ttl,
+            self.config.jwks.as_ref().map(|source| source.keys.clone()),
             upkeep_stop.clone(),
         ));
         let webhooks = match self.node.events() {
@@ -195,6 +200,13 @@ impl Gateway {
             }
             _ => None,
         };
+        let jwks = self.config.jwks.clone().map(|source| {
+            tokio::spawn(jwks::run(
+                source,
+                self.node.metrics.clone(),
+                upkeep_stop.clone(),
+            ))
+        });
         Ok(Serving {
             webhooks,
             gateway: self,
@@ -204,6 +216,7 @@ impl Gateway {
             http_stop,
             upkeep,
             upkeep_stop,
+            jwks,
         })
     }
 }
@@ -236,6 +249,9 @@ impl Serving {
         let grpc = self.grpc.stop().await;
         self.upkeep_stop.cancel();
         let _ = self.upkeep.await;
+        if let Some(jwks) = self.jwks {
+            let _ = jwks.await;
+        }
         node.leave().await;
         tracing::info!("shutdown complete");
         grpc

@@ -95,6 +95,14 @@ pub struct Metrics {
     /// Age of the event being delivered (now minus its `at_ms`) in seconds, 0 once the
     /// endpoint has caught up with the log; by endpoint, on the pod that holds its lease.
     pub webhook_lag: GaugeVec,
+    /// JWKS fetches (`auth.jwt.jwks_url`) by outcome: `ok`, `unreachable` (connection or
+    /// timeout), `http_status` (not 200), `invalid` (not a key set, too large, or no
+    /// usable key).
+    pub jwks_fetches: IntCounterVec,
+    /// Seconds since the key set in use was fetched (0 until the first fetch).
+    pub jwks_age_seconds: IntGauge,
+    /// Usable keys in the key set in use (0 until the first fetch).
+    pub jwks_keys: IntGauge,
 }
 
 impl Metrics {
@@ -305,6 +313,21 @@ impl Metrics {
                 &["endpoint"],
             )
             .unwrap_or_else(|_| unreachable_metric()),
+            jwks_fetches: IntCounterVec::new(
+                Opts::new("jwks_fetches_total", "JWKS fetches by outcome"),
+                &["outcome"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            jwks_age_seconds: IntGauge::with_opts(Opts::new(
+                "jwks_age_seconds",
+                "Seconds since the JWKS key set in use was fetched",
+            ))
+            .unwrap_or_else(|_| unreachable_metric()),
+            jwks_keys: IntGauge::with_opts(Opts::new(
+                "jwks_keys",
+                "Usable keys in the JWKS key set in use",
+            ))
+            .unwrap_or_else(|_| unreachable_metric()),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -341,6 +364,9 @@ impl Metrics {
             Box::new(m.webhook_dropped.clone()),
             Box::new(m.webhook_lease.clone()),
             Box::new(m.webhook_lag.clone()),
+            Box::new(m.jwks_fetches.clone()),
+            Box::new(m.jwks_age_seconds.clone()),
+            Box::new(m.jwks_keys.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {
@@ -413,6 +439,7 @@ mod tests {
             .inc_by(3);
         m.webhook_lease.with_label_values(&["hook"]).set(1);
         m.webhook_lag.with_label_values(&["hook"]).set(0.5);
+        m.jwks_fetches.with_label_values(&["ok"]).inc();
         let text = m.render();
         for name in [
             "wsgate_webhook_deliveries_total{endpoint=\"hook\",outcome=\"delivered\"} 1",
@@ -443,6 +470,9 @@ mod tests {
             "wsgate_events_dropped_total{reason=\"queue_full\",type=\"subscribed\"} 1",
             "wsgate_event_watchers",
             "wsgate_events_consumed_total{via=\"poll\"} 3",
+            "wsgate_jwks_fetches_total{outcome=\"ok\"} 1",
+            "wsgate_jwks_age_seconds",
+            "wsgate_jwks_keys",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

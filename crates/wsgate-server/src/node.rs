@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use wsgate_core::admission::ConnectionGauge;
 use wsgate_core::backend::memory::{MemoryBus, MemoryRegistry};
@@ -657,12 +657,7 @@ fn channel_kind(channel: &Channel) -> &'static str {
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use wsgate_core::clock::now_ms;
 
 /// A record for a session of this pod.
 pub fn session_record(

@@ -22,6 +22,8 @@ pub struct AppState {
     pub ws_config: WebSocketConfig,
     /// Session tuning.
     pub params: SessionParams,
+    /// The JWKS key store when tokens are verified with one: readiness waits for a set.
+    pub auth_keys: Option<Arc<wsgate_core::jwks::JwksKeys>>,
 }
 
 impl AppState {
@@ -33,6 +35,7 @@ impl AppState {
             sessions: TaskTracker::new(),
             ws_config: config.websocket,
             params: config.session.clone(),
+            auth_keys: config.jwks.as_ref().map(|source| source.keys.clone()),
         }
     }
 }

@@ -6,30 +6,52 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use wsgate_core::jwks::JwksKeys;
 use wsgate_core::preflight::HandshakeLimiter;
 
-use crate::grpc::GatewayServer;
 use crate::node::Node;
+
+/// The control service's name in gRPC health (named here rather than through the gRPC
+/// module, which itself starts this upkeep).
+const GATEWAY: &str = wsgate_proto::pb::gateway_server::SERVICE_NAME;
+
+/// Whether the pod takes connections: the node's readiness (backends healthy, not
+/// draining) and, when tokens are verified with a JWKS, a key set fetched at least once —
+/// without one every handshake would be 503 `auth_unavailable`. A failed refresh later
+/// keeps the last good set, so it does not take a ready pod out.
+pub async fn ready(node: &Node, auth_keys: Option<&JwksKeys>) -> Result<(), String> {
+    node.ready().await?;
+    if auth_keys.is_some_and(|keys| keys.current().is_none()) {
+        node.metrics.ready.set(0);
+        return Err("no JWKS key set fetched yet (auth.jwt.jwks_url)".to_owned());
+    }
+    Ok(())
+}
 
 /// Checks readiness every second so gRPC health and the readiness metrics follow the
 /// same state as `/readyz` (which checks on every request).
 async fn follow_readiness(
     node: &Node,
+    auth_keys: Option<&JwksKeys>,
     health: &tonic_health::server::HealthReporter,
     was: &mut Option<bool>,
 ) {
-    let ready = node.ready().await;
+    let ready = ready(node, auth_keys).await;
     let serving = ready.is_ok();
     if *was != Some(serving) {
         match &ready {
             Ok(()) => {
-                health.set_serving::<GatewayServer>().await;
+                health
+                    .set_service_status(GATEWAY, tonic_health::ServingStatus::Serving)
+                    .await;
                 if was.is_some() {
                     tracing::info!("ready again");
                 }
             }
             Err(reason) => {
-                health.set_not_serving::<GatewayServer>().await;
+                health
+                    .set_service_status(GATEWAY, tonic_health::ServingStatus::NotServing)
+                    .await;
                 tracing::warn!(%reason, "not ready");
             }
         }
@@ -43,6 +65,7 @@ pub async fn run(
     health: tonic_health::server::HealthReporter,
     limiter: Arc<HandshakeLimiter>,
     pod_ttl: Duration,
+    auth_keys: Option<Arc<JwksKeys>>,
     stop: CancellationToken,
 ) {
     // Three refreshes per TTL: one lost refresh never makes a live pod look dead.
@@ -63,7 +86,7 @@ pub async fn run(
                 }
             }
             _ = reap.tick() => node.reap().await,
-            _ = readiness.tick() => follow_readiness(&node, &health, &mut was_ready).await,
+            _ = readiness.tick() => follow_readiness(&node, auth_keys.as_deref(), &health, &mut was_ready).await,
             _ = purge.tick() => limiter.retain_recent(),
         }
     }

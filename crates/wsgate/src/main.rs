@@ -2,8 +2,9 @@
 //!
 //! `serve` (the default) loads and validates the configuration, binds the listeners and
 //! runs the gateway until SIGTERM or Ctrl-C; `check-config` validates only; `token` mints
-//! a development token with the configured HS256 secret; `send`, `publish`, `presence`
-//! and `history` call the gRPC control plane of a running gateway.
+//! a development token with the configured HS256 secret or a private key file (with a
+//! `kid`); `jwks` prints the key set that publishes such a key; `send`, `publish`,
+//! `presence` and `history` call the gRPC control plane of a running gateway.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,7 +40,8 @@ enum Command {
     Serve,
     /// Validate the configuration and list every problem.
     CheckConfig,
-    /// Mint a development token with the configured HS256 secret.
+    /// Mint a development token with the configured HS256 secret, or with a private key
+    /// (`--key-file`, RS256/ES256/EdDSA) for a gateway that reads a JWKS or a public key.
     Token {
         /// The user id (`sub`).
         #[arg(long)]
@@ -53,6 +55,14 @@ enum Command {
         /// Topic patterns the token may publish to with the `publish` op, comma-separated.
         #[arg(long, value_delimiter = ',')]
         publish: Option<Vec<String>>,
+        #[command(flatten)]
+        signing: SigningArgs,
+    },
+    /// Print the JWKS (`{"keys":[…]}`) that publishes the public half of a private key,
+    /// for development and tests (`auth.jwt.jwks_url` pointed at a file server).
+    Jwks {
+        #[command(flatten)]
+        signing: SigningArgs,
     },
     /// Push a message to every session of a user.
     Send {
@@ -109,6 +119,20 @@ enum Command {
 }
 
 #[derive(clap::Args)]
+struct SigningArgs {
+    /// A PEM private key (PKCS#8, as `openssl genpkey` writes) to sign with instead of
+    /// `auth.jwt.secret`.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// The key's algorithm: RS256 (default with --key-file), ES256 or EdDSA.
+    #[arg(long)]
+    algorithm: Option<wsgate_core::auth::JwtAlgorithm>,
+    /// The `kid` header naming the key in the gateway's JWKS.
+    #[arg(long)]
+    kid: Option<String>,
+}
+
+#[derive(clap::Args)]
 struct ControlArgs {
     /// The gateway's gRPC address. Default: `server.grpc_listen` from the configuration.
     #[arg(long)]
@@ -141,13 +165,15 @@ fn main() -> ExitCode {
             ttl,
             topics,
             publish,
+            signing,
         } => {
             let grants = wsgate_core::auth::Grants {
                 topics: topics.as_deref(),
                 publish: publish.as_deref(),
             };
-            token(&settings, &user, ttl, grants)
+            token(&settings, &user, ttl, grants, &signing)
         }
+        Command::Jwks { signing } => jwks(&signing),
         Command::Serve => serve(config),
         Command::Send {
             user,
@@ -312,13 +338,37 @@ fn token(
     user: &str,
     ttl: Duration,
     grants: wsgate_core::auth::Grants<'_>,
+    signing: &SigningArgs,
 ) -> anyhow::Result<()> {
-    let secret = settings.auth.jwt.secret.as_deref().context(
-        "no auth.jwt.secret configured: `wsgate token` mints HS256 tokens with it \
-         (set WSGATE__AUTH__JWT__SECRET or auth.jwt.secret)",
-    )?;
-    let token = wsgate_core::auth::mint_hs256_with(
-        secret.as_bytes(),
+    use wsgate_core::auth::{JwtAlgorithm, MintKey, mint};
+    let pem;
+    let key = match &signing.key_file {
+        Some(_) => {
+            let (algorithm, read) = private_key(signing)?;
+            pem = read;
+            MintKey {
+                algorithm,
+                key: &pem,
+                kid: signing.kid.as_deref(),
+            }
+        }
+        None => {
+            if signing.algorithm.is_some_and(|a| a != JwtAlgorithm::HS256) {
+                anyhow::bail!("--algorithm other than HS256 needs --key-file");
+            }
+            let secret = settings.auth.jwt.secret.as_deref().context(
+                "no auth.jwt.secret configured: `wsgate token` mints HS256 tokens with it \
+                 (set WSGATE__AUTH__JWT__SECRET or auth.jwt.secret), or pass --key-file",
+            )?;
+            MintKey {
+                algorithm: JwtAlgorithm::HS256,
+                key: secret.as_bytes(),
+                kid: signing.kid.as_deref(),
+            }
+        }
+    };
+    let token = mint(
+        &key,
         user,
         ttl,
         grants,
@@ -326,6 +376,30 @@ fn token(
         settings.auth.jwt.audience.as_deref(),
     )?;
     println!("{token}");
+    Ok(())
+}
+
+/// The algorithm and PEM of `--key-file` (RS256 unless `--algorithm` says otherwise).
+fn private_key(
+    signing: &SigningArgs,
+) -> anyhow::Result<(wsgate_core::auth::JwtAlgorithm, Vec<u8>)> {
+    use wsgate_core::auth::JwtAlgorithm;
+    let path = signing
+        .key_file
+        .as_deref()
+        .context("--key-file is required")?;
+    let algorithm = signing.algorithm.unwrap_or(JwtAlgorithm::RS256);
+    if algorithm == JwtAlgorithm::HS256 {
+        anyhow::bail!("HS256 signs with auth.jwt.secret, not a key file");
+    }
+    let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok((algorithm, pem))
+}
+
+fn jwks(signing: &SigningArgs) -> anyhow::Result<()> {
+    let (algorithm, pem) = private_key(signing)?;
+    let jwk = wsgate_core::auth::public_jwk(algorithm, &pem, signing.kid.as_deref())?;
+    println!("{}", serde_json::json!({ "keys": [jwk] }));
     Ok(())
 }
 

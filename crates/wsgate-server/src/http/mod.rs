@@ -93,7 +93,7 @@ async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>
 }
 
 async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Response {
-    match state.node.ready().await {
+    match crate::upkeep::ready(&state.node, state.auth_keys.as_deref()).await {
         Ok(()) => (
             [(header::CONTENT_TYPE, "application/json")],
             r#"{"status":"ready"}"#,

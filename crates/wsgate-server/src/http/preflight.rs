@@ -251,23 +251,29 @@ impl Check for CapacityCheck {
     }
 }
 
-/// The token (or `?user=` with auth off): 401. Inserts the [`Identity`].
+/// The token (or `?user=` with auth off): 401; with a JWKS and no key set yet, 503
+/// `auth_unavailable`. Inserts the [`Identity`].
 #[derive(Debug, Clone)]
 pub struct AuthCheck(pub Arc<Authenticator>);
 
 impl Check for AuthCheck {
     fn check(&self, req: &mut Request) -> impl Future<Output = Result<(), Rejection>> + Send {
-        std::future::ready(authenticate_into(&self.0, req))
+        authenticate_into(self.0.clone(), req)
     }
 }
 
-/// Authenticates `req` and puts its [`Identity`] in the request extensions.
-fn authenticate_into(auth: &Authenticator, req: &mut Request) -> Result<(), Rejection> {
-    with_parts(req, |parts| auth.authenticate(parts)).map(|identity| {
-        // The handshake span is current: name the user on it.
-        tracing::Span::current().record("user.id", identity.user_id.as_str());
-        req.extensions_mut().insert(identity);
-    })
+/// Authenticates `req` and puts its [`Identity`] in the request extensions. Asynchronous
+/// because a JWKS verifier may wait (briefly, bounded) for a refetch on an unknown `kid`.
+async fn authenticate_into(auth: Arc<Authenticator>, req: &mut Request) -> Result<(), Rejection> {
+    // The parts are moved out and back (not copied) around the wait.
+    let (parts, body) = std::mem::take(req).into_parts();
+    let verdict = auth.authenticate(&parts).await;
+    *req = Request::from_parts(parts, body);
+    let identity = verdict?;
+    // The handshake span is current: name the user on it.
+    tracing::Span::current().record("user.id", identity.user_id.as_str());
+    req.extensions_mut().insert(identity);
+    Ok(())
 }
 
 /// [`AuthCheck`] for the echo endpoint: with auth off and no `?user=`, the user is
@@ -276,7 +282,7 @@ fn authenticate_into(auth: &Authenticator, req: &mut Request) -> Result<(), Reje
 pub struct EchoAuthCheck(pub Arc<Authenticator>);
 
 impl Check for EchoAuthCheck {
-    fn check(&self, req: &mut Request) -> impl Future<Output = Result<(), Rejection>> + Send {
+    async fn check(&self, req: &mut Request) -> Result<(), Rejection> {
         let anonymous = matches!(*self.0, Authenticator::None)
             && !req
                 .uri()
@@ -291,9 +297,9 @@ impl Check for EchoAuthCheck {
                 publish: wsgate_core::auth::TopicPolicy::Patterns(Vec::new()),
                 expires_at: None,
             });
-            return std::future::ready(Ok(()));
+            return Ok(());
         }
-        std::future::ready(authenticate_into(&self.0, req))
+        authenticate_into(self.0.clone(), req).await
     }
 }
 

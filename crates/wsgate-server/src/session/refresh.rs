@@ -22,7 +22,7 @@ where
     /// Answers a `refresh` op; the `unsubscribed` frames of the topics it dropped go to
     /// `notices`, to be written ahead of the answer.
     pub(super) async fn refresh(&mut self, token: &str, notices: &mut Vec<OutFrame>) -> Reply {
-        let verified = match self.params.authenticator.verify_token(token) {
+        let verified = match self.params.authenticator.verify_token(token).await {
             Some(verified) => verified,
             None => {
                 return Reply::Error {

@@ -1,20 +1,31 @@
 //! `[auth]`: the authenticator, built once with its key loaded, and the rules on the
 //! keys that describe it (the secure-default rule, key kind against algorithm, secret
-//! length, leeway).
+//! length, leeway), and the JWKS source when the keys come from `auth.jwt.jwks_url`.
 
 use std::path::Path;
 use std::time::Duration;
 
-use wsgate_core::auth::{AuthError, Authenticator, JwtConfig, JwtKey};
+use wsgate_core::auth::{AuthError, Authenticator, ClaimChecks, JwtConfig, JwtKey};
+use wsgate_core::jwks::{JwksKeys, JwksVerifier};
 
 use super::rules::fmt_duration;
 use super::sections::{AuthMode, JwtAlgorithm, Settings};
 use super::{MIN_JWT_SECRET_BYTES, Problem};
+use crate::jwks::JwksSource;
+
+/// Bounds of `auth.jwt.jwks_refresh`.
+const JWKS_REFRESH_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(24 * 3600));
 
 impl Settings {
-    /// The authenticator `auth.*` describes, its key read once; `None` when a problem
-    /// was reported.
-    pub(super) fn authenticator(&self, p: &mut Vec<Problem>) -> Option<Authenticator> {
+    /// The authenticator `auth.*` describes, its key read once (or, with
+    /// `auth.jwt.jwks_url`, over the store of `jwks`, the source [`Self::jwks_source`]
+    /// built); `None` when a problem was reported.
+    pub(super) fn authenticator(
+        &self,
+        p: &mut Vec<Problem>,
+        jwks: Option<&JwksSource>,
+    ) -> Option<Authenticator> {
         let before = p.len();
         let auth = &self.auth;
         let jwt = &auth.jwt;
@@ -66,12 +77,40 @@ impl Settings {
         if auth.mode != AuthMode::Jwt {
             return (p.len() == before).then_some(Authenticator::None);
         }
+        if jwt.jwks_url.is_some() {
+            if jwt.secret.is_some() || jwt.public_key_file.is_some() {
+                p.push(Problem::new(
+                    "auth.jwt",
+                    "set only one of auth.jwt.secret, auth.jwt.public_key_file and \
+                     auth.jwt.jwks_url",
+                ));
+                return None;
+            }
+            if let Some(alg) = jwt.algorithm {
+                p.push(Problem::new(
+                    "auth.jwt.algorithm",
+                    format!(
+                        "{alg} does not apply with auth.jwt.jwks_url: each key's algorithm \
+                         comes from the key set; remove auth.jwt.algorithm"
+                    ),
+                ));
+            }
+            // Without a source, jwks_source reported why.
+            let keys = jwks?.keys.clone();
+            let claims = ClaimChecks {
+                issuer: jwt.issuer.clone(),
+                audience: jwt.audience.clone(),
+                leeway: jwt.leeway,
+            };
+            let verifier = JwksVerifier::new(keys, &claims);
+            return (p.len() == before).then(|| Authenticator::Jwks(Box::new(verifier)));
+        }
         let (algorithm, key) = match (&jwt.secret, &jwt.public_key_file) {
             (None, None) => {
                 p.push(Problem::new(
                     "auth.jwt",
-                    "auth.mode = \"jwt\" needs a key: set auth.jwt.secret (HS256) or \
-                     auth.jwt.public_key_file (RS256/ES256)",
+                    "auth.mode = \"jwt\" needs a key: set auth.jwt.secret (HS256), \
+                     auth.jwt.public_key_file (RS256/ES256/EdDSA) or auth.jwt.jwks_url",
                 ));
                 return None;
             }
@@ -102,7 +141,7 @@ impl Settings {
                 if !alg.uses_public_key() {
                     p.push(Problem::new(
                         "auth.jwt.algorithm",
-                        "HS256 needs auth.jwt.secret; auth.jwt.public_key_file is only for RS256 or ES256",
+                        "HS256 needs auth.jwt.secret; auth.jwt.public_key_file is only for RS256, ES256 or EdDSA",
                     ));
                     return None;
                 }
@@ -129,10 +168,10 @@ impl Settings {
                     Some(path) => ("auth.jwt.public_key_file", path.display().to_string()),
                     None => ("auth.jwt.secret", "the secret".to_owned()),
                 };
-                let kind = if algorithm == JwtAlgorithm::ES256 {
-                    "EC"
-                } else {
-                    "RSA"
+                let kind = match algorithm {
+                    JwtAlgorithm::ES256 => "EC",
+                    JwtAlgorithm::EdDSA => "Ed25519",
+                    _ => "RSA",
                 };
                 let message = if jwt.public_key_file.is_some() {
                     format!(
@@ -148,6 +187,72 @@ impl Settings {
                 p.push(Problem::new("auth.jwt", e.to_string()));
                 None
             }
+        }
+    }
+}
+
+impl Settings {
+    /// The key set source `auth.jwt.jwks_url` and `auth.jwt.jwks_refresh` describe, with
+    /// its HTTP client and an empty key store; `None` when the URL is unset or a problem
+    /// was reported. Problems never quote the URL: it may carry credentials.
+    pub(super) fn jwks_source(&self, p: &mut Vec<Problem>) -> Option<JwksSource> {
+        let jwt = &self.auth.jwt;
+        let (min, max) = JWKS_REFRESH_RANGE;
+        if !(min..=max).contains(&jwt.jwks_refresh) {
+            p.push(Problem::new(
+                "auth.jwt.jwks_refresh",
+                format!(
+                    "must be between 1s and 24h, got {}",
+                    fmt_duration(jwt.jwks_refresh)
+                ),
+            ));
+            return None;
+        }
+        let raw = jwt.jwks_url.as_deref()?;
+        let problem = |p: &mut Vec<Problem>, message: String| {
+            p.push(Problem::new("auth.jwt.jwks_url", message));
+            None
+        };
+        let url = match url::Url::parse(raw) {
+            Ok(url) => url,
+            Err(e) => return problem(p, format!("invalid URL: {e}")),
+        };
+        let https = match url.scheme() {
+            "https" => true,
+            "http" => false,
+            other => {
+                return problem(
+                    p,
+                    format!(
+                        "unsupported scheme {other:?}: expected https:// (or http:// to loopback)"
+                    ),
+                );
+            }
+        };
+        let loopback = match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+            None => return problem(p, "the URL has no host".to_owned()),
+        };
+        if !https && !loopback && !self.auth.allow_insecure {
+            // Keys fetched in the clear can be swapped on the way: anyone on the path
+            // could then mint tokens the gateway accepts.
+            return problem(
+                p,
+                "plain http:// is allowed only to a loopback host; use https:// or set \
+                 auth.allow_insecure = true"
+                    .to_owned(),
+            );
+        }
+        match JwksSource::client(https) {
+            Ok(client) => Some(JwksSource {
+                url,
+                refresh: jwt.jwks_refresh,
+                client,
+                keys: JwksKeys::new(),
+            }),
+            Err(e) => problem(p, e),
         }
     }
 }

@@ -48,6 +48,9 @@ pub struct GatewayConfig {
     pub events: crate::events::EventOptions,
     /// `webhooks.*`: where session events are POSTed.
     pub webhooks: crate::webhooks::WebhookConfig,
+    /// `auth.jwt.jwks_url`: where the fetcher gets the key set the authenticator reads;
+    /// `None` without a JWKS.
+    pub jwks: Option<crate::jwks::JwksSource>,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -138,7 +141,8 @@ impl Settings {
             CONTROL_ALPN,
         );
         let preflight = self.preflight_policies(&mut p);
-        let authenticator = self.authenticator(&mut p);
+        let jwks = self.jwks_source(&mut p);
+        let authenticator = self.authenticator(&mut p, jwks.as_ref());
         let (Some(http_tls), Some(grpc_tls), Some(preflight), Some(authenticator)) =
             (http_tls, grpc_tls, preflight, authenticator)
         else {
@@ -147,6 +151,8 @@ impl Settings {
         if !p.is_empty() {
             return Err(SettingsError { problems: p });
         }
+        // No fetcher when auth is off, even if a URL is set.
+        let jwks = jwks.filter(|_| matches!(authenticator, Authenticator::Jwks(_)));
         let authenticator = Arc::new(authenticator);
         Ok(GatewayConfig {
             preflight,
@@ -159,6 +165,7 @@ impl Settings {
             history,
             events,
             webhooks,
+            jwks,
             settings: Arc::new(self.clone()),
         })
     }

@@ -50,6 +50,8 @@ keys! {
     "auth.jwt.issuer" => auth.jwt.issuer: opt_string,
     "auth.jwt.audience" => auth.jwt.audience: opt_string,
     "auth.jwt.leeway" => auth.jwt.leeway: duration,
+    "auth.jwt.jwks_url" => auth.jwt.jwks_url: opt_string,
+    "auth.jwt.jwks_refresh" => auth.jwt.jwks_refresh: duration,
     "limits.handshakes_per_ip_per_s" => limits.handshakes_per_ip_per_s: uint,
     "limits.handshake_burst" => limits.handshake_burst: uint,
     "limits.max_connections" => limits.max_connections: uint,

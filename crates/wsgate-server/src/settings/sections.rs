@@ -220,6 +220,12 @@ pub struct JwtSettings {
     pub audience: Option<String>,
     /// Allowed clock skew for `exp`/`nbf` (duration, at most 5m). Default `30s`.
     pub leeway: Duration,
+    /// URL of a JSON Web Key Set to verify tokens with (RS256, ES256, EdDSA keys chosen
+    /// by `kid`); exclusive with `secret` and `public_key_file`. `https://`, or `http://`
+    /// to a loopback host (any host with `auth.allow_insecure`). Default: unset.
+    pub jwks_url: Option<String>,
+    /// How often the key set is fetched again (duration, 1s to 24h). Default `5m`.
+    pub jwks_refresh: Duration,
 }
 
 impl Default for JwtSettings {
@@ -231,6 +237,8 @@ impl Default for JwtSettings {
             issuer: None,
             audience: None,
             leeway: Duration::from_secs(30),
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(300),
         }
     }
 }

@@ -974,3 +974,113 @@ fn webhooks_need_the_event_log() {
     // Without endpoints, events may be off.
     assert!(load(None, &env(&[("WSGATE__EVENTS__ENABLED", "false")])).is_ok());
 }
+
+#[test]
+fn jwks_url_from_the_environment_builds_a_key_set_source() {
+    let e = env(&[
+        ("WSGATE__AUTH__MODE", "jwt"),
+        (
+            "WSGATE__AUTH__JWT__JWKS_URL",
+            "http://127.0.0.1:9/.well-known/jwks.json",
+        ),
+        ("WSGATE__AUTH__JWT__JWKS_REFRESH", "30s"),
+        ("WSGATE__AUTH__JWT__ISSUER", "https://idp.example.com"),
+    ]);
+    let config = load(None, &e).unwrap();
+    assert_eq!(
+        config.settings.auth.jwt.jwks_refresh,
+        Duration::from_secs(30)
+    );
+    let source = config.jwks.as_ref().unwrap();
+    assert_eq!(source.refresh, Duration::from_secs(30));
+    assert_eq!(source.url.path(), "/.well-known/jwks.json");
+    assert!(matches!(
+        *config.authenticator,
+        wsgate_core::auth::Authenticator::Jwks(_)
+    ));
+    assert_eq!(
+        Settings::default().auth.jwt.jwks_refresh,
+        Duration::from_secs(300)
+    );
+    // Loopback names and addresses may use plain http.
+    for url in ["http://localhost:8000/jwks", "http://[::1]/jwks"] {
+        let mut s = (*config.settings).clone();
+        s.auth.jwt.jwks_url = Some(url.to_owned());
+        assert!(s.validate().is_empty(), "{url}: {:?}", s.validate());
+    }
+    // With auth off there is nothing to fetch for.
+    let mut off = (*config.settings).clone();
+    off.auth.mode = AuthMode::None;
+    assert!(off.build().unwrap().jwks.is_none());
+}
+
+#[test]
+fn jwks_url_rules_name_their_key_and_never_quote_the_url() {
+    let mut s = Settings::default();
+    s.auth.mode = AuthMode::Jwt;
+    s.auth.jwt.jwks_url = Some("http://127.0.0.1/jwks".to_owned());
+    assert!(s.validate().is_empty(), "{:?}", s.validate());
+
+    let mut both = s.clone();
+    both.auth.jwt.secret = Some(SECRET.to_owned());
+    let p = both.validate();
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "auth.jwt");
+    assert!(p[0].message.contains("only one"), "{p:?}");
+
+    let mut alg = s.clone();
+    alg.auth.jwt.algorithm = Some(JwtAlgorithm::RS256);
+    assert_eq!(alg.validate()[0].key, "auth.jwt.algorithm");
+
+    for (url, insecure_ok) in [
+        ("http://user:hunter2@idp.example.com/jwks", true),
+        ("http://10.0.0.1/jwks", true),
+        ("ftp://hunter2.example.com/jwks", false),
+        ("hunter2 is not a url", false),
+        ("https://", false),
+    ] {
+        let mut bad = s.clone();
+        bad.auth.jwt.jwks_url = Some(url.to_owned());
+        let p = bad.validate();
+        assert_eq!(p.len(), 1, "{url}: {p:?}");
+        assert_eq!(p[0].key, "auth.jwt.jwks_url", "{url}");
+        assert!(!p[0].message.contains("hunter2"), "{url}: {}", p[0].message);
+        bad.auth.allow_insecure = true;
+        assert_eq!(
+            bad.validate().is_empty(),
+            insecure_ok,
+            "{url}: {:?}",
+            bad.validate()
+        );
+    }
+
+    for refresh in [
+        Duration::ZERO,
+        Duration::from_millis(500),
+        Duration::from_secs(2 * 86_400),
+    ] {
+        let mut bad = s.clone();
+        bad.auth.jwt.jwks_refresh = refresh;
+        let p = bad.validate();
+        assert_eq!(p.len(), 1, "{refresh:?}: {p:?}");
+        assert_eq!(p[0].key, "auth.jwt.jwks_refresh");
+    }
+}
+
+#[test]
+fn eddsa_public_key_files_are_accepted() {
+    let mut s = Settings::default();
+    s.auth.mode = AuthMode::Jwt;
+    s.auth.jwt.algorithm = Some(JwtAlgorithm::EdDSA);
+    let ed = write_file(
+        ".pem",
+        include_str!("../../../../tests/fixtures/jwks/ed25519.pub.pem"),
+    );
+    s.auth.jwt.public_key_file = Some(ed.path().to_path_buf());
+    assert!(s.validate().is_empty(), "{:?}", s.validate());
+    let rsa = write_file(".pem", RSA_PUB);
+    s.auth.jwt.public_key_file = Some(rsa.path().to_path_buf());
+    let p = s.validate();
+    assert_eq!(p[0].key, "auth.jwt.public_key_file");
+    assert!(p[0].message.contains("Ed25519"), "{p:?}");
+}

@@ -208,7 +208,7 @@ impl Feed {
                     .set(0.0);
             }
             for event in &batch.events {
-                let lag = crate::node::now_ms().saturating_sub(event.at_ms);
+                let lag = wsgate_core::clock::now_ms().saturating_sub(event.at_ms);
                 self.metrics
                     .webhook_lag
                     .with_label_values(&[label])
