@@ -187,6 +187,9 @@ struct Claims {
     topics: Option<Vec<String>>,
     #[serde(default)]
     publish: Option<Vec<String>>,
+    /// The token's id, what a revocation by token names.
+    #[serde(default)]
+    jti: Option<String>,
 }
 
 impl JwtVerifier {
@@ -292,11 +295,17 @@ pub(crate) fn identity_from(
         tracing::debug!("token rejected: sub is missing or not a valid user id");
         invalid_token()
     })?;
+    // A `jti` names the token in revocations, which hold ids to the user id's rules.
+    if claims.jti.as_deref().is_some_and(|jti| !valid_user_id(jti)) {
+        tracing::debug!("token rejected: jti is not a valid id");
+        return Err(invalid_token());
+    }
     Ok(Identity {
         user_id,
         topics: TopicPolicy::Patterns(claims.topics.unwrap_or_default()),
         publish: TopicPolicy::Patterns(claims.publish.unwrap_or_default()),
         expires_at: Some(claims.exp),
+        token_id: claims.jti,
     })
 }
 
@@ -349,6 +358,8 @@ pub struct Identity {
     pub publish: TopicPolicy,
     /// The token's `exp`, in seconds since the Unix epoch; `None` with auth off.
     pub expires_at: Option<u64>,
+    /// The token's `jti`, when it has one: a revocation by token id names it.
+    pub token_id: Option<String>,
 }
 
 /// How handshakes are authenticated (`auth.mode`).
@@ -395,6 +406,7 @@ impl Authenticator {
                         topics: TopicPolicy::Any,
                         publish: TopicPolicy::Patterns(Vec::new()),
                         expires_at: None,
+                        token_id: None,
                     }),
                     _ => Err(Rejection::new(
                         StatusCode::BAD_REQUEST,

@@ -296,6 +296,7 @@ impl Check for EchoAuthCheck {
                 topics: wsgate_core::auth::TopicPolicy::Any,
                 publish: wsgate_core::auth::TopicPolicy::Patterns(Vec::new()),
                 expires_at: None,
+                token_id: None,
             });
             return Ok(());
         }

@@ -114,6 +114,7 @@ async fn upgrade_session(state: Arc<AppState>, mut req: Request, echo: bool) -> 
         subprotocol,
         echo,
         expires_at: identity.expires_at,
+        token_id: identity.token_id,
         user_since,
     };
     // Registered before the 101: the registry enforces the per-user limit atomically

@@ -70,6 +70,8 @@ pub struct SessionContext {
     /// The token's `exp` (seconds since the Unix epoch); the session closes with 3005
     /// then (plus the leeway). `None` with auth off.
     pub expires_at: Option<u64>,
+    /// The token's `jti`, if any: a revocation by token id closes the session.
+    pub token_id: Option<String>,
     /// The last position of the user stream the client saw (`?since=epoch:offset`),
     /// when it reconnects to recover what it missed.
     pub user_since: Option<StreamPosition>,

@@ -90,6 +90,7 @@ fn context(user: &str) -> SessionContext {
         subprotocol: None,
         echo: false,
         expires_at: None,
+        token_id: None,
         user_since: None,
     }
 }

@@ -28,6 +28,7 @@ fn now_s() -> u64 {
 fn expiring(user: &str, secs: u64) -> SessionContext {
     SessionContext {
         expires_at: Some(now_s() + secs),
+        token_id: None,
         ..context(user)
     }
 }
