@@ -24,6 +24,7 @@ mod process;
 mod recovery;
 mod redis_backend;
 mod refresh;
+mod revocation;
 mod rolling;
 mod rolling_recovery;
 mod rpc;

@@ -558,6 +558,7 @@ struct MintClaims<'a> {
     iss: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     aud: Option<&'a str>,
+    jti: String,
 }
 
 /// Mints an HS256 token for development (`wsgate token`): `sub`, `iat`, `exp = now +
@@ -626,7 +627,7 @@ impl std::fmt::Debug for MintKey<'_> {
 }
 
 /// Mints a development token (`wsgate token`) with any supported algorithm: `sub`,
-/// `iat`, `exp = now + ttl`, the grants, `iss` and `aud` when given, and `kid` in the
+/// `iat`, `exp = now + ttl`, a random `jti` (a ULID), the grants, `iss` and `aud` when given, and `kid` in the
 /// header when given.
 pub fn mint(
     key: &MintKey<'_>,
@@ -664,6 +665,8 @@ pub fn mint(
         publish: grants.publish,
         iss: issuer,
         aud: audience,
+        // A fresh id, so that a development token can be revoked on its own.
+        jti: ulid::Ulid::new().to_string(),
     };
     let mut header = Header::new(algorithm.jsonwebtoken());
     header.kid = key.kid.map(str::to_owned);

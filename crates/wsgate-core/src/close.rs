@@ -35,6 +35,9 @@ pub const HEARTBEAT_TIMEOUT: u16 = 3001;
 pub const KICKED: u16 = 3003;
 /// The session's token expired: get a fresh token, then reconnect.
 pub const TOKEN_EXPIRED: u16 = 3005;
+/// The session was revoked (by user, session or token id): do not reconnect with the same
+/// credentials.
+pub const REVOKED: u16 = 3006;
 /// Slow consumer: the client did not read fast enough and its queue filled up. Reconnect.
 pub const SLOW_CONSUMER: u16 = 3008;
 /// The session can no longer vouch for the continuity of the user's stream (its epoch
@@ -76,6 +79,8 @@ pub const NO_PONG: Close = Close::new(HEARTBEAT_TIMEOUT, "heartbeat timeout");
 /// The token the session was opened with reached its `exp`, plus the leeway (3005).
 pub const TOKEN_EXPIRY: Close =
     Close::new(TOKEN_EXPIRED, "token expired; reconnect with a new token");
+/// A revocation names the session, its user or its token (3006).
+pub const REVOCATION: Close = Close::new(REVOKED, "revoked");
 /// An inbound message exceeded `session.max_message_bytes` (1009).
 pub const MESSAGE_TOO_BIG: Close = Close::new(TOO_BIG, "message too big");
 /// An inbound frame exceeded `session.max_frame_bytes` (1009).

@@ -78,6 +78,9 @@ pub struct SessionHandle {
     queue: mpsc::Sender<Outbound>,
     closing: CancellationToken,
     reason: Mutex<Option<CloseReason>>,
+    /// The `jti` of the session's current token (the handshake's, then the last
+    /// refresh's), which a revocation by token id names.
+    token_id: Mutex<Option<String>>,
 }
 
 impl SessionHandle {
@@ -94,6 +97,7 @@ impl SessionHandle {
             queue: tx,
             closing: CancellationToken::new(),
             reason: Mutex::new(None),
+            token_id: Mutex::new(None),
         });
         (handle, rx)
     }
@@ -128,6 +132,16 @@ impl SessionHandle {
     /// [`close`](Self::close) with one of the server's named closes.
     pub fn close_with(&self, close: close::Close) {
         self.close(close.code, close.reason);
+    }
+
+    /// The `jti` of the session's current token, if it has one.
+    pub fn token_id(&self) -> Option<String> {
+        self.token_id.lock().clone()
+    }
+
+    /// Records the session's current token's `jti` (at the handshake and on a refresh).
+    pub fn set_token_id(&self, token_id: Option<String>) {
+        *self.token_id.lock() = token_id;
     }
 
     /// The reason given to [`close`](Self::close), if any.

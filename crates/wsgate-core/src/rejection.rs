@@ -97,6 +97,20 @@ impl Rejection {
         .with_retry_after(RETRY_AFTER_BUSY_S)
     }
 
+    /// 401 `revoked_token`: a revocation names the handshake's user or its token's `jti`.
+    /// It says no more than that (not which, nor until when).
+    pub fn revoked_token() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "revoked_token",
+            "the credentials are revoked",
+        )
+        .with_header(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        )
+    }
+
     /// 503 `auth_unavailable`: tokens are verified with a JWKS (`auth.jwt.jwks_url`) and
     /// no key set could be fetched yet.
     pub fn auth_unavailable() -> Self {

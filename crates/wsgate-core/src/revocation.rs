@@ -19,8 +19,8 @@ pub enum Revoked {
     User(String),
     /// One session.
     Session(SessionId),
-    /// Every session opened (or refreshed) with the token of this `jti`, and every
-    /// handshake with it.
+    /// Every session whose current token (the handshake's, or the last `refresh`'s) has
+    /// this `jti`, every handshake with it, and every refresh to it.
     Token(String),
 }
 

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod node;
 pub mod propagation;
 pub mod removals;
+pub mod revocations;
 pub mod rpc;
 pub mod session;
 pub mod settings;
@@ -129,6 +130,7 @@ pub async fn start(config: GatewayConfig) -> Result<Gateway, RunError> {
         authenticator: config.authenticator.clone(),
         registry: node.registry.clone(),
         max_sessions_per_user: limits.max_sessions_per_user,
+        revocations: node.revocations.clone(),
     };
     let state = Arc::new(AppState::new(&config, node.clone()));
     Ok(Gateway {

@@ -57,8 +57,12 @@ pub struct Metrics {
     /// Streams a session stopped vouching for (an epoch change or a gap seen live), by
     /// stream kind: the client is told to join again with its last offset.
     pub stream_resets: IntCounterVec,
-    /// `refresh` ops by outcome: `refreshed`, `refused`.
+    /// `refresh` ops by outcome: `refreshed`, `refused`, `revoked`.
     pub token_refreshes: IntCounterVec,
+    /// Live sessions closed with 3006 because a revocation named them.
+    pub sessions_revoked: IntCounter,
+    /// Revocations in this pod's copy of the cluster's set.
+    pub revocations: IntGauge,
     /// Clients' `publish` ops by outcome (`published`, `forbidden`, `rate_limited`,
     /// `unavailable`).
     pub client_publishes: IntCounterVec,
@@ -211,10 +215,19 @@ impl Metrics {
             token_refreshes: IntCounterVec::new(
                 Opts::new(
                     "token_refreshes_total",
-                    "Clients' refresh ops by outcome: refreshed, refused",
+                    "Clients' refresh ops by outcome: refreshed, refused, revoked",
                 ),
                 &["outcome"],
             )
+            .unwrap_or_else(|_| unreachable_metric()),
+            sessions_revoked: counter(
+                "sessions_revoked_total",
+                "Live sessions closed with 3006 because a revocation named them",
+            ),
+            revocations: IntGauge::with_opts(Opts::new(
+                "revocations",
+                "Revocations in this pod's copy of the cluster's set",
+            ))
             .unwrap_or_else(|_| unreachable_metric()),
             client_publishes: IntCounterVec::new(
                 Opts::new(
@@ -352,6 +365,8 @@ impl Metrics {
             Box::new(m.history_reads.clone()),
             Box::new(m.stream_resets.clone()),
             Box::new(m.token_refreshes.clone()),
+            Box::new(m.sessions_revoked.clone()),
+            Box::new(m.revocations.clone()),
             Box::new(m.client_publishes.clone()),
             Box::new(m.rpc_calls.clone()),
             Box::new(m.rpc_seconds.clone()),

@@ -19,6 +19,7 @@ use wsgate_core::backend::{
 use wsgate_core::events::{Closed, EventKind, Since};
 use wsgate_core::hub::{Hub, SessionHandle, Subscribed};
 use wsgate_core::ids::SessionId;
+use wsgate_core::revocation::Revocation;
 use wsgate_core::stream::{HistoryPolicy, HistoryRules};
 use wsgate_core::subscriptions::Subscriptions;
 
@@ -28,6 +29,7 @@ use tracing::Instrument;
 use crate::events::{EventBatch, EventOptions, Events, EventsError};
 use crate::metrics::Metrics;
 use crate::removals::{self, PendingRemovals};
+use crate::revocations::Revocations;
 
 /// How long an unneeded broker channel stays subscribed before it is dropped.
 const SUBSCRIPTION_LINGER: Duration = Duration::from_secs(2);
@@ -157,6 +159,8 @@ pub struct Node {
     events: Option<Arc<Events>>,
     /// Keeps the inbox alive: brokers hold it weakly.
     inbox: Arc<HubInbox>,
+    /// This pod's copy of the cluster's revocations.
+    pub revocations: Arc<Revocations>,
 }
 
 impl Node {
@@ -249,6 +253,7 @@ impl Node {
             broker,
             registry,
             inbox,
+            revocations: Arc::new(Revocations::new()),
         });
         // The pod channel carries session-addressed sends; broadcast reaches every pod.
         node.subscriptions
@@ -256,6 +261,8 @@ impl Node {
             .await?;
         node.subscriptions.ensure(&Channel::Broadcast).await?;
         node.registry.heartbeat_pod(&node.pod_id).await?;
+        // Before the first handshake: a new pod refuses what the cluster revoked.
+        node.refresh_revocations().await?;
         Ok(node)
     }
 
@@ -268,7 +275,10 @@ impl Node {
         record: &SessionRecord,
         max_user_sessions: usize,
     ) -> Result<(), OpenError> {
-        self.hub.insert(handle);
+        self.hub.insert(handle.clone());
+        // A revocation that came after the preflight and whose refresh did not see this
+        // session yet: it closes as soon as it starts.
+        self.revocations.close_if_revoked(&handle, now_ms());
         let registered = async {
             self.subscriptions
                 .ensure(&Channel::User(record.user_id.clone()))
@@ -527,6 +537,25 @@ impl Node {
             message_id,
             position,
         })
+    }
+
+    /// Revokes across the cluster: in the registry (every pod reads it within
+    /// [`crate::revocations::REFRESH_EVERY`], new pods at start), at once on this pod.
+    /// Returns the time in force.
+    pub async fn revoke(&self, revocation: &Revocation) -> Result<u64, BackendError> {
+        let until = self.registry.revoke(revocation).await?;
+        self.refresh_revocations().await?;
+        Ok(until)
+    }
+
+    /// Reads the cluster's revocations when they changed and closes this pod's sessions
+    /// that a new one names (3006).
+    pub async fn refresh_revocations(&self) -> Result<(), BackendError> {
+        self.revocations
+            .refresh(self.registry.as_ref(), &self.hub, now_ms())
+            .await?;
+        self.metrics.revocations.set(self.revocations.len() as i64);
+        Ok(())
     }
 
     /// Refreshes this pod's liveness in the registry. When the registry had lost this

@@ -73,10 +73,19 @@ pub async fn run(
     let mut reap = tokio::time::interval(pod_ttl);
     let mut readiness = tokio::time::interval(Duration::from_secs(1));
     let mut purge = tokio::time::interval(Duration::from_secs(60));
-    for timer in [&mut liveness, &mut reap, &mut readiness, &mut purge] {
+    let mut revocations = tokio::time::interval(crate::revocations::REFRESH_EVERY);
+    for timer in [
+        &mut liveness,
+        &mut reap,
+        &mut readiness,
+        &mut purge,
+        &mut revocations,
+    ] {
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     let mut was_ready = Some(true);
+    // Logged when reading revocations starts or stops failing, not on every attempt.
+    let mut revocations_failing = false;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -88,6 +97,18 @@ pub async fn run(
             _ = reap.tick() => node.reap().await,
             _ = readiness.tick() => follow_readiness(&node, auth_keys.as_deref(), &health, &mut was_ready).await,
             _ = purge.tick() => limiter.retain_recent(),
+            _ = revocations.tick() => match node.refresh_revocations().await {
+                Ok(()) if revocations_failing => {
+                    revocations_failing = false;
+                    tracing::info!("revocations read again");
+                }
+                Ok(()) => {}
+                Err(error) if !revocations_failing => {
+                    revocations_failing = true;
+                    tracing::warn!(%error, "cannot read revocations; keeping the last set read");
+                }
+                Err(_) => {}
+            },
         }
     }
 }

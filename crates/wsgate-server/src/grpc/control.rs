@@ -12,16 +12,20 @@ use wsgate_core::close;
 use wsgate_core::events::{EventKind, Since};
 use wsgate_core::ids::SessionId;
 use wsgate_core::protocol::Payload;
+use wsgate_core::revocation::{Revocation, Revoked};
 use wsgate_proto::pb;
 
 use crate::events::EventBatch;
-use crate::node::{Node, SendError, Sent};
+use crate::node::{Node, SendError, Sent, now_ms};
 
 /// Longest session id accepted (ULIDs are 26 characters).
 const MAX_SESSION_ID: usize = 64;
 
 /// Longest idempotency key accepted, in bytes.
 const MAX_IDEMPOTENCY_KEY: usize = 128;
+/// The longest a revocation may last: long enough for any token's lifetime, short enough
+/// that a mistaken one does not lock a user out for good.
+const MAX_REVOCATION: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// The control service over a node.
 #[derive(Clone)]
@@ -281,6 +285,65 @@ impl pb::gateway_server::Gateway for ControlService {
             )
             .await?;
         Ok(Response::new(pb::DisconnectResponse { targets: s.targets }))
+    }
+
+    async fn revoke(
+        &self,
+        req: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        use pb::revoke_request::Target as T;
+        let req = req.into_inner();
+        let (what, target) = match req.target {
+            Some(T::UserId(u)) => {
+                let u = user_id(&u)?;
+                (Revoked::User(u.clone()), Some(Target::User(u)))
+            }
+            Some(T::SessionId(s)) => {
+                let s = session_id(&s)?;
+                (Revoked::Session(s.clone()), Some(Target::Session(s)))
+            }
+            // Sessions are not addressed by token: each pod finds them at its next read
+            // of the set.
+            Some(T::TokenId(t)) if valid_user_id(&t) => (Revoked::Token(t), None),
+            Some(T::TokenId(_)) => {
+                return Err(Status::invalid_argument(
+                    "token_id must be 1 to 256 bytes without control characters",
+                ));
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "target is required: set user_id, session_id or token_id",
+                ));
+            }
+        };
+        let now = now_ms();
+        if req.until_ms <= now || req.until_ms > now + MAX_REVOCATION.as_millis() as u64 {
+            return Err(Status::invalid_argument(
+                "until_ms must be in the future and at most 90 days ahead (ms since the Unix \
+                 epoch)",
+            ));
+        }
+        let until_ms = self
+            .node
+            .revoke(&Revocation {
+                what,
+                until_ms: req.until_ms,
+            })
+            .await
+            .map_err(backend_status)?;
+        // The registry's set is what every pod applies; a disconnect through the broker
+        // also closes a user's or a session's sessions at once, without waiting for the
+        // other pods' next read.
+        if let Some(target) = target {
+            let closing = Command::Disconnect {
+                code: close::REVOCATION.code,
+                reason: close::REVOCATION.reason.to_owned(),
+            };
+            if let Err(error) = self.node.send(target, closing, None).await {
+                tracing::warn!(%error, "revoked; the other pods close its sessions at their next read");
+            }
+        }
+        Ok(Response::new(pb::RevokeResponse { until_ms }))
     }
 
     async fn get_presence(

@@ -29,6 +29,10 @@ use wsgate_core::admission::ConnectionGauge;
 use wsgate_core::auth::{Authenticator, Identity};
 use wsgate_core::backend::Registry;
 use wsgate_core::preflight::{self, HandshakeLimiter, HostPolicy, OriginPolicy, Rejection};
+use wsgate_core::revocation::Holder;
+
+use crate::node::now_ms;
+use crate::revocations::Revocations;
 
 /// How long the session-limit check waits for the registry before answering 503: a
 /// handshake must not hang on a backend that is down.
@@ -304,6 +308,30 @@ impl Check for EchoAuthCheck {
     }
 }
 
+/// No revocation names the handshake's user or its token's `jti`: 401 `revoked_token`.
+/// Reads the [`Identity`] that [`AuthCheck`] inserted; costs at most two lookups in this
+/// pod's copy of the revocations (none while there are none), never a round trip.
+#[derive(Debug, Clone)]
+pub struct RevocationCheck(pub Arc<Revocations>);
+
+impl Check for RevocationCheck {
+    async fn check(&self, req: &mut Request) -> Result<(), Rejection> {
+        let Some(identity) = req.extensions().get::<Identity>() else {
+            tracing::error!("RevocationCheck ran without an Identity; is AuthCheck missing?");
+            return Err(Rejection::internal("the gateway is misconfigured"));
+        };
+        let holder = Holder {
+            user_id: &identity.user_id,
+            session_id: None,
+            token_id: identity.token_id.as_deref(),
+        };
+        if self.0.revokes(holder, now_ms()) {
+            return Err(Rejection::revoked_token());
+        }
+        Ok(())
+    }
+}
+
 /// The user's live sessions are under `limits.max_sessions_per_user` (0 = unlimited):
 /// 429. Reads the [`Identity`] that [`AuthCheck`] inserted; a registry that fails or
 /// does not answer within two seconds gives 503 `backend_unavailable`.
@@ -377,6 +405,8 @@ pub struct Preflight {
     pub registry: Arc<dyn Registry>,
     /// `limits.max_sessions_per_user` (0 = unlimited).
     pub max_sessions_per_user: usize,
+    /// This pod's copy of the cluster's revocations.
+    pub revocations: Arc<Revocations>,
 }
 
 impl std::fmt::Debug for Preflight {
@@ -395,7 +425,7 @@ impl std::fmt::Debug for Preflight {
 impl Preflight {
     /// Wraps the WebSocket route in the whole chain, which then runs in the documented order:
     /// method, HTTP version, Upgrade, Connection, version, key, Host, Origin, rate,
-    /// capacity, auth, user limit. The route should accept any method
+    /// capacity, auth, revocation, user limit. The route should accept any method
     /// (`axum::routing::any`) so that the method check is the one that answers 405.
     pub fn wrap<S>(&self, route: MethodRouter<S, Infallible>) -> MethodRouter<S, Infallible>
     where
@@ -429,6 +459,7 @@ impl Preflight {
                 registry: self.registry.clone(),
                 max: self.max_sessions_per_user,
             }))
+            .layer::<_, Infallible>(CheckLayer(RevocationCheck(self.revocations.clone())))
             .layer::<_, Infallible>(CheckLayer(auth))
             .layer::<_, Infallible>(CheckLayer(CapacityCheck {
                 gauge: self.gauge.clone(),
@@ -886,6 +917,7 @@ mod tests {
             authenticator: hs256(),
             registry: MemoryRegistry::new(),
             max_sessions_per_user: 5,
+            revocations: Arc::new(Revocations::new()),
         };
         Chain {
             router: Router::new().route("/ws", preflight.wrap(any(handler))),

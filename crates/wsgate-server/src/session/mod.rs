@@ -170,6 +170,7 @@ pub async fn register(
 ) -> Result<Registered, OpenError> {
     let (handle, outbound) =
         SessionHandle::new(ctx.session_id.clone(), &ctx.user_id, params.outbound_queue);
+    handle.set_token_id(ctx.token_id.clone());
     let record = session_record(
         node,
         ctx.session_id.clone(),
@@ -270,6 +271,7 @@ fn record_end(metrics: &Metrics, end: &SessionEnd) {
         match code {
             close::SLOW_CONSUMER => metrics.slow_consumer_closes.inc(),
             close::HEARTBEAT_TIMEOUT => metrics.heartbeat_timeouts.inc(),
+            close::REVOKED => metrics.sessions_revoked.inc(),
             _ => {}
         }
     }

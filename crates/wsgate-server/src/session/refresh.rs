@@ -7,13 +7,16 @@
 //! `publish` op, and the new `topics` claim to the session's subscriptions — each topic
 //! it no longer allows is left, and the client is told with
 //! `{"op":"unsubscribed","topic":"T","reason":"forbidden"}` (sent before `refreshed`). A
-//! token that fails any check answers `invalid_token` and changes nothing.
+//! token that fails any check answers `invalid_token` and changes nothing; a token a
+//! revocation names (its `jti`, or the user) answers `revoked_token` and changes nothing.
 
 use futures_util::{Sink, Stream};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use wsgate_core::protocol::{OutFrame, Reply, encode_reply};
+use wsgate_core::revocation::Holder;
 
 use super::Session;
+use crate::node::now_ms;
 
 impl<S> Session<S>
 where
@@ -47,8 +50,26 @@ where
             // A verified JWT always has an `exp` (it is a required claim).
             return self.refused("the token has no exp".into());
         };
+        let holder = Holder {
+            user_id: &identity.user_id,
+            session_id: Some(&self.ctx.session_id),
+            token_id: identity.token_id.as_deref(),
+        };
+        if self.node.revocations.revokes(holder, now_ms()) {
+            self.node
+                .metrics
+                .token_refreshes
+                .with_label_values(&["revoked"])
+                .inc();
+            return Reply::Error {
+                code: "revoked_token",
+                message: "the token is revoked".into(),
+            };
+        }
 
         self.ctx.expires_at = Some(expires_at);
+        self.ctx.token_id = identity.token_id;
+        self.handle.set_token_id(self.ctx.token_id.clone());
         self.token_deadline = self.deadline_of(Some(expires_at));
         self.ctx.publish = identity.publish;
         self.ctx.topics = identity.topics;

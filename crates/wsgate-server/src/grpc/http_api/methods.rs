@@ -57,6 +57,7 @@ pub static METHODS: &[Method] = &[
     unary!("Publish", publish),
     unary!("Broadcast", broadcast),
     unary!("Disconnect", disconnect),
+    unary!("Revoke", revoke),
     unary!("GetPresence", get_presence),
     unary!("Stats", stats),
     unary!("History", history),
