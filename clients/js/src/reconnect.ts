@@ -9,9 +9,10 @@ export type CloseAction = "reconnect" | "token" | "stop";
 /**
  * Codes after which the client does not reconnect by itself: the application closed, the
  * client broke the protocol (reconnecting would break it again), the message was too big,
- * or a `Disconnect` caller kicked the session.
+ * a `Disconnect` caller kicked the session, or a revocation closed it (3006: the same
+ * credentials would be refused).
  */
-const STOP_CODES = new Set([1000, 1002, 1003, 1007, 1008, 1009, 1010, 3003]);
+const STOP_CODES = new Set([1000, 1002, 1003, 1007, 1008, 1009, 1010, 3003, 3006]);
 
 /** The token expired: get a new one, then reconnect. */
 export const TOKEN_EXPIRED = 3005;

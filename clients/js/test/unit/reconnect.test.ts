@@ -4,7 +4,7 @@ import { backoffDelay, closeAction } from "../../src/index.js";
 
 test("the close-code table of the reconnect contract", () => {
   for (const code of [1001, 1006, 1011, 3001, 3008, 3010]) assert.equal(closeAction(code), "reconnect", `${code}`);
-  for (const code of [1000, 1002, 1003, 1007, 1008, 1009, 1010, 3003]) assert.equal(closeAction(code), "stop", `${code}`);
+  for (const code of [1000, 1002, 1003, 1007, 1008, 1009, 1010, 3003, 3006]) assert.equal(closeAction(code), "stop", `${code}`);
   for (const code of [4000, 4001, 4500, 4999]) assert.equal(closeAction(code), "stop", `${code}`);
   assert.equal(closeAction(3005), "token");
   // Codes the protocol does not name (a proxy's, a close without a status) reconnect.
