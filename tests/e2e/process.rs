@@ -415,3 +415,33 @@ async fn the_control_commands_print_stream_positions_and_history() {
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     assert!(stderr(&o).contains("history.topics"), "{}", stderr(&o));
 }
+
+#[tokio::test]
+async fn the_revoke_command_closes_a_users_sessions_and_refuses_them_until_its_time() {
+    let gw = Gateway::start(base_settings()).await;
+    let (mut ws, _) = gw.connect_user("zed").await;
+    let grpc_addr = gw.grpc.to_string();
+    let out = cli([
+        "revoke", "--user", "zed", "--for", "10m", "--grpc", &grpc_addr,
+    ]
+    .map(String::from)
+    .to_vec())
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let printed = stdout(&out);
+    assert!(printed.starts_with("revoked until "), "{printed}");
+    assert_eq!(close_code(&mut ws).await, Some(3006));
+    match tokio_tungstenite::connect_async(gw.ws_url("?user=zed")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+    // Past 90 days is refused by the gateway with a clear message and exit code 1 or more.
+    let out = cli([
+        "revoke", "--user", "zed", "--for", "100days", "--grpc", &grpc_addr,
+    ]
+    .map(String::from)
+    .to_vec())
+    .await;
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("90 days"), "{}", stderr(&out));
+}

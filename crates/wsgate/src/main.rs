@@ -92,6 +92,25 @@ enum Command {
         #[command(flatten)]
         target: ControlArgs,
     },
+    /// Revoke a user, a session or a token (`jti`) for a while: their sessions close with
+    /// 3006 on every pod and their handshakes are refused until then.
+    #[command(group = clap::ArgGroup::new("revoked").required(true))]
+    Revoke {
+        /// Every session and handshake of this user.
+        #[arg(long, group = "revoked")]
+        user: Option<String>,
+        /// One session.
+        #[arg(long, group = "revoked")]
+        session: Option<String>,
+        /// Every session and handshake with the token of this `jti`.
+        #[arg(long, group = "revoked")]
+        token_id: Option<String>,
+        /// How long, e.g. `15m`, `24h` (at most 90 days).
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[command(flatten)]
+        target: ControlArgs,
+    },
     /// Show a user's live sessions.
     Presence {
         /// The user id.
@@ -228,6 +247,46 @@ fn main() -> ExitCode {
             },
             text,
         ),
+        Command::Revoke {
+            user,
+            session,
+            token_id,
+            duration,
+            target,
+        } => {
+            use pb::revoke_request::Target as T;
+            let what = match (user, session, token_id) {
+                (Some(u), _, _) => T::UserId(u),
+                (_, Some(s), _) => T::SessionId(s),
+                (_, _, Some(t)) => T::TokenId(t),
+                // clap requires exactly one of the group.
+                (None, None, None) => T::UserId(String::new()),
+            };
+            let until_ms = wsgate_core::clock::now_ms().saturating_add(duration.as_millis() as u64);
+            control(
+                &settings,
+                &target,
+                |mut c, _| {
+                    Box::pin(async move {
+                        let r = c
+                            .revoke(pb::RevokeRequest {
+                                target: Some(what),
+                                until_ms,
+                            })
+                            .await?
+                            .into_inner();
+                        let until = std::time::UNIX_EPOCH + Duration::from_millis(r.until_ms);
+                        println!(
+                            "revoked until {} (until_ms={})",
+                            humantime::format_rfc3339_millis(until),
+                            r.until_ms
+                        );
+                        Ok(())
+                    })
+                },
+                String::new(),
+            )
+        }
         Command::Presence { user, target } => control(
             &settings,
             &target,
