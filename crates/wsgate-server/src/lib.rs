@@ -18,6 +18,7 @@ pub mod events;
 pub mod grpc;
 pub mod http;
 pub mod http_client;
+mod inbox;
 pub mod jwks;
 pub mod metrics;
 pub mod node;
