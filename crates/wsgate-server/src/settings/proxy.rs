@@ -1,6 +1,7 @@
 //! `[auth.proxy]`: the connect proxy's backend client and verifier, built once when
 //! `auth.mode = "proxy"`, and the rules on its keys (a URL under the same rule as the
-//! JWKS URL, a non-empty list of valid header names, bounded timeout and cache TTL).
+//! JWKS URL, a non-empty list of valid header names, bounded timeout and cache TTL, and
+//! an Origin allow-list whenever cookies are forwarded).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,19 @@ impl Settings {
             ));
         }
         let headers = header_names(p, &proxy.headers);
+        if headers.contains(&http::header::COOKIE)
+            && self.preflight.allowed_origins.is_empty()
+            && !self.auth.allow_insecure
+        {
+            // Browsers send cookies with a cross-site WebSocket handshake: without an
+            // Origin allow-list any web page could open a session as its visitor.
+            p.push(Problem::new(
+                "preflight.allowed_origins",
+                "auth.proxy.headers forwards Cookie, which browsers send on cross-site \
+                 WebSocket handshakes too: list the origins of your pages here (or set \
+                 auth.allow_insecure = true)",
+            ));
+        }
         let url = match proxy.url.as_deref() {
             Some(raw) => outbound_url(p, "auth.proxy.url", raw, self.auth.allow_insecure),
             None => {

@@ -8,6 +8,7 @@ fn proxy_settings() -> Settings {
     s.auth.mode = AuthMode::Proxy;
     s.auth.proxy.url = Some("http://127.0.0.1:9/auth".to_owned());
     s.auth.proxy.headers = vec!["Cookie".to_owned()];
+    s.preflight.allowed_origins = vec!["https://app.example.com".to_owned()];
     s
 }
 
@@ -27,6 +28,10 @@ fn proxy_mode_from_the_environment_builds_a_connect_proxy() {
         ("WSGATE__AUTH__PROXY__HEADERS", "Cookie, X-Csrf-Token"),
         ("WSGATE__AUTH__PROXY__TIMEOUT", "500ms"),
         ("WSGATE__AUTH__PROXY__CACHE_TTL", "30s"),
+        (
+            "WSGATE__PREFLIGHT__ALLOWED_ORIGINS",
+            "https://app.example.com",
+        ),
     ]);
     let config = load(None, &e).unwrap();
     let proxy = &config.settings.auth.proxy;
@@ -148,7 +153,7 @@ fn the_header_list_must_name_valid_headers() {
     let file = write_file(
         ".toml",
         "[auth]\nmode = \"proxy\"\n[auth.proxy]\nurl = \"https://auth.example.com/check\"\n\
-         headers = []\ntimeout = \"1m\"\n",
+         headers = []\ntimeout = \"1m\"\n[preflight]\nallowed_origins = [\"https://a.example\"]\n",
     );
     let err = load(Some(file.path()), &HashMap::new()).unwrap_err();
     let mut found = keys(&err);
@@ -162,4 +167,24 @@ fn client_publish_does_not_apply_to_the_connect_proxy() {
     s.session.client_publish = true;
     let message = only_problem(&s, "session.client_publish");
     assert!(message.contains("publish list"), "{message}");
+}
+
+#[test]
+fn forwarding_cookies_needs_an_origin_allow_list() {
+    let mut s = proxy_settings();
+    s.preflight.allowed_origins = Vec::new();
+    let message = only_problem(&s, "preflight.allowed_origins");
+    assert!(
+        message.contains("Cookie") && message.contains("cross-site"),
+        "{message}"
+    );
+    // The header name is matched case-insensitively.
+    s.auth.proxy.headers = vec!["COOKIE".to_owned()];
+    assert_eq!(s.validate().len(), 1);
+    // Other credentials are not sent by browsers on their own.
+    s.auth.proxy.headers = vec!["X-Session".to_owned()];
+    assert!(s.validate().is_empty(), "{:?}", s.validate());
+    s.auth.proxy.headers = vec!["Cookie".to_owned()];
+    s.auth.allow_insecure = true;
+    assert!(s.validate().is_empty(), "{:?}", s.validate());
 }
