@@ -397,3 +397,56 @@ async fn cheap_checks_answer_before_the_backend_is_asked() {
         "only the handshake that passed every cheap check"
     );
 }
+
+/// The real binary: proxy mode counts as auth on a public listener, and every bad
+/// `auth.proxy` key is listed at once, exit 64, the URL never quoted.
+#[test]
+fn check_config_takes_proxy_mode_on_a_public_listener_and_lists_bad_keys() {
+    let check = |env: &[(&str, &str)]| {
+        std::process::Command::new(wsgate_binary())
+            .arg("check-config")
+            .env_clear()
+            .env("POD_NAME", "proxy-check")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let base = [
+        ("WSGATE__SERVER__LISTEN", "0.0.0.0:8080"),
+        ("WSGATE__CONTROL__API_KEYS", "0123456789abcdef0123"),
+        ("WSGATE__AUTH__MODE", "proxy"),
+        (
+            "WSGATE__PREFLIGHT__ALLOWED_ORIGINS",
+            "https://app.example.com",
+        ),
+    ];
+    let mut good = base.to_vec();
+    good.extend([
+        (
+            "WSGATE__AUTH__PROXY__URL",
+            "https://auth.example.com/ws-auth",
+        ),
+        ("WSGATE__AUTH__PROXY__HEADERS", "Cookie"),
+    ]);
+    let out = check(&good);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{err}");
+
+    let mut bad = base.to_vec();
+    bad.extend([
+        (
+            "WSGATE__AUTH__PROXY__URL",
+            "http://hunter2@auth.example.com/ws-auth",
+        ),
+        ("WSGATE__AUTH__PROXY__HEADERS", "Bad Header"),
+        ("WSGATE__AUTH__PROXY__TIMEOUT", "5m"),
+    ]);
+    let out = check(&bad);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    for key in ["auth.proxy.url", "auth.proxy.headers", "auth.proxy.timeout"] {
+        assert!(err.contains(key), "{key} missing from:\n{err}");
+    }
+    assert!(!err.contains("hunter2"), "{err}");
+}
