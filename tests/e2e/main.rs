@@ -8,6 +8,7 @@ mod chaos;
 mod client_publish;
 mod cluster;
 mod conformance;
+mod connect_proxy;
 mod control;
 mod control_history;
 mod events;

@@ -23,8 +23,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::rejection::Rejection;
 use jwks::JwksVerifier;
+use proxy::ProxyVerifier;
 
 pub mod jwks;
+pub mod proxy;
 
 /// The query parameter that may carry the token.
 pub const TOKEN_QUERY_PARAM: &str = "access_token";
@@ -373,6 +375,9 @@ pub enum Authenticator {
     /// A JWT is required, verified with the keys of a JWKS (`auth.jwt.jwks_url`) that
     /// `wsgate-server` fetches and refreshes.
     Jwks(Box<JwksVerifier>),
+    /// No token: the handshake's allowed headers, query and address are POSTed to the
+    /// application's backend (`auth.proxy.url`), whose answer names the user.
+    Proxy(Box<ProxyVerifier>),
 }
 
 impl Authenticator {
@@ -388,8 +393,10 @@ impl Authenticator {
     /// token, 401 `invalid_token` (with `WWW-Authenticate: Bearer error="invalid_token"`)
     /// for any token that fails verification. None mode: 401 `missing_user` without
     /// `?user=`, 400 `invalid_user` when it is not a valid user id. JWKS mode adds 503
-    /// `auth_unavailable` while no key set was fetched yet; it is the only mode that may
-    /// wait (at most [`crate::jwks::UNKNOWN_KID_WAIT`], for a refetch on an unknown `kid`).
+    /// `auth_unavailable` while no key set was fetched yet, and may wait (at most
+    /// [`crate::jwks::UNKNOWN_KID_WAIT`], for a refetch on an unknown `kid`). Proxy mode
+    /// waits for the backend (at most `auth.proxy.timeout`): 401 or 403 `proxy_refused`
+    /// when it refuses, 503 `auth_unavailable` when it gives no usable answer.
     pub async fn authenticate(&self, parts: &Parts) -> Result<Identity, Rejection> {
         match self {
             Authenticator::None => {
@@ -418,6 +425,7 @@ impl Authenticator {
                     )),
                 }
             }
+            Authenticator::Proxy(verifier) => verifier.authenticate(parts).await,
             Authenticator::Jwt(_) | Authenticator::Jwks(_) => match find_token(parts) {
                 Some(Some(token)) => match self.verify_token(&token).await {
                     Some(verdict) => verdict,
@@ -438,12 +446,13 @@ impl Authenticator {
 
 impl Authenticator {
     /// Verifies a bare token, as the handshake does (a live session's `refresh` op).
-    /// `None` when tokens are not verified (auth off): there is nothing to refresh.
+    /// `None` when tokens are not used (auth off, or the connect proxy): there is nothing
+    /// to refresh.
     /// With a JWKS this may wait briefly, as the handshake does (see
     /// [`JwksVerifier::verify`]).
     pub async fn verify_token(&self, token: &str) -> Option<Result<Identity, Rejection>> {
         match self {
-            Authenticator::None => None,
+            Authenticator::None | Authenticator::Proxy(_) => None,
             Authenticator::Jwt(verifier) => Some(verifier.verify(token)),
             Authenticator::Jwks(verifier) => Some(verifier.verify(token).await),
         }

@@ -183,6 +183,12 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
 
 pub use crate::limiter::HandshakeLimiter;
 
+/// The client's address after trusted proxies ([`client_ip`]), as the edge's rate-limit
+/// check computed it and put it in the request extensions. The session records it, and
+/// the connect proxy (`crate::auth::proxy`) forwards it to its backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
 /// The pod must be neither draining nor at `max` open connections: 503 `draining` or
 /// `at_capacity`, each with `Retry-After: 5`.
 ///

@@ -122,6 +122,28 @@ impl Rejection {
         .with_retry_after(RETRY_AFTER_BUSY_S)
     }
 
+    /// 503 `auth_unavailable` in connect-proxy mode (`auth.proxy.url`): the
+    /// authentication backend did not give a usable answer (down, too slow, 5xx,
+    /// unreadable); the code is the JWKS one, since a client does the same: retry later.
+    pub fn auth_backend_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "auth_unavailable",
+            "the authentication backend is unavailable; retry shortly",
+        )
+        .with_retry_after(RETRY_AFTER_BUSY_S)
+    }
+
+    /// 401 or 403 `proxy_refused`: the connect proxy's backend refused the handshake's
+    /// credentials with that status, which is passed on.
+    pub fn proxy_refused(status: StatusCode) -> Self {
+        Self::new(
+            status,
+            "proxy_refused",
+            "the authentication backend refused these credentials",
+        )
+    }
+
     /// 429 `rate_limited`: the client's address is over its handshake rate; it may try
     /// again in `retry_after_s` seconds (at least 1 is sent).
     pub fn rate_limited(retry_after_s: u64) -> Self {

@@ -9,11 +9,12 @@
 //! [`grpc`] (the control plane), [`node`] (hub plus backends), [`events`] (session events:
 //! the topic-event writer and consumers' reads), [`removals`] (session removals kept for
 //! retrying), [`rpc`] (clients' calls to the application's backend), [`jwks`] (the
-//! fetcher of a JWKS key set), [`upkeep`] (liveness and readiness), [`shutdown`] (the
+//! fetcher of a JWKS key set), [`connect_proxy`] (the POST of the connect proxy's auth), [`upkeep`] (liveness and readiness), [`shutdown`] (the
 //! drain of the sessions) and [`webhooks`] (session events POSTed to endpoints, fed from
 //! the event log).
 
 pub mod accept;
+pub mod connect_proxy;
 pub mod events;
 pub mod grpc;
 pub mod http;
@@ -133,6 +134,9 @@ pub async fn start(config: GatewayConfig) -> Result<Gateway, RunError> {
         max_sessions_per_user: limits.max_sessions_per_user,
         revocations: node.revocations.clone(),
     };
+    if let Some(proxy) = &config.connect_proxy {
+        proxy.attach_metrics(node.metrics.clone());
+    }
     let state = Arc::new(AppState::new(&config, node.clone()));
     Ok(Gateway {
         config,

@@ -107,6 +107,11 @@ pub struct Metrics {
     pub jwks_age_seconds: IntGauge,
     /// Usable keys in the key set in use (0 until the first fetch).
     pub jwks_keys: IntGauge,
+    /// Connect-proxy checks (`auth.mode = "proxy"`) by outcome: `accepted`, `refused`
+    /// (401/403), `unavailable` (no usable answer), `cached` (answered without a call).
+    pub auth_proxy_requests: IntCounterVec,
+    /// Time of one call to the connect proxy's backend, answer read.
+    pub auth_proxy_seconds: Histogram,
 }
 
 impl Metrics {
@@ -341,6 +346,24 @@ impl Metrics {
                 "Usable keys in the JWKS key set in use",
             ))
             .unwrap_or_else(|_| unreachable_metric()),
+            auth_proxy_requests: IntCounterVec::new(
+                Opts::new(
+                    "auth_proxy_requests_total",
+                    "Connect-proxy handshake checks by outcome",
+                ),
+                &["outcome"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            auth_proxy_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "auth_proxy_duration_seconds",
+                    "Time of one call to the connect proxy's backend",
+                )
+                .buckets(vec![
+                    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -382,6 +405,8 @@ impl Metrics {
             Box::new(m.jwks_fetches.clone()),
             Box::new(m.jwks_age_seconds.clone()),
             Box::new(m.jwks_keys.clone()),
+            Box::new(m.auth_proxy_requests.clone()),
+            Box::new(m.auth_proxy_seconds.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {
@@ -455,6 +480,8 @@ mod tests {
         m.webhook_lease.with_label_values(&["hook"]).set(1);
         m.webhook_lag.with_label_values(&["hook"]).set(0.5);
         m.jwks_fetches.with_label_values(&["ok"]).inc();
+        m.auth_proxy_requests.with_label_values(&["cached"]).inc();
+        m.auth_proxy_seconds.observe(0.01);
         let text = m.render();
         for name in [
             "wsgate_webhook_deliveries_total{endpoint=\"hook\",outcome=\"delivered\"} 1",
@@ -488,6 +515,8 @@ mod tests {
             "wsgate_jwks_fetches_total{outcome=\"ok\"} 1",
             "wsgate_jwks_age_seconds",
             "wsgate_jwks_keys",
+            "wsgate_auth_proxy_requests_total{outcome=\"cached\"} 1",
+            "wsgate_auth_proxy_duration_seconds_bucket",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

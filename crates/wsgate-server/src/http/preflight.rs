@@ -10,7 +10,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Once};
 use std::task::{Context, Poll};
@@ -198,10 +198,10 @@ impl Check for OriginCheck {
     }
 }
 
-/// The client's address after trusted proxies, as the preflight computed it. Inserted
-/// into the request extensions by [`RateLimitCheck`]; the session records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub IpAddr);
+/// The client's address after trusted proxies, inserted into the request extensions by
+/// [`RateLimitCheck`]. Defined in core, because the connect proxy's authenticator reads
+/// it there too.
+pub use wsgate_core::preflight::ClientAddr;
 
 /// The TCP peer of a request: `ConnectInfo<SocketAddr>` as the server inserts it (or
 /// axum's `MockConnectInfo` in tests).

@@ -30,7 +30,8 @@ where
             None => {
                 return Reply::Error {
                     code: "bad_request",
-                    message: "tokens are not used (auth.mode = \"none\"): nothing to refresh"
+                    message: "this session was not opened with a token (auth.mode = \"none\" \
+                              or \"proxy\"): nothing to refresh"
                         .into(),
                 };
             }

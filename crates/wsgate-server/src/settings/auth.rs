@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use wsgate_core::auth::proxy::ProxyVerifier;
 use wsgate_core::auth::{AuthError, Authenticator, ClaimChecks, JwtConfig, JwtKey};
 use wsgate_core::jwks::{JwksKeys, JwksVerifier};
 
@@ -20,11 +21,13 @@ const JWKS_REFRESH_RANGE: (Duration, Duration) =
 impl Settings {
     /// The authenticator `auth.*` describes, its key read once (or, with
     /// `auth.jwt.jwks_url`, over the store of `jwks`, the source [`Self::jwks_source`]
-    /// built); `None` when a problem was reported.
+    /// built) or, in proxy mode, over the `proxy` verifier [`Self::connect_proxy`] built;
+    /// `None` when a problem was reported.
     pub(super) fn authenticator(
         &self,
         p: &mut Vec<Problem>,
         jwks: Option<&JwksSource>,
+        proxy: Option<&ProxyVerifier>,
     ) -> Option<Authenticator> {
         let before = p.len();
         let auth = &self.auth;
@@ -37,7 +40,7 @@ impl Settings {
                 "auth.mode",
                 format!(
                     "auth is off but the WebSocket listener {} is not on loopback; \
-                     set auth.mode = \"jwt\" or auth.allow_insecure = true",
+                     set auth.mode = \"jwt\" or \"proxy\", or auth.allow_insecure = true",
                     self.server.listen
                 ),
             ));
@@ -67,12 +70,18 @@ impl Settings {
                 p.push(Problem::new(key, "must not be empty when set"));
             }
         }
-        if self.session.client_publish && auth.mode == AuthMode::Jwt {
+        if self.session.client_publish && auth.mode != AuthMode::None {
             p.push(Problem::new(
                 "session.client_publish",
                 "applies only with auth.mode = \"none\"; with JWT the token's publish claim \
-                 decides which topics a session may publish to",
+                 (with the connect proxy, the backend's publish list) decides which topics a \
+                 session may publish to",
             ));
+        }
+        if auth.mode == AuthMode::Proxy {
+            // Without a verifier, connect_proxy reported why.
+            let verifier = proxy?.clone();
+            return (p.len() == before).then(|| Authenticator::Proxy(Box::new(verifier)));
         }
         if auth.mode != AuthMode::Jwt {
             return (p.len() == before).then_some(Authenticator::None);
@@ -209,42 +218,8 @@ impl Settings {
             return None;
         }
         let raw = jwt.jwks_url.as_deref()?;
-        let problem = |p: &mut Vec<Problem>, message: String| {
-            p.push(Problem::new("auth.jwt.jwks_url", message));
-            None
-        };
-        let url = match url::Url::parse(raw) {
-            Ok(url) => url,
-            Err(e) => return problem(p, format!("invalid URL: {e}")),
-        };
-        let https = match url.scheme() {
-            "https" => true,
-            "http" => false,
-            other => {
-                return problem(
-                    p,
-                    format!(
-                        "unsupported scheme {other:?}: expected https:// (or http:// to loopback)"
-                    ),
-                );
-            }
-        };
-        let loopback = match url.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-            None => return problem(p, "the URL has no host".to_owned()),
-        };
-        if !https && !loopback && !self.auth.allow_insecure {
-            // Keys fetched in the clear can be swapped on the way: anyone on the path
-            // could then mint tokens the gateway accepts.
-            return problem(
-                p,
-                "plain http:// is allowed only to a loopback host; use https:// or set \
-                 auth.allow_insecure = true"
-                    .to_owned(),
-            );
-        }
+        let url = outbound_url(p, "auth.jwt.jwks_url", raw, self.auth.allow_insecure)?;
+        let https = url.scheme() == "https";
         match JwksSource::client(https) {
             Ok(client) => Some(JwksSource {
                 url,
@@ -252,9 +227,58 @@ impl Settings {
                 client,
                 keys: JwksKeys::new(),
             }),
-            Err(e) => problem(p, e),
+            Err(e) => {
+                p.push(Problem::new("auth.jwt.jwks_url", e));
+                None
+            }
         }
     }
+}
+
+/// The URL of a service the gateway trusts with authentication (`auth.jwt.jwks_url`,
+/// `auth.proxy.url`): `https://`, or plain `http://` only to a loopback host unless
+/// `auth.allow_insecure`, since whoever can change its answers in transit decides who
+/// gets in. `None` after reporting a problem under `key`, which never quotes the URL (it
+/// may carry credentials).
+pub(super) fn outbound_url(
+    p: &mut Vec<Problem>,
+    key: &str,
+    raw: &str,
+    allow_insecure: bool,
+) -> Option<url::Url> {
+    let problem = |p: &mut Vec<Problem>, message: String| {
+        p.push(Problem::new(key, message));
+        None
+    };
+    let url = match url::Url::parse(raw) {
+        Ok(url) => url,
+        Err(e) => return problem(p, format!("invalid URL: {e}")),
+    };
+    let https = match url.scheme() {
+        "https" => true,
+        "http" => false,
+        other => {
+            return problem(
+                p,
+                format!("unsupported scheme {other:?}: expected https:// (or http:// to loopback)"),
+            );
+        }
+    };
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => return problem(p, "the URL has no host".to_owned()),
+    };
+    if !https && !loopback && !allow_insecure {
+        return problem(
+            p,
+            "plain http:// is allowed only to a loopback host; use https:// or set \
+             auth.allow_insecure = true"
+                .to_owned(),
+        );
+    }
+    Some(url)
 }
 
 fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {

@@ -17,7 +17,7 @@ use wsgate_core::hosts::{HostPolicy, HostPort, OriginPolicy, OriginRule};
 use wsgate_core::preflight::HandshakeLimiter;
 use wsgate_core::stream::HistoryRules;
 
-use super::sections::{RedisMode, Settings};
+use super::sections::{AuthMode, RedisMode, Settings};
 use super::{Problem, SettingsError};
 use crate::rpc::{RpcClient, RpcConfig, RpcSetupError};
 use crate::tls::{CONTROL_ALPN, HTTP_ALPN, PemPair};
@@ -51,6 +51,9 @@ pub struct GatewayConfig {
     /// `auth.jwt.jwks_url`: where the fetcher gets the key set the authenticator reads;
     /// `None` without a JWKS.
     pub jwks: Option<crate::jwks::JwksSource>,
+    /// `auth.proxy.*`: the connect proxy's backend client, which the authenticator calls
+    /// (kept here so the gateway can attach its metrics); `None` in other modes.
+    pub connect_proxy: Option<Arc<crate::connect_proxy::HttpConnectProxy>>,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -142,7 +145,9 @@ impl Settings {
         );
         let preflight = self.preflight_policies(&mut p);
         let jwks = self.jwks_source(&mut p);
-        let authenticator = self.authenticator(&mut p, jwks.as_ref());
+        let proxy = self.connect_proxy(&mut p);
+        let authenticator =
+            self.authenticator(&mut p, jwks.as_ref(), proxy.as_ref().map(|(_, v)| v));
         let (Some(http_tls), Some(grpc_tls), Some(preflight), Some(authenticator)) =
             (http_tls, grpc_tls, preflight, authenticator)
         else {
@@ -166,6 +171,7 @@ impl Settings {
             events,
             webhooks,
             jwks,
+            connect_proxy: proxy.map(|(client, _)| client),
             settings: Arc::new(self.clone()),
         })
     }
@@ -213,7 +219,13 @@ impl Settings {
             heartbeat_interval: s.heartbeat_interval,
             heartbeat_timeout: s.heartbeat_timeout,
             outbound_queue: s.outbound_queue,
-            token_leeway: self.auth.jwt.leeway,
+            // The connect proxy's `expires_at` is the backend's own decision, not a
+            // token's claim checked against skewed clocks: it is kept to the second.
+            token_leeway: if self.auth.mode == AuthMode::Proxy {
+                Duration::ZERO
+            } else {
+                self.auth.jwt.leeway
+            },
             client_publish: self.session.client_publish,
             client_publish_per_s: self.limits.client_publish_per_s,
             rpc,

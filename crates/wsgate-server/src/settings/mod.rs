@@ -19,13 +19,14 @@
 //! The modules follow those jobs: [`sections`] (the structs and their defaults), [`keys`]
 //! (the key table), `values` (one parser per kind of value), `layers` (files and the
 //! environment), `build`, `rules` and `auth` (what the settings become, and the rules);
-//! `webhooks` holds the `[webhooks]` section whole (its settings, parser and rules).
+//! `proxy` builds the connect proxy of `[auth.proxy]`; `webhooks` holds the `[webhooks]` section whole (its settings, parser and rules).
 //! The reference for every key is `docs/configuration.md`.
 
 mod auth;
 mod build;
 pub mod keys;
 mod layers;
+mod proxy;
 mod rules;
 pub mod sections;
 mod values;

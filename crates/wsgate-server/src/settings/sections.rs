@@ -49,6 +49,9 @@ choice! {
         /// `"none"`: no authentication; the user id comes from `?user=`. Default.
         #[default]
         None,
+        /// `"proxy"`: the handshake's allowed headers, query and address are POSTed to
+        /// the application's backend (`auth.proxy.url`), whose answer names the user.
+        Proxy,
     }
 }
 
@@ -195,13 +198,43 @@ pub struct PreflightSettings {
 /// `[auth]` section.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AuthSettings {
-    /// Client authentication mode, `"jwt"` or `"none"`. Default `"none"`.
+    /// Client authentication mode, `"jwt"`, `"proxy"` or `"none"`. Default `"none"`.
     pub mode: AuthMode,
     /// Allow `mode = "none"` (and a control plane without API keys) on non-loopback
     /// listeners. Default `false`.
     pub allow_insecure: bool,
     /// `[auth.jwt]`: JWT verification.
     pub jwt: JwtSettings,
+    /// `[auth.proxy]`: the connect proxy.
+    pub proxy: ProxySettings,
+}
+
+/// `[auth.proxy]` section: the backend asked at each handshake with `auth.mode = "proxy"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxySettings {
+    /// Where the handshake's credentials are POSTed. `https://`, or `http://` to a
+    /// loopback host (any host with `auth.allow_insecure`). Required in proxy mode.
+    /// Default: unset.
+    pub url: Option<String>,
+    /// The request headers forwarded (names, case-insensitive), e.g. `["Cookie"]`; no
+    /// other header is. At least one in proxy mode. Default `[]`.
+    pub headers: Vec<String>,
+    /// Longest wait for the backend's whole answer (duration, 100ms to 30s). Default `2s`.
+    pub timeout: Duration,
+    /// How long an accepted answer is reused for the same credentials, without asking
+    /// again (duration, at most 10m; `0s` = no cache). Default `0s`.
+    pub cache_ttl: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            headers: Vec::new(),
+            timeout: Duration::from_secs(2),
+            cache_ttl: Duration::ZERO,
+        }
+    }
 }
 
 /// `[auth.jwt]` section.

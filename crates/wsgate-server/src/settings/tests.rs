@@ -1084,3 +1084,5 @@ fn eddsa_public_key_files_are_accepted() {
     assert_eq!(p[0].key, "auth.jwt.public_key_file");
     assert!(p[0].message.contains("Ed25519"), "{p:?}");
 }
+
+mod proxy;

@@ -226,7 +226,8 @@ function showRecovery(ok, topic, p) {
 function connect() {
   const token = $("token").value.trim();
   const user = $("user").value.trim();
-  if (!token && !user) {
+  // With the connect proxy the browser's cookies authenticate: nothing to enter.
+  if (!token && !user && authMode !== "proxy") {
     addEntry({
       kind: "error",
       tag: "error",
@@ -241,7 +242,7 @@ function connect() {
   resetSession();
 
   const query = new URLSearchParams();
-  if (!token) query.set("user", user);
+  if (!token && user) query.set("user", user);
   const c = new Client(endpoint(query), token ? { token } : {});
   client = c;
   attempts = 0;
@@ -348,6 +349,10 @@ function disconnect() {
 function init() {
   if (authMode === "jwt") $("user-field").hidden = true;
   if (authMode === "none") $("token-field").hidden = true;
+  if (authMode === "proxy") {
+    $("user-field").hidden = true;
+    $("token-field").hidden = true;
+  }
   $("endpoint").textContent = endpoint();
 
   const params = new URLSearchParams(location.search);
