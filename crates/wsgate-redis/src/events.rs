@@ -37,30 +37,8 @@ use tokio::sync::watch;
 use wsgate_core::backend::{BackendError, EventLog, ReadError, SessionRecord};
 use wsgate_core::events::{Closed, Event, EventId, EventKind, TopicEvent};
 
-use crate::script::Script;
+use crate::script::{Script, lua_add};
 use crate::{Keyspace, RedisOptions, unavailable};
-
-/// Adds an event to the log, capped at `maxlen` (approximately: whole stream nodes are
-/// trimmed). Ids are `<epoch>-<n>`: the epoch is the log's start in ms (Redis's clock),
-/// `n` counts its events (`<ms>-*` makes Redis take the next `n`), so the id right before
-/// the oldest kept one is known, and a log made anew has a later epoch than any lost one.
-macro_rules! lua_add {
-    () => {
-        r#"
-local function add(log, maxlen, fields)
-  local newest = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)[1]
-  local epoch
-  if newest then
-    epoch = string.sub(newest[1], 1, string.find(newest[1], '-', 1, true) - 1)
-  else
-    local t = redis.call('TIME')
-    epoch = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
-  end
-  return redis.call('XADD', log, 'MAXLEN', '~', maxlen, epoch .. '-*', unpack(fields))
-end
-"#
-    };
-}
 
 /// KEYS = log, live hash, pods set; ARGV = maxlen, session, user, pod, at. Returns 1
 /// when the session became live (and its `connected` was added), 0 when it was live
@@ -250,6 +228,11 @@ impl RedisEventLog {
             tailing: Mutex::new(false),
             me: me.clone(),
         }))
+    }
+
+    /// The log's cap, as the scripts take it.
+    pub(crate) fn max_len(&self) -> &str {
+        &self.max_len
     }
 
     /// Marks a session live and adds its `connected`, unless it is live already.

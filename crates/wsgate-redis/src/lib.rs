@@ -21,6 +21,7 @@ mod broker;
 mod envelope;
 mod events;
 pub mod keys;
+mod registration;
 mod registry;
 mod script;
 mod streams;

@@ -7,6 +7,11 @@
 //! liveness keys, so a pod that died without cleanup drops out of presence as soon as its
 //! liveness key expires, before any reaping.
 //!
+//! On one server (standalone, or a Sentinel's primary) a registration — the per-user
+//! limit, the records and the `connected` — is one script ([`crate::registration`]); in
+//! Redis Cluster, whose slots one script cannot span, it is the admission script on the
+//! user's slot, then the records and the event side by side.
+//!
 //! Made [`with_events`](RedisRegistry::with_events), it writes sessions' `connected` and
 //! `disconnected` through [`RedisEventLog`], in the same round trip as the registration
 //! or removal; a reaper writes a dead pod's `disconnected`s before it forgets the pod, so
@@ -23,6 +28,7 @@ use wsgate_core::events::{Closed, ClosedBy};
 use wsgate_core::ids::SessionId;
 use wsgate_core::revocation::{Revocation, Revoked};
 
+use crate::registration::Registration;
 use crate::{Keyspace, RedisEventLog, RedisOptions, unavailable};
 
 /// Adds a session to its user's hash unless the user is at the limit. One key, one
@@ -52,6 +58,10 @@ pub struct RedisRegistry {
     keys: Keyspace,
     pod_ttl: Duration,
     events: Option<Arc<RedisEventLog>>,
+    /// Whether every key is on one server (not Redis Cluster): then a registration is
+    /// one script, one round trip.
+    one_server: bool,
+    registration: Registration,
 }
 
 impl RedisRegistry {
@@ -62,6 +72,8 @@ impl RedisRegistry {
             keys: Keyspace::new(&options.namespace),
             pod_ttl: options.pod_ttl,
             events: None,
+            one_server: !options.sharded(),
+            registration: Registration::default(),
         }
     }
 
@@ -297,6 +309,20 @@ impl Registry for RedisRegistry {
         record: &SessionRecord,
         max_user_sessions: usize,
     ) -> Result<bool, BackendError> {
+        if self.one_server {
+            let events_max_len = self.events.as_ref().map(|events| events.max_len());
+            return self
+                .registration
+                .register(
+                    &self.client,
+                    &self.keys,
+                    record,
+                    max_user_sessions,
+                    events_max_len,
+                )
+                .await;
+        }
+        // Redis Cluster: the user's slot admits, then the records and the event.
         let admitted: i64 = self
             .client
             .eval(

@@ -38,3 +38,27 @@ impl Script {
         }
     }
 }
+
+/// Adds an event to the log, capped at `maxlen` (approximately: whole stream nodes are
+/// trimmed). Ids are `<epoch>-<n>`: the epoch is the log's start in ms (Redis's clock),
+/// `n` counts its events (`<ms>-*` makes Redis take the next `n`), so the id right before
+/// the oldest kept one is known, and a log made anew has a later epoch than any lost one.
+macro_rules! lua_add {
+    () => {
+        r#"
+local function add(log, maxlen, fields)
+  local newest = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)[1]
+  local epoch
+  if newest then
+    epoch = string.sub(newest[1], 1, string.find(newest[1], '-', 1, true) - 1)
+  else
+    local t = redis.call('TIME')
+    epoch = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+  end
+  return redis.call('XADD', log, 'MAXLEN', '~', maxlen, epoch .. '-*', unpack(fields))
+end
+"#
+    };
+}
+
+pub(crate) use lua_add;

@@ -35,6 +35,10 @@ use crate::revocations::Revocations;
 /// How long an unneeded broker channel stays subscribed before it is dropped.
 const SUBSCRIPTION_LINGER: Duration = Duration::from_secs(2);
 
+/// Longest a session's registration (the user's channel and the registry's record) may
+/// take before its handshake is answered 503 `backend_unavailable`.
+const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Why a session could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -214,13 +218,26 @@ impl Node {
         // A revocation that came after the preflight and whose refresh did not see this
         // session yet: it closes as soon as it starts.
         self.revocations.close_if_revoked(&handle, now_ms());
-        let registered = async {
-            self.subscriptions
-                .ensure(&Channel::User(record.user_id.clone()))
-                .await?;
-            self.registry.add_session(record, max_user_sessions).await
-        }
-        .await;
+        // The user's channel and the registry's record, side by side: one round trip's
+        // wait, not two. Both are done before this returns, so sends to the user reach
+        // the session from then on; a send in between is one made before the session was
+        // open (a stream with history still has it for `since`).
+        let user_channel = Channel::User(record.user_id.clone());
+        let both = async {
+            let (subscribed, registered) = tokio::join!(
+                self.subscriptions.ensure(&user_channel),
+                self.registry.add_session(record, max_user_sessions)
+            );
+            subscribed.and(registered)
+        };
+        // A handshake must not hang on a backend that does not answer.
+        let registered = tokio::time::timeout(REGISTRATION_TIMEOUT, both)
+            .await
+            .unwrap_or_else(|_| {
+                Err(BackendError::Unavailable(
+                    "the registry did not answer in time".into(),
+                ))
+            });
         match registered {
             Ok(true) => {
                 self.records
