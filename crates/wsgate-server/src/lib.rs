@@ -130,8 +130,6 @@ pub async fn start(config: GatewayConfig) -> Result<Gateway, RunError> {
         gauge: node.gauge.clone(),
         max_connections: limits.max_connections,
         authenticator: config.authenticator.clone(),
-        registry: node.registry.clone(),
-        max_sessions_per_user: limits.max_sessions_per_user,
         revocations: node.revocations.clone(),
     };
     if let Some(proxy) = &config.connect_proxy {

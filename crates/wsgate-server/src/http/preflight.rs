@@ -14,7 +14,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Once};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
@@ -27,16 +26,11 @@ use ipnet::IpNet;
 use tower::{Layer, Service};
 use wsgate_core::admission::ConnectionGauge;
 use wsgate_core::auth::{Authenticator, Identity};
-use wsgate_core::backend::Registry;
 use wsgate_core::preflight::{self, HandshakeLimiter, HostPolicy, OriginPolicy, Rejection};
 use wsgate_core::revocation::Holder;
 
 use crate::node::now_ms;
 use crate::revocations::Revocations;
-
-/// How long the session-limit check waits for the registry before answering 503: a
-/// handshake must not hang on a backend that is down.
-const REGISTRY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One preflight check over a request. It may read the request and add extensions for
 /// later checks and the handler (the client address, the identity).
@@ -332,58 +326,6 @@ impl Check for RevocationCheck {
     }
 }
 
-/// The user's live sessions are under `limits.max_sessions_per_user` (0 = unlimited):
-/// 429. Reads the [`Identity`] that [`AuthCheck`] inserted; a registry that fails or
-/// does not answer within two seconds gives 503 `backend_unavailable`.
-#[derive(Clone)]
-pub struct UserLimitCheck {
-    /// The shared session registry.
-    pub registry: Arc<dyn Registry>,
-    /// `limits.max_sessions_per_user`.
-    pub max: usize,
-}
-
-impl std::fmt::Debug for UserLimitCheck {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UserLimitCheck")
-            .field("max", &self.max)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Check for UserLimitCheck {
-    fn check(&self, req: &mut Request) -> impl Future<Output = Result<(), Rejection>> + Send {
-        let user = req
-            .extensions()
-            .get::<Identity>()
-            .map(|identity| identity.user_id.clone());
-        let registry = self.registry.clone();
-        let max = self.max;
-        async move {
-            if max == 0 {
-                return Ok(());
-            }
-            let Some(user) = user else {
-                // The chain is wired wrongly (no AuthCheck before this one): fail closed.
-                tracing::error!("UserLimitCheck ran without an Identity; is AuthCheck missing?");
-                return Err(Rejection::internal("the gateway is misconfigured"));
-            };
-            match tokio::time::timeout(REGISTRY_TIMEOUT, registry.count_user_sessions(&user)).await
-            {
-                Ok(Ok(current)) => preflight::check_user_sessions(current, max),
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "cannot count the user's sessions");
-                    Err(Rejection::backend_unavailable())
-                }
-                Err(_) => {
-                    tracing::warn!("counting the user's sessions timed out");
-                    Err(Rejection::backend_unavailable())
-                }
-            }
-        }
-    }
-}
-
 /// Everything the preflight chain needs, built once at start-up.
 #[derive(Clone)]
 pub struct Preflight {
@@ -401,10 +343,6 @@ pub struct Preflight {
     pub max_connections: usize,
     /// `auth`.
     pub authenticator: Arc<Authenticator>,
-    /// The shared session registry.
-    pub registry: Arc<dyn Registry>,
-    /// `limits.max_sessions_per_user` (0 = unlimited).
-    pub max_sessions_per_user: usize,
     /// This pod's copy of the cluster's revocations.
     pub revocations: Arc<Revocations>,
 }
@@ -417,7 +355,6 @@ impl std::fmt::Debug for Preflight {
             .field("limiter", &self.limiter)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("max_connections", &self.max_connections)
-            .field("max_sessions_per_user", &self.max_sessions_per_user)
             .finish_non_exhaustive()
     }
 }
@@ -425,8 +362,11 @@ impl std::fmt::Debug for Preflight {
 impl Preflight {
     /// Wraps the WebSocket route in the whole chain, which then runs in the documented order:
     /// method, HTTP version, Upgrade, Connection, version, key, Host, Origin, rate,
-    /// capacity, auth, revocation, user limit. The route should accept any method
-    /// (`axum::routing::any`) so that the method check is the one that answers 405.
+    /// capacity, auth, revocation. The per-user session limit comes right after, in the
+    /// handler: the session's registration applies it in one atomic step (a count here
+    /// first would cost a registry round trip per handshake and decide nothing). The
+    /// route should accept any method (`axum::routing::any`) so that the method check is
+    /// the one that answers 405.
     pub fn wrap<S>(&self, route: MethodRouter<S, Infallible>) -> MethodRouter<S, Infallible>
     where
         S: Clone + Send + Sync + 'static,
@@ -455,10 +395,6 @@ impl Preflight {
     {
         // The last `.layer()` is the outermost, so it runs first: list in reverse.
         route
-            .layer::<_, Infallible>(CheckLayer(UserLimitCheck {
-                registry: self.registry.clone(),
-                max: self.max_sessions_per_user,
-            }))
             .layer::<_, Infallible>(CheckLayer(RevocationCheck(self.revocations.clone())))
             .layer::<_, Infallible>(CheckLayer(auth))
             .layer::<_, Infallible>(CheckLayer(CapacityCheck {
@@ -484,16 +420,13 @@ impl Preflight {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use async_trait::async_trait;
     use axum::Router;
     use axum::routing::any;
     use http::StatusCode;
     use http_body_util::BodyExt as _;
+    use std::time::Duration;
     use tower::ServiceExt as _;
     use wsgate_core::auth::{JwtAlgorithm, JwtConfig, JwtKey, mint_hs256};
-    use wsgate_core::backend::memory::MemoryRegistry;
-    use wsgate_core::backend::{BackendError, Liveness, PodRecord, SessionRecord};
-    use wsgate_core::ids::SessionId;
 
     const SECRET: &[u8] = b"preflight-layer-test-secret";
     const PEER: &str = "198.51.100.7:40000";
@@ -767,135 +700,6 @@ mod tests {
         assert!(!r.body.contains("not.a.token"));
     }
 
-    fn record(user: &str, n: u32) -> SessionRecord {
-        SessionRecord {
-            session_id: SessionId::generate(),
-            user_id: user.to_owned(),
-            pod_id: format!("pod-{n}"),
-            connected_at_ms: 0,
-            remote_addr: "127.0.0.1".to_owned(),
-        }
-    }
-
-    fn user_limit_router(registry: Arc<dyn Registry>, max: usize) -> Router {
-        Router::new().route(
-            "/ws",
-            any(handler)
-                .layer::<_, Infallible>(CheckLayer(UserLimitCheck { registry, max }))
-                .layer(CheckLayer(AuthCheck(Arc::new(Authenticator::None)))),
-        )
-    }
-
-    #[tokio::test]
-    async fn user_limit() {
-        let registry = MemoryRegistry::new();
-        registry.heartbeat_pod("pod-1").await.unwrap();
-        registry.add_session(&record("bob", 1), 0).await.unwrap();
-        let router = user_limit_router(registry.clone(), 2);
-        let as_bob = || req(handshake().uri("/ws?user=bob"));
-        assert_eq!(send(&router, as_bob()).await.status, StatusCode::OK);
-        registry.add_session(&record("bob", 1), 0).await.unwrap();
-        let r = send(&router, as_bob()).await;
-        r.assert_rejected(StatusCode::TOO_MANY_REQUESTS, "too_many_sessions");
-        // Others are not affected; 0 means unlimited.
-        assert_eq!(
-            send(&router, req(handshake().uri("/ws?user=carol")))
-                .await
-                .status,
-            StatusCode::OK
-        );
-        let unlimited = user_limit_router(registry, 0);
-        assert_eq!(send(&unlimited, as_bob()).await.status, StatusCode::OK);
-    }
-
-    /// A registry that is down.
-    struct DownRegistry;
-
-    #[async_trait]
-    impl Registry for DownRegistry {
-        async fn heartbeat_pod(&self, _: &str) -> Result<Liveness, BackendError> {
-            Err(BackendError::Unavailable("down".into()))
-        }
-        async fn reap_dead_pods(&self) -> Result<wsgate_core::backend::Reaped, BackendError> {
-            Err(BackendError::Unavailable("down".into()))
-        }
-        async fn remove_pod(&self, _: &str) -> Result<(), BackendError> {
-            Err(BackendError::Unavailable("down".into()))
-        }
-        async fn add_session(&self, _: &SessionRecord, _: usize) -> Result<bool, BackendError> {
-            Err(BackendError::Unavailable("down".into()))
-        }
-        async fn remove_session(
-            &self,
-            _: &SessionRecord,
-            _: &wsgate_core::events::Closed,
-        ) -> Result<bool, BackendError> {
-            Err(BackendError::Unavailable("down".into()))
-        }
-        async fn add_subscription(&self, _: &SessionRecord, _: &str) -> Result<(), BackendError> {
-            Err(BackendError::Unavailable("down".into()))
-        }
-        async fn remove_subscription(
-            &self,
-            _: &SessionRecord,
-            _: &str,
-        ) -> Result<(), BackendError> {
-            Err(BackendError::Unavailable("down".into()))
-        }
-        async fn session(&self, _: &SessionId) -> Result<Option<SessionRecord>, BackendError> {
-            Err(BackendError::Unavailable("down".into()))
-        }
-        async fn user_sessions(&self, _: &str) -> Result<Vec<SessionRecord>, BackendError> {
-            Err(BackendError::Unavailable("down".into()))
-        }
-        async fn count_user_sessions(&self, _: &str) -> Result<usize, BackendError> {
-            Err(BackendError::Unavailable("down".into()))
-        }
-        async fn count_topic_subscribers(&self, _: &str) -> Result<usize, BackendError> {
-            Err(BackendError::Unavailable("down".into()))
-        }
-        async fn count_sessions(&self) -> Result<usize, BackendError> {
-            Err(BackendError::Unavailable("down".into()))
-        }
-        async fn pods(&self) -> Result<Vec<PodRecord>, BackendError> {
-            Err(BackendError::Unavailable("down".into()))
-        }
-        async fn healthy(&self) -> Result<(), BackendError> {
-            Err(BackendError::Unavailable("down".into()))
-        }
-        async fn revoke(
-            &self,
-            _: &wsgate_core::revocation::Revocation,
-        ) -> Result<u64, BackendError> {
-            Err(BackendError::Unavailable("down".into()))
-        }
-        async fn revocations(
-            &self,
-            _: u64,
-            _: u64,
-        ) -> Result<Option<(u64, Vec<wsgate_core::revocation::Revocation>)>, BackendError> {
-            Err(BackendError::Unavailable("down".into()))
-        }
-    }
-
-    #[tokio::test]
-    async fn user_limit_backend_down_is_503() {
-        let router = user_limit_router(Arc::new(DownRegistry), 3);
-        let r = send(&router, req(handshake().uri("/ws?user=bob"))).await;
-        r.assert_rejected(StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable");
-        assert_eq!(r.headers["retry-after"], "5");
-    }
-
-    #[tokio::test]
-    async fn user_limit_without_identity_fails_closed() {
-        let router = one(UserLimitCheck {
-            registry: MemoryRegistry::new(),
-            max: 1,
-        });
-        let r = send(&router, req(handshake())).await;
-        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
-    }
-
     struct Chain {
         router: Router,
         gauge: Arc<ConnectionGauge>,
@@ -915,8 +719,6 @@ mod tests {
             gauge: gauge.clone(),
             max_connections,
             authenticator: hs256(),
-            registry: MemoryRegistry::new(),
-            max_sessions_per_user: 5,
             revocations: Arc::new(Revocations::new()),
         };
         Chain {
