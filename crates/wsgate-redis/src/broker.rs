@@ -41,7 +41,7 @@ pub struct RedisBroker {
     /// Serializes (un)subscribe commands, resubscription included. fred matches
     /// subscription replies to commands in order; two in flight at once can resolve one
     /// caller's `subscribe` before its channel is active, and a message published in that
-    /// window would be lost.
+    /// window would be lost. (A plain SUBSCRIBE is confirmed by a PING after the lock.)
     sub_lock: Arc<tokio::sync::Mutex<()>>,
     /// When this pod last heard its own probe.
     probe_heard: Arc<Mutex<Option<Instant>>>,
@@ -318,14 +318,20 @@ impl ProbeLoop {
 impl Broker for RedisBroker {
     async fn subscribe(&self, channel: &Channel) -> Result<(), BackendError> {
         let name = self.keys.channel(channel);
-        let _serial = self.sub_lock.lock().await;
         if self.is_sharded(channel) {
+            let _serial = self.sub_lock.lock().await;
             // fred answers SSUBSCRIBE with Redis's confirmation.
-            self.subscriber.ssubscribe(name).await.map_err(unavailable)
-        } else {
-            self.subscriber.subscribe(name).await.map_err(unavailable)?;
-            subscription_applied(&self.subscriber).await
+            return self.subscriber.ssubscribe(name).await.map_err(unavailable);
         }
+        {
+            // fred resolves SUBSCRIBE once it is written: the lock orders the writes only.
+            let _serial = self.sub_lock.lock().await;
+            self.subscriber.subscribe(name).await.map_err(unavailable)?;
+        }
+        // Outside the lock, so the handshakes of many new users wait for their round
+        // trips side by side, not one after another: a PING written after our SUBSCRIBE
+        // is answered after it took effect, whatever was written in between.
+        subscription_applied(&self.subscriber).await
     }
 
     async fn unsubscribe(&self, channel: &Channel) -> Result<(), BackendError> {
