@@ -11,6 +11,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from charts import write_charts
+
 BEGIN = "<!-- results:begin -->"
 END = "<!-- results:end -->"
 
@@ -214,6 +216,31 @@ def main():
     for t in targets:
         v = t["value"]
         lines.append(f"| {t['target']} | {fmt(v, 2) if isinstance(v, float) else fmt(v)} | {t['limit']} | {mark(t)} |")
+    if a.readme:
+        charts = {
+            "handshakes": ("Handshakes per second", "/s", [
+                ("Go gin+gorilla, no auth", hs["go"], False),
+                ("wsgate embedded, JWT", hs["wsgate_embedded"], True),
+                ("wsgate Redis, JWT", hs["wsgate_redis"], True)], False),
+            "handshake-cpu": ("Server CPU per handshake", "µs", [
+                ("Go gin+gorilla, no auth", cpu_hs["go"], False),
+                ("wsgate embedded, JWT", cpu_hs["wsgate_embedded"], True),
+                ("wsgate Redis, JWT", cpu_hs["wsgate_redis"], True)], True),
+            "idle-memory": ("Idle memory per connection", "KiB", [
+                ("Go gin+gorilla", idle["go"], False),
+                ("wsgate, JWT", idle["wsgate"], True)], True),
+            "fanout-cpu": ("Fan-out CPU per delivery", "µs", [
+                ("Socket.IO + Redis adapter", fan["socketio"]["cpu_us"], False),
+                ("limit probe (one write each)", fan["probe"]["cpu_us"], False),
+                ("wsgate, 2 pods + Redis", fan["wsgate"]["cpu_us"], True)], True),
+            "fanout-p99": ("Fan-out delivery latency p99", "ms", [
+                ("Socket.IO + Redis adapter", fan["socketio"]["p99"], False),
+                ("limit probe", fan["probe"]["p99"], False),
+                ("wsgate, 2 pods + Redis", fan["wsgate"]["p99"], True)], True),
+        }
+        links = write_charts(Path(a.readme).parent / "charts", charts)
+        if links:
+            lines += ["", " ".join(links)]
     lines.append(END)
     table = "\n".join(lines)
     print(table)
