@@ -6,6 +6,7 @@ mod admin;
 mod bench_smoke;
 mod browser;
 mod chaos;
+mod cli;
 mod client_publish;
 mod cluster;
 mod conformance;
