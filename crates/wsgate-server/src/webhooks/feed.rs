@@ -90,7 +90,9 @@ impl Feed {
                 .with_label_values(&[label, outcome]);
         }
         for reason in ["overflow", "reset"] {
-            self.metrics.webhook_dropped.with_label_values(&[label, reason]);
+            self.metrics
+                .webhook_dropped
+                .with_label_values(&[label, reason]);
         }
         self.holding(false);
         loop {
