@@ -2,6 +2,7 @@
 //! WebSocket client, a real tonic client and, where it matters, the real binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod admin;
 mod bench_smoke;
 mod browser;
 mod chaos;

@@ -22,7 +22,11 @@ async fn tls_on_the_websocket_and_grpc_listeners() {
     let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
     let stop = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(wsgate_server::run(
-        wsgate_server::Listeners { http, grpc },
+        wsgate_server::Listeners {
+            http,
+            grpc,
+            admin: None,
+        },
         s.build().unwrap(),
         stop.clone().cancelled_owned(),
     ));

@@ -75,6 +75,8 @@ pub fn token(user: &str, topics: Option<&[&str]>) -> String {
 pub struct Gateway {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
+    /// The admin listener, bound when `settings.server.admin_listen` is set.
+    pub admin: Option<SocketAddr>,
     pub settings: Settings,
     stop: CancellationToken,
     task: Option<JoinHandle<Result<(), wsgate_server::RunError>>>,
@@ -95,24 +97,36 @@ impl Gateway {
         let grpc = TcpListener::bind(settings.server.grpc_listen)
             .await
             .unwrap();
+        let admin = match settings.server.admin_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.unwrap()),
+            None => None,
+        };
         let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+        let admin_addr = admin.as_ref().map(|a| a.local_addr().unwrap());
         let stop = CancellationToken::new();
         let shutdown = stop.clone().cancelled_owned();
         let config = settings
             .build()
             .unwrap_or_else(|e| panic!("invalid test settings:\n{e}"));
         let task = tokio::spawn(wsgate_server::run(
-            wsgate_server::Listeners { http, grpc },
+            wsgate_server::Listeners { http, grpc, admin },
             config,
             shutdown,
         ));
         Self {
             http: http_addr,
             grpc: grpc_addr,
+            admin: admin_addr,
             settings,
             stop,
             task: Some(task),
         }
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served: the admin listener when
+    /// there is one, else the public one.
+    pub fn ops(&self) -> SocketAddr {
+        self.admin.unwrap_or(self.http)
     }
 
     /// Waits until `/readyz` answers 200 (at most [`WAIT`]).
@@ -120,7 +134,7 @@ impl Gateway {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if let Ok(resp) =
-                raw_request(self.http, b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n").await
+                raw_request(self.ops(), b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n").await
                 && resp.status == 200
             {
                 return;

@@ -56,6 +56,10 @@ pub struct Listeners {
     pub http: TcpListener,
     /// gRPC control plane.
     pub grpc: TcpListener,
+    /// The operations endpoints (`/metrics`, `/healthz`, `/readyz`) alone, bound where
+    /// `server.admin_listen` says. With it they leave `http`; without it (`None`) they
+    /// stay there.
+    pub admin: Option<TcpListener>,
 }
 
 /// Why the gateway could not start or stopped with an error. Configuration is not among
@@ -153,6 +157,9 @@ pub struct Serving {
     grpc: GrpcServer,
     http: JoinHandle<()>,
     http_stop: CancellationToken,
+    /// The admin listener's task, stopped last so probes and scrapes see the drain.
+    admin: Option<JoinHandle<()>>,
+    admin_stop: CancellationToken,
     upkeep: JoinHandle<()>,
     upkeep_stop: CancellationToken,
     /// The webhook endpoints' tasks, when there are endpoints.
@@ -162,9 +169,14 @@ pub struct Serving {
 }
 
 impl Gateway {
-    /// The HTTP routes with the preflight chain, as [`Gateway::serve`] serves them.
+    /// The HTTP routes with the preflight chain, as [`Gateway::serve`] serves them on
+    /// the public listener when there is no admin listener.
     pub fn router(&self) -> axum::Router {
-        http::router(self.state.clone(), &self.preflight)
+        self.public_router(http::OpsEndpoints::Public)
+    }
+
+    fn public_router(&self, ops: http::OpsEndpoints) -> axum::Router {
+        http::router(self.state.clone(), &self.preflight, ops)
     }
 
     /// Serves HTTP/WebSocket and gRPC on `listeners` and starts the background upkeep.
@@ -179,14 +191,29 @@ impl Gateway {
             self.config.grpc_tls.clone(),
             health_service,
         )?;
+        let ops = match listeners.admin {
+            Some(_) => http::OpsEndpoints::Admin,
+            None => http::OpsEndpoints::Public,
+        };
         let http_stop = CancellationToken::new();
         let http = tokio::spawn(http::serve::serve(
             listeners.http,
-            self.router(),
+            self.public_router(ops),
             settings.server.header_read_timeout,
             self.config.http_tls.clone(),
             http_stop.clone(),
         ));
+        // Plain HTTP: kubelet probes and Prometheus scrapes stay inside the cluster.
+        let admin_stop = CancellationToken::new();
+        let admin = listeners.admin.map(|listener| {
+            tokio::spawn(http::serve::serve(
+                listener,
+                http::ops::admin_router(self.state.clone()),
+                settings.server.header_read_timeout,
+                None,
+                admin_stop.clone(),
+            ))
+        });
         let upkeep_stop = CancellationToken::new();
         let upkeep = tokio::spawn(upkeep::run(
             self.node.clone(),
@@ -221,6 +248,8 @@ impl Gateway {
             grpc,
             http,
             http_stop,
+            admin,
+            admin_stop,
             upkeep,
             upkeep_stop,
             jwks,
@@ -231,7 +260,8 @@ impl Gateway {
 impl Serving {
     /// Takes the pod down: readiness off first (so load balancers stop sending), no new
     /// connections, every session closed with 1001 spread over `shutdown.grace`, the gRPC
-    /// listener drained, the upkeep stopped and the pod removed from the registry.
+    /// listener drained, the upkeep stopped and the pod removed from the registry. The
+    /// admin listener serves throughout (`/readyz` answering 503) and stops last.
     pub async fn drain(self) -> Result<(), RunError> {
         let Gateway {
             config,
@@ -260,6 +290,10 @@ impl Serving {
             let _ = jwks.await;
         }
         node.leave().await;
+        self.admin_stop.cancel();
+        if let Some(admin) = self.admin {
+            let _ = admin.await;
+        }
         tracing::info!("shutdown complete");
         grpc
     }

@@ -499,13 +499,21 @@ async fn serve_until_signal(config: GatewayConfig) -> anyhow::Result<()> {
                 settings.server.grpc_listen
             )
         })?;
+        let admin = match settings.server.admin_listen {
+            Some(addr) => Some(
+                listen(addr)
+                    .with_context(|| format!("cannot listen on {addr} (server.admin_listen)"))?,
+            ),
+            None => None,
+        };
         tracing::info!(
             http = %http.local_addr()?,
             grpc = %grpc.local_addr()?,
+            admin = ?admin.as_ref().map(|a| a.local_addr()).transpose()?,
             "listening"
         );
         wsgate_server::run(
-            wsgate_server::Listeners { http, grpc },
+            wsgate_server::Listeners { http, grpc, admin },
             config,
             shutdown_signal(),
         )

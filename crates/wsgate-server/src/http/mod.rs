@@ -1,8 +1,10 @@
-//! The HTTP edge: the router (`/ws` behind the preflight chain, `/healthz`, `/readyz`),
-//! the connection loop that serves it, and the WebSocket upgrade.
+//! The HTTP edge: the router (`/ws` behind the preflight chain, and the operations
+//! endpoints of [`ops`] unless the admin listener serves them), the connection loop that
+//! serves it, and the WebSocket upgrade.
 
 pub mod demo;
 pub mod handshake;
+pub mod ops;
 pub mod preflight;
 pub mod serve;
 pub mod ws;
@@ -10,16 +12,29 @@ pub mod ws;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::any;
 use tower_http::catch_panic::CatchPanicLayer;
 use wsgate_core::rejection::Rejection;
 
 use crate::state::AppState;
 
+/// Where `/healthz`, `/readyz` and `/metrics` are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpsEndpoints {
+    /// On the public listener, beside the WebSocket path (no admin listener).
+    Public,
+    /// On the admin listener only: the public router answers them 404.
+    Admin,
+}
+
 /// The gateway's HTTP routes with the preflight in front of the WebSocket path.
-pub fn router(state: Arc<AppState>, preflight: &preflight::Preflight) -> Router {
+pub fn router(
+    state: Arc<AppState>,
+    preflight: &preflight::Preflight,
+    ops_endpoints: OpsEndpoints,
+) -> Router {
     let ws_path = state.settings.server.ws_path.clone();
     let routes = Router::new()
         .route(
@@ -32,9 +47,10 @@ pub fn router(state: Arc<AppState>, preflight: &preflight::Preflight) -> Router 
                 )),
         )
         .merge(echo_route(&state, preflight))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .merge(match ops_endpoints {
+            OpsEndpoints::Public => ops::routes(),
+            OpsEndpoints::Admin => Router::new(),
+        })
         .merge(demo::routes(&state.settings))
         .fallback(not_found)
         .with_state(state);
@@ -74,33 +90,6 @@ fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 /// preflight rejection.
 pub fn json_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
     preflight::rejection_response(Rejection::new(status, code, message))
-}
-
-async fn healthz() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        r#"{"status":"alive"}"#,
-    )
-        .into_response()
-}
-
-async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-        state.node.metrics.render(),
-    )
-        .into_response()
-}
-
-async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Response {
-    match crate::upkeep::ready(&state.node, state.auth_keys.as_deref()).await {
-        Ok(()) => (
-            [(header::CONTENT_TYPE, "application/json")],
-            r#"{"status":"ready"}"#,
-        )
-            .into_response(),
-        Err(reason) => json_error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason),
-    }
 }
 
 async fn not_found() -> Response {

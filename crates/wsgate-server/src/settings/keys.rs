@@ -7,8 +7,8 @@ use config::Value;
 
 use super::sections::Settings;
 use super::values::{
-    boolean, choice, duration, float, ip_nets, lowercase_list, opt_choice, opt_path, opt_string,
-    socket_addr, string, string_list, topic_history, uint,
+    boolean, choice, duration, float, ip_nets, lowercase_list, opt_choice, opt_path,
+    opt_socket_addr, opt_string, socket_addr, string, string_list, topic_history, uint,
 };
 use super::webhooks::webhook_endpoints;
 
@@ -35,6 +35,7 @@ keys! {
     "server.tls_cert_file" => server.tls_cert_file: opt_path,
     "server.tls_key_file" => server.tls_key_file: opt_path,
     "server.grpc_listen" => server.grpc_listen: socket_addr,
+    "server.admin_listen" => server.admin_listen: opt_socket_addr,
     "server.pod_id" => server.pod_id: string,
     "server.header_read_timeout" => server.header_read_timeout: duration,
     "server.demo_page" => server.demo_page: boolean,

@@ -60,6 +60,19 @@ impl Settings {
                 format!("must differ from server.listen (both are {})", s.listen),
             ));
         }
+        if let Some(admin) = s.admin_listen {
+            for (key, other) in [
+                ("server.listen", s.listen),
+                ("server.grpc_listen", s.grpc_listen),
+            ] {
+                if same_port(admin, other) {
+                    p.push(Problem::new(
+                        "server.admin_listen",
+                        format!("{admin} clashes with {key} ({other}); give it a port of its own"),
+                    ));
+                }
+            }
+        }
         if s.pod_id.is_empty() || s.pod_id.len() > 128 || !s.pod_id.chars().all(is_name_char) {
             p.push(Problem::new(
                 "server.pod_id",
@@ -393,4 +406,13 @@ pub(super) fn fmt_duration(d: Duration) -> String {
 
 fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// Whether two listeners would contend for one port: the same port (0 picks a free one,
+/// so never) on the same address, or on any address when either is the unspecified
+/// one (`0.0.0.0`, `[::]`), which takes the port on every interface.
+fn same_port(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }

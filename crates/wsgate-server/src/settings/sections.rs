@@ -138,6 +138,10 @@ pub struct ServerSettings {
     /// Control-plane listener address (gRPC and the HTTP JSON API); must differ from
     /// `listen`. Default `127.0.0.1:50051`.
     pub grpc_listen: SocketAddr,
+    /// Operations listener address: when set, `/metrics`, `/healthz` and `/readyz` are
+    /// served there (plain HTTP, nothing else) and no longer on `listen`; must differ from
+    /// `listen` and `grpc_listen`. Default: unset = those endpoints stay on `listen`.
+    pub admin_listen: Option<SocketAddr>,
     /// Identity of this gateway instance, 1..=128 chars of `[A-Za-z0-9._-]`. Default: the
     /// `POD_NAME` environment variable, else the hostname + `-` + 6 random lowercase
     /// alphanumeric characters (hostname `wsgate` when unknown).
@@ -167,6 +171,7 @@ impl Default for ServerSettings {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
             ws_path: "/ws".to_owned(),
             grpc_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50051),
+            admin_listen: None,
             pod_id: default_pod_id(&HashMap::new()),
             header_read_timeout: Duration::from_secs(10),
             demo_page: true,

@@ -458,6 +458,44 @@ fn listen_and_grpc_listen_must_differ() {
 }
 
 #[test]
+fn admin_listen_needs_a_port_of_its_own() {
+    let clash = |admin: &str| {
+        let mut s = Settings::default();
+        s.server.admin_listen = Some(admin.parse().unwrap());
+        s.validate()
+    };
+    assert!(clash("127.0.0.1:9090").is_empty());
+    // Another loopback address on the same port is another socket.
+    assert!(clash("127.0.0.2:8080").is_empty());
+    for (admin, other) in [
+        ("127.0.0.1:8080", "server.listen"),
+        ("0.0.0.0:8080", "server.listen"),
+        ("127.0.0.1:50051", "server.grpc_listen"),
+        ("[::]:50051", "server.grpc_listen"),
+    ] {
+        let p = clash(admin);
+        assert_eq!(p.len(), 1, "{admin}: {p:?}");
+        assert_eq!(p[0].key, "server.admin_listen");
+        assert!(p[0].message.contains(other), "{admin}: {}", p[0].message);
+    }
+    // Port 0 picks a free port each time: no clash.
+    let mut s = Settings::default();
+    s.server.listen = "127.0.0.1:0".parse().unwrap();
+    s.server.admin_listen = s.server.listen.into();
+    assert!(s.validate().is_empty());
+    // Loaded from the environment; empty means unset.
+    let e = env(&[("WSGATE__SERVER__ADMIN_LISTEN", "127.0.0.1:9090")]);
+    let loaded = load(None, &e).unwrap().settings;
+    assert_eq!(loaded.server.admin_listen, "127.0.0.1:9090".parse().ok());
+    let e = env(&[("WSGATE__SERVER__ADMIN_LISTEN", "")]);
+    assert_eq!(load(None, &e).unwrap().settings.server.admin_listen, None);
+    let e = env(&[("WSGATE__SERVER__ADMIN_LISTEN", "9090")]);
+    let err = load(None, &e).unwrap_err();
+    assert_eq!(err.problems[0].key, "server.admin_listen", "{err}");
+    assert!(err.to_string().contains("invalid socket address"), "{err}");
+}
+
+#[test]
 fn jwt_key_rules() {
     let mut s = Settings::default();
     s.auth.mode = AuthMode::Jwt;

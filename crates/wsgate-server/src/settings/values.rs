@@ -42,7 +42,16 @@ pub(super) fn opt_string(v: Value) -> Result<Option<String>, String> {
 }
 
 pub(super) fn socket_addr(v: Value) -> Result<SocketAddr, String> {
-    let s = scalar(v)?;
+    parse_socket_addr(&scalar(v)?)
+}
+
+/// An optional listener address: unset, null or an empty string (an environment
+/// variable set to nothing) mean none.
+pub(super) fn opt_socket_addr(v: Value) -> Result<Option<SocketAddr>, String> {
+    opt_string(v)?.as_deref().map(parse_socket_addr).transpose()
+}
+
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
     s.trim().parse().map_err(|_| {
         format!("invalid socket address {s:?} (expected IP:PORT, e.g. \"0.0.0.0:8080\")")
     })
