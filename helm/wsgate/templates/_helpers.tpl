@@ -94,8 +94,8 @@ the image's defaults).
 {{- fail "config.redis.url: the Redis URL may hold a password and does not go in the ConfigMap; use secrets.redisUrl or existingSecret (key redis-url)" -}}
 {{- end -}}
 {{- $server := dig "server" dict $cfg -}}
-{{- if or (hasKey $server "listen") (hasKey $server "grpc_listen") -}}
-{{- fail "config.server.listen / config.server.grpc_listen are set by the chart; use listenAddress and containerPorts" -}}
+{{- if or (hasKey $server "listen") (hasKey $server "grpc_listen") (hasKey $server "admin_listen") -}}
+{{- fail "config.server.listen / grpc_listen / admin_listen are set by the chart; use listenAddress and containerPorts" -}}
 {{- end -}}
 {{- if hasKey $server "pod_id" -}}
 {{- fail "config.server.pod_id is set per pod from POD_NAME (downward API); remove it" -}}
