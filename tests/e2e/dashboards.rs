@@ -138,10 +138,10 @@ fn problem(
 ) -> Option<String> {
     if samples.contains(name) {
         for suffix in ["_bucket", "_sum", "_count"] {
-            if let Some(base) = name.strip_suffix(suffix) {
-                if types.get(base).is_some_and(|t| t == "histogram") {
-                    return None;
-                }
+            if let Some(base) = name.strip_suffix(suffix)
+                && types.get(base).is_some_and(|t| t == "histogram")
+            {
+                return None;
             }
         }
         return match types.get(name) {
