@@ -94,7 +94,9 @@ impl Feed {
                 .webhook_dropped
                 .with_label_values(&[label, reason]);
         }
-        self.holding(false);
+        // Created at 0 if absent; never reset here: the lease may already be held.
+        self.metrics.webhook_lease.with_label_values(&[label]);
+        self.metrics.webhook_lag.with_label_values(&[label]);
         loop {
             if self.stop.is_cancelled() {
                 return;
