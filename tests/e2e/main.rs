@@ -13,6 +13,7 @@ mod conformance;
 mod connect_proxy;
 mod control;
 mod control_history;
+mod dashboards;
 mod events;
 mod events_http;
 mod handshake_rate;

@@ -158,6 +158,24 @@ pub struct Events {
 impl Events {
     /// Events on `log`, with the writer task started.
     pub fn start(log: Arc<dyn EventLog>, options: EventOptions, metrics: Arc<Metrics>) -> Self {
+        // Every series at 0 from the start: `increase()` and `rate()` then see the first
+        // event (a series born at 1 shows no increase), and the dashboards and alerts
+        // that query them have something to show before anything went wrong.
+        for kind in [
+            EventKind::Connected,
+            EventKind::Disconnected,
+            EventKind::Subscribed,
+            EventKind::Unsubscribed,
+        ] {
+            metrics.events_emitted.with_label_values(&[kind.as_str()]);
+        }
+        for kind in [EventKind::Subscribed, EventKind::Unsubscribed] {
+            for reason in ["queue_full", "session_closed", "shutdown"] {
+                metrics
+                    .events_dropped
+                    .with_label_values(&[kind.as_str(), reason]);
+            }
+        }
         let (tx, rx) = mpsc::channel(options.queue.max(1));
         let (flushed_tx, flushed) = watch::channel(0);
         let stop_writer = CancellationToken::new();

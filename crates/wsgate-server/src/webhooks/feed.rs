@@ -81,6 +81,22 @@ impl Feed {
         let consumer = self.consumer();
         let label = self.endpoint.label.as_str();
         let log = self.events.log().clone();
+        // The endpoint's series at 0 on every pod from the start, so that `increase()`
+        // sees the first drop or give-up and `sum(wsgate_webhook_lease_held)` counts
+        // the pods that compete.
+        for outcome in ["delivered", "failed_attempt", "gave_up"] {
+            self.metrics
+                .webhook_deliveries
+                .with_label_values(&[label, outcome]);
+        }
+        for reason in ["overflow", "reset"] {
+            self.metrics
+                .webhook_dropped
+                .with_label_values(&[label, reason]);
+        }
+        // Created at 0 if absent; never reset here: the lease may already be held.
+        self.metrics.webhook_lease.with_label_values(&[label]);
+        self.metrics.webhook_lag.with_label_values(&[label]);
         loop {
             if self.stop.is_cancelled() {
                 return;
