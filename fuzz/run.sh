@@ -23,15 +23,20 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t"
     printf '\n==> fuzz %s for %ss\n' "$t" "$secs"
+    log="$(mktemp)"
     set +e
     cargo fuzz run "$t" "corpus/$t" "seeds/$t" -- \
-        -max_total_time="$secs" -print_final_stats=1 2>&1 |
-        grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|stat::|^Done|panicked|ERROR|SUMMARY|Test unit written'
-    # cargo fuzz exits non-zero on a finding; PIPESTATUS carries it past grep.
-    rc=${PIPESTATUS[0]}
+        -max_total_time="$secs" -print_final_stats=1 >"$log" 2>&1
+    # cargo fuzz exits non-zero on a finding, and on a target that does not build.
+    rc=$?
     set -e
+    grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|stat::|^Done|panicked|ERROR|SUMMARY|Test unit written' "$log" || true
     if [ "$rc" -ne 0 ]; then
+        # A build error prints none of the lines above: show the end of the output.
+        grep -q 'Test unit written' "$log" || tail -n 40 "$log" >&2
+        rm -f "$log"
         echo "fuzz target $t failed (exit $rc): see fuzz/artifacts/$t" >&2
         exit "$rc"
     fi
+    rm -f "$log"
 done

@@ -7,8 +7,8 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 use wsgate_core::auth::valid_topic;
 use wsgate_core::protocol::{
-    ClientOp, OutFrame, Payload, Reply, RequestId, decode_client, encode_push, encode_reply,
-    encode_welcome, valid_rpc_method,
+    ClientOp, MAX_TOKEN_BYTES, OutFrame, Payload, Reply, RequestId, decode_client, encode_push,
+    encode_reply, encode_welcome, valid_rpc_method,
 };
 
 fn parse(frame: &OutFrame) -> Value {
@@ -77,6 +77,14 @@ fuzz_target!(|data: &[u8]| {
                     assert!(id.is_some(), "rpc accepted without an id");
                     ("rpc", None)
                 }
+                ClientOp::Refresh { token } => {
+                    assert!(
+                        !token.is_empty() && token.len() <= MAX_TOKEN_BYTES,
+                        "refresh accepted with a token of {} bytes",
+                        token.len()
+                    );
+                    ("refresh", None)
+                }
             };
             if let Some(topic) = topic {
                 assert!(valid_topic(topic), "invalid topic accepted: {topic:?}");
@@ -100,9 +108,19 @@ fuzz_target!(|data: &[u8]| {
             if let Some(topic) = topic {
                 frame["topic"] = json!(topic);
             }
-            if let ClientOp::Rpc { method, data } = &req.op {
-                frame["method"] = json!(method);
-                frame["data"] = serde_json::from_str(data.get()).expect("rpc data is JSON");
+            match &req.op {
+                ClientOp::Rpc { method, data } => {
+                    frame["method"] = json!(method);
+                    frame["data"] = serde_json::from_str(data.get()).expect("rpc data is JSON");
+                }
+                ClientOp::Publish { data, .. } => {
+                    let Payload::Json(data) = data else {
+                        panic!("a client publish carries JSON data");
+                    };
+                    frame["data"] = serde_json::from_str(data.get()).expect("publish data is JSON");
+                }
+                ClientOp::Refresh { token } => frame["token"] = json!(token),
+                _ => {}
             }
             if id.is_some() {
                 frame["id"] = id_json(id);
