@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 #
-# wsgate container image: build with `docker build -t wsgate .` from the repository root.
+# wsgate container image: build with `docker build -t wsgate .` (or podman) from the
+# repository root. `scripts/check-image` builds it and runs it read-only as uid 65532,
+# checking a WebSocket session, a gRPC call and the size (at most 40 MB).
 #
 # The image listens on 0.0.0.0 (8080 HTTP/WebSocket, 50051 gRPC). wsgate refuses to start
 # on non-loopback listeners without authentication, so a container needs either
