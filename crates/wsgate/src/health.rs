@@ -441,6 +441,22 @@ mod tests {
         );
         s.server.admin_listen = Some("127.0.0.1:0".parse().unwrap());
         assert!(from_settings(&s).unwrap_err().contains("port 0"));
+
+        // TLS is the public listener's: the admin one stays plain HTTP...
+        s.server.tls_cert_file = Some("/nonexistent/cert.pem".into());
+        s.server.admin_listen = Some("127.0.0.1:9090".parse().unwrap());
+        let (url, trust) = from_settings(&s).unwrap();
+        assert_eq!(
+            (url.as_str(), trust),
+            ("http://127.0.0.1:9090/", Trust::System)
+        );
+        // ...and without one the probe needs the certificate file.
+        s.server.admin_listen = None;
+        let err = from_settings(&s).unwrap_err();
+        assert!(
+            err.starts_with("server.tls_cert_file /nonexistent/cert.pem"),
+            "{err}"
+        );
     }
 
     #[test]
