@@ -2,7 +2,8 @@
 #
 # wsgate container image: build with `docker build -t wsgate .` (or podman) from the
 # repository root. `scripts/check-image` builds it and runs it read-only as uid 65532,
-# checking a WebSocket session, a gRPC call and the size (at most 40 MB).
+# checking a WebSocket session, a gRPC call, the health check and the size (at most 40
+# MB). Build with `--format docker` under podman: the OCI image format has no HEALTHCHECK.
 #
 # The image listens on 0.0.0.0 (8080 HTTP/WebSocket, 50051 gRPC). wsgate refuses to start
 # on non-loopback listeners without authentication, so a container needs either
@@ -39,6 +40,12 @@ RUN --mount=type=cache,id=wsgate-cargo-registry,target=/usr/local/cargo/registry
     --mount=type=cache,id=wsgate-target,target=/src/target \
     cargo build --profile dist --locked -p wsgate
 COPY . .
+# The git revision `wsgate version` prints: .git is not in the build context, so
+# crates/wsgate/build.rs reads it from here (`--build-arg WSGATE_GIT_REVISION=$(git
+# rev-parse --short HEAD)`, as scripts/check-image passes it); `unknown` when not given.
+# Declared after the dependency build so that a new revision leaves that layer cached.
+ARG WSGATE_GIT_REVISION
+ENV WSGATE_GIT_REVISION=$WSGATE_GIT_REVISION
 # The stubs were built after the sources' timestamps: make cargo rebuild our crates.
 RUN --mount=type=cache,id=wsgate-cargo-registry,target=/usr/local/cargo/registry \
     --mount=type=cache,id=wsgate-target,target=/src/target \
@@ -54,5 +61,12 @@ ENV WSGATE__SERVER__LISTEN=0.0.0.0:8080 \
     WSGATE__TELEMETRY__LOG_FORMAT=json
 USER nonroot:nonroot
 EXPOSE 8080 50051
+# Docker and podman run this in the container (no shell or curl there): it reads the same
+# environment as `serve` and GETs /healthz on server.admin_listen, else server.listen
+# (127.0.0.1:8080 here), exiting 0 or 1 within its own 2 s timeout. Give a configuration
+# file as WSGATE_CONFIG rather than `serve --config FILE` so the check finds it too.
+# Kubernetes ignores HEALTHCHECK: the chart has its own probes.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=15s --retries=3 \
+    CMD ["/usr/local/bin/wsgate", "health"]
 ENTRYPOINT ["/usr/local/bin/wsgate"]
 CMD ["serve"]

@@ -17,6 +17,7 @@ mod dashboards;
 mod events;
 mod events_http;
 mod handshake_rate;
+mod health;
 mod hostile;
 mod http_api;
 mod jwks;

@@ -6,10 +6,12 @@
 //! file (with a `kid`) and `jwks` prints the key set that publishes such a key
 //! ([`tokens`]); `send`, `publish`, `revoke`, `presence` and `history` call the gRPC
 //! control plane of a running gateway ([`control`]), printing text or JSON ([`output`]);
-//! `completions` writes a shell completion script and `version` the version with the git
-//! revision ([`version`]), neither reading the configuration.
+//! `health` probes a running gateway's `/healthz` or `/readyz`, for a container's health
+//! check ([`health`]); `completions` writes a shell completion script and `version` the
+//! version with the git revision ([`version`]), neither reading the configuration.
 
 mod control;
+mod health;
 mod output;
 mod serve;
 mod tokens;
@@ -148,6 +150,10 @@ enum Command {
         #[command(flatten)]
         target: ControlArgs,
     },
+    /// Probe a running gateway's `/healthz` (or `/readyz` with `--ready`): exit 0 on a 200,
+    /// else 1 with the reason on stderr, within `--timeout`. For a container's
+    /// HEALTHCHECK; reads the configuration only to find the listener (without `--url`).
+    Health(health::HealthArgs),
     /// Print a completion script for SHELL on stdout, e.g.
     /// `wsgate completions bash > /etc/bash_completion.d/wsgate`.
     Completions {
@@ -163,8 +169,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // These two read no configuration: they work beside a broken one.
+    // These two read no configuration: they work beside a broken one. `health` reads it
+    // itself, and only without `--url`.
     match &cli.command {
+        Some(Command::Health(args)) => return health::run(args, cli.config.as_deref()),
         Some(Command::Completions { shell }) => {
             clap_complete::generate(
                 *shell,
@@ -284,7 +292,7 @@ fn main() -> ExitCode {
                 control::history(&settings, &target, request)
             })
         }
-        Command::Completions { .. } | Command::Version { .. } => Ok(()),
+        Command::Completions { .. } | Command::Version { .. } | Command::Health(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
