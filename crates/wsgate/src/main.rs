@@ -167,6 +167,11 @@ enum Command {
     },
 }
 
+/// mimalloc rather than glibc's malloc: per-thread free lists instead of arenas that grow
+/// page by page for each new session; measured in bench/README.md ("The allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // These two read no configuration: they work beside a broken one. `health` reads it
