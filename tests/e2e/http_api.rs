@@ -703,6 +703,11 @@ async fn a_backend_outage_is_a_503_as_it_is_unavailable_over_grpc() {
     redis.kill();
     let r = same_both_ways(&api, &mut grpc, "send_to_user", body).await;
     r.assert_error(503, "unavailable");
+    assert_eq!(
+        r.header("retry-after"),
+        Some("5"),
+        "a 503 says when to retry"
+    );
     same_both_ways(&api, &mut grpc, "get_presence", json!({"user_id": "alice"}))
         .await
         .assert_error(503, "unavailable");

@@ -7,7 +7,7 @@ use http::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Code, Status};
-use wsgate_core::rejection::Rejection;
+use wsgate_core::rejection::{RETRY_AFTER_BUSY_S, Rejection};
 use wsgate_proto::pb::gateway_server::Gateway;
 
 use crate::grpc::ControlService;
@@ -104,7 +104,8 @@ pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, Rejection> {
 
 /// The HTTP answer to a gRPC status: its code in lowercase as the `error`, its message
 /// as the `message`. Client mistakes are 400, a missing or wrong key 401, NOT_FOUND 404,
-/// RESOURCE_EXHAUSTED 429, UNAVAILABLE 503 (retry later), anything else 500.
+/// RESOURCE_EXHAUSTED 429, UNAVAILABLE 503 with `Retry-After` (like the handshake's 503s),
+/// anything else 500.
 pub fn status_rejection(status: &Status) -> Rejection {
     let (http, code) = match status.code() {
         Code::InvalidArgument => (StatusCode::BAD_REQUEST, "invalid_argument"),
@@ -116,7 +117,12 @@ pub fn status_rejection(status: &Status) -> Rejection {
         Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         other => (StatusCode::INTERNAL_SERVER_ERROR, internal_code(other)),
     };
-    Rejection::new(http, code, status.message())
+    let rejection = Rejection::new(http, code, status.message());
+    if http == StatusCode::SERVICE_UNAVAILABLE {
+        rejection.with_retry_after(RETRY_AFTER_BUSY_S)
+    } else {
+        rejection
+    }
 }
 
 fn internal_code(code: Code) -> &'static str {
@@ -227,6 +233,12 @@ mod tests {
             assert_eq!(
                 (r.status.as_u16(), r.code, r.message.as_str()),
                 (http, code, "x")
+            );
+            let retry_after = r.header(&http::header::RETRY_AFTER);
+            assert_eq!(
+                retry_after.is_some(),
+                http == 503,
+                "{code}: {retry_after:?}"
             );
         }
     }
