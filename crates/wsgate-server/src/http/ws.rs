@@ -118,8 +118,8 @@ async fn upgrade_session(state: Arc<AppState>, mut req: Request, echo: bool) -> 
         user_since,
     };
     // Registered before the 101: the registry enforces the per-user limit atomically
-    // (the preflight's count is only the early answer), and pushes that arrive while the
-    // upgrade completes wait in the session's queue.
+    // (this is the only check of it; the preflight does not count first), and pushes
+    // that arrive while the upgrade completes wait in the session's queue.
     let registered = match session::register(
         &state.node,
         &ctx,
