@@ -169,6 +169,8 @@ enum Command {
 
 /// mimalloc rather than glibc's malloc: per-thread free lists instead of arenas that grow
 /// page by page for each new session; measured in bench/README.md ("The allocator").
+/// Without the `mimalloc` feature (for heap profilers that hook malloc) it is glibc's.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
