@@ -1,19 +1,19 @@
 //! The local hub: this pod's live sessions, indexed by session, user and topic.
 //!
-//! Fan-out never blocks: a frame is offered to each session's bounded queue with
-//! `try_send`, and a session whose queue is full is closed as a slow consumer (3008)
+//! Fan-out never blocks: a frame is offered to each session's bounded queue without
+//! waiting, and a session whose queue is full is closed as a slow consumer (3008)
 //! instead of buffering without bound.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Command, Envelope, Target};
 use crate::close;
 use crate::ids::SessionId;
+use crate::outbox::{Outbox, Refused};
 use crate::protocol::{OutFrame, encode_push, encode_stream_push};
 use crate::stream::StreamPosition;
 
@@ -75,7 +75,8 @@ pub struct SessionHandle {
     pub id: SessionId,
     /// Its user.
     pub user_id: String,
-    queue: mpsc::Sender<Outbound>,
+    /// Pushes waiting for the socket, bounded.
+    queue: Outbox<Outbound>,
     closing: CancellationToken,
     reason: Mutex<Option<CloseReason>>,
     /// The `jti` of the session's current token (the handshake's, then the last
@@ -89,28 +90,28 @@ impl SessionHandle {
         id: SessionId,
         user_id: impl Into<String>,
         queue: usize,
-    ) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(queue.max(1));
+    ) -> (Arc<Self>, OutboundReceiver) {
         let handle = Arc::new(Self {
             id,
             user_id: user_id.into(),
-            queue: tx,
+            queue: Outbox::new(queue),
             closing: CancellationToken::new(),
             reason: Mutex::new(None),
             token_id: Mutex::new(None),
         });
-        (handle, rx)
+        let receiver = OutboundReceiver(handle.clone());
+        (handle, receiver)
     }
 
     /// Offers a frame without waiting.
     pub fn offer(&self, item: impl Into<Outbound>) -> Offer {
-        match self.queue.try_send(item.into()) {
+        match self.queue.offer(item.into()) {
             Ok(()) => Offer::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full) => {
                 self.close_with(close::QUEUE_FULL);
                 Offer::SlowConsumer
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
+            Err(Refused::Closed) => Offer::Closed,
         }
     }
 
@@ -152,6 +153,29 @@ impl SessionHandle {
     /// Resolves when the session has been asked to close.
     pub fn closing(&self) -> &CancellationToken {
         &self.closing
+    }
+}
+
+/// The session's end of its outbound queue. Dropping it closes the queue: later offers
+/// answer [`Offer::Closed`].
+#[derive(Debug)]
+pub struct OutboundReceiver(Arc<SessionHandle>);
+
+impl OutboundReceiver {
+    /// The next queued item, waiting for one (cancel-safe).
+    pub async fn recv(&mut self) -> Outbound {
+        self.0.queue.take().await
+    }
+
+    /// The next queued item, if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        self.0.queue.try_take()
+    }
+}
+
+impl Drop for OutboundReceiver {
+    fn drop(&mut self) {
+        self.0.queue.close();
     }
 }
 
@@ -421,8 +445,8 @@ mod tests {
         assert!(hub.insert(b.clone()));
 
         assert_eq!(hub.apply(&envelope(Target::User("alice".into()), "x")), 2);
-        assert!(ra1.try_recv().is_ok() && ra2.try_recv().is_ok());
-        assert!(rb.try_recv().is_err());
+        assert!(ra1.try_recv().is_some() && ra2.try_recv().is_some());
+        assert!(rb.try_recv().is_none());
 
         assert_eq!(
             hub.subscribe(&b.id, "news"),
@@ -436,7 +460,7 @@ mod tests {
         let frame = encode_push(&Payload::Text("n".into()), Some("news"));
         assert_eq!(hub.apply(&envelope(Target::Topic("news".into()), "n")), 2);
         assert_eq!(rb.try_recv().unwrap().frame, frame);
-        assert!(ra2.try_recv().is_err(), "a2 is not subscribed");
+        assert!(ra2.try_recv().is_none(), "a2 is not subscribed");
 
         assert_eq!(hub.apply(&envelope(Target::Session(a2.id.clone()), "s")), 1);
         assert_eq!(hub.apply(&envelope(Target::Broadcast, "all")), 3);

@@ -21,6 +21,7 @@ pub mod hub;
 pub mod ids;
 pub use auth::jwks;
 pub mod limiter;
+pub mod outbox;
 pub mod preflight;
 pub mod protocol;
 pub mod rejection;

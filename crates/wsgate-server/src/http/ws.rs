@@ -161,6 +161,10 @@ async fn upgrade_session(state: Arc<AppState>, mut req: Request, echo: bool) -> 
         ws.duration_ms = tracing::field::Empty,
     );
     let connections = state.node.metrics.connections.clone();
+    // One box for what the session starts with: the task's future keeps its captures for
+    // its whole life, so capturing these by value would hold a second copy of the
+    // session's state beside the one `session::run` builds.
+    let start = Box::new((ctx, params, registered));
     let task = async move {
         let _slot = slot;
         let _open = OpenConnection::new(connections);
@@ -172,6 +176,7 @@ async fn upgrade_session(state: Arc<AppState>, mut req: Request, echo: bool) -> 
                     Some(config),
                 )
                 .await;
+                let (ctx, params, registered) = *start;
                 session::run(ws, ctx, params, registered).await;
             }
             // Dropping `registered` unregisters the session.

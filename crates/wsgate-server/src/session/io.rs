@@ -144,7 +144,8 @@ where
             return Flow::Stop(exit);
         }
         match reset {
-            Some(key) => self.reset_stream(key).await,
+            // Rare, and its future reaches the backend: boxed, see `run`.
+            Some(key) => Box::pin(self.reset_stream(key)).await,
             None => Flow::Continue,
         }
     }
@@ -152,7 +153,7 @@ where
     /// The next queued item, while the batch has room.
     fn next_queued(&mut self, batched: usize) -> Option<Outbound> {
         (batched < WRITE_BATCH)
-            .then(|| self.outbound.try_recv().ok())
+            .then(|| self.outbound.try_recv())
             .flatten()
     }
 

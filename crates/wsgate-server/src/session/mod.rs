@@ -31,15 +31,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use wsgate_core::auth::TopicPolicy;
 use wsgate_core::backend::SessionRecord;
 use wsgate_core::backend::{Channel, StreamPosition};
 use wsgate_core::close::{self, Close};
 use wsgate_core::events::{Closed, ClosedBy};
-use wsgate_core::hub::Outbound;
-use wsgate_core::hub::SessionHandle;
+use wsgate_core::hub::{OutboundReceiver, SessionHandle};
 use wsgate_core::ids::SessionId;
 use wsgate_core::protocol::encode_welcome_with_stream;
 
@@ -155,7 +153,7 @@ impl Tally {
 /// Dropped without [`run`] (the upgrade failed), it unregisters itself.
 pub struct Registered {
     handle: Arc<SessionHandle>,
-    outbound: mpsc::Receiver<Outbound>,
+    outbound: OutboundReceiver,
     record: SessionRecord,
     cleanup: Cleanup,
 }
@@ -236,23 +234,40 @@ fn closed(exit: &Exit) -> Closed {
 }
 
 /// Runs a registered session on its socket until it ends, then unregisters it.
-pub async fn run<S>(
+///
+/// Not an `async fn`: the session's state goes into one box here, before the first
+/// await, so the future the task keeps for the session's whole life holds a pointer
+/// instead of the arguments and a copy of them in the state (an async fn keeps room for
+/// its arguments even once they are moved out).
+pub fn run<S>(
     ws: S,
     ctx: SessionContext,
     params: SessionParams,
     registered: Registered,
-) -> SessionEnd
+) -> impl Future<Output = SessionEnd>
 where
     S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
 {
     let started = Instant::now();
-    let mut session = Session::new(ws, ctx, params, registered);
+    let session = Box::new(Session::new(ws, ctx, params, registered));
+    drive(session, started)
+}
+
+async fn drive<S>(mut session: Box<Session<S>>, started: Instant) -> SessionEnd
+where
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
+{
     // A session that registered while the pod began draining is told to go at once.
     if session.node.gauge.is_draining() {
         session.handle.close_with(close::SHUTDOWN);
     }
     let exit = session.serve().await;
-    session.end(exit, started).await
+    // Boxed, like the welcome and the rarer event handlers: the task keeps room for the
+    // largest future it awaits for the session's whole life, so one-time and occasional
+    // steps (whose futures reach the backend) live on the heap only while they run. This
+    // keeps an idle session's memory to its state and the event loop (bench/README.md,
+    // "Idle memory").
+    Box::pin(session.end(exit, started)).await
 }
 
 /// Puts a session's summary on its span (the current one) and into the metrics.
@@ -337,7 +352,7 @@ struct Session<S> {
     node: Arc<Node>,
     handle: Arc<SessionHandle>,
     /// Pushes for this session, filled by the hub.
-    outbound: mpsc::Receiver<Outbound>,
+    outbound: OutboundReceiver,
     /// Streams with history the session tracks (joined topics, the user stream).
     cursors: streams::Cursors,
     /// Changes when the broker may have missed pushes: tracked streams catch up.
@@ -401,7 +416,7 @@ where
 
     /// Greets the client, then handles events until the session ends.
     async fn serve(&mut self) -> Exit {
-        match self.welcome().await {
+        match Box::pin(self.welcome()).await {
             Flow::Continue => self.event_loop().await,
             Flow::Stop(exit) => exit,
         }
@@ -456,21 +471,21 @@ where
                 () = self.handle.closing().cancelled() => Flow::Stop(self.requested_close()),
                 () = sleep_until_opt(self.pong_deadline) => close::NO_PONG.into(),
                 () = sleep_until_opt(self.token_deadline) => close::TOKEN_EXPIRY.into(),
-                Ok(()) = self.resync.changed(), if !self.cursors.is_empty() => self.catch_up().await,
+                Ok(()) = self.resync.changed(), if !self.cursors.is_empty() => {
+                    Box::pin(self.catch_up()).await
+                }
                 // Before the queue: at most `rpc.max_in_flight` answers, so they cannot
                 // starve it, and a busy queue does not hold them back.
                 Some((id, outcome)) = self.calls.next(), if !self.calls.is_empty() => {
-                    self.rpc_done(id, outcome).await
+                    Box::pin(self.rpc_done(id, outcome)).await
                 }
-                frame = self.outbound.recv() => match frame {
-                    Some(frame) => self.flush_queue(frame).await,
-                    None => close::UNEXPLAINED.into(),
-                },
+                frame = self.outbound.recv() => self.flush_queue(frame).await,
                 incoming = self.ws.next() => {
                     // Any frame proves the client alive.
                     self.pong_deadline = None;
                     match incoming {
-                        Some(Ok(msg)) => self.on_frame(msg).await,
+                        // Boxed: the ops' futures reach the backend and are large.
+                        Some(Ok(msg)) => Box::pin(self.on_frame(msg)).await,
                         Some(Err(e)) => Flow::Stop(io::read_error(e)),
                         None => Flow::Stop(Exit::Ended(EndedBy::Transport(
                             "connection closed without a close frame".into(),
@@ -499,7 +514,7 @@ where
     /// Ends the session: unregisters it first (nothing more is read from the queue), then,
     /// when the server closes, gives the client its close frame, which may take up to the
     /// heartbeat timeout with a client that does not answer. Records the summary.
-    async fn end(self, exit: Exit, started: Instant) -> SessionEnd {
+    async fn end(self: Box<Self>, exit: Exit, started: Instant) -> SessionEnd {
         let Session {
             mut ws,
             ctx,
@@ -510,7 +525,7 @@ where
             tally,
             cleanup,
             ..
-        } = self;
+        } = *self;
         // Calls still out are cancelled: their answers would have nowhere to go.
         drop(calls);
         drop(outbound);
