@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Command, Envelope, Target};
 use crate::close;
 use crate::ids::SessionId;
 use crate::outbox::{Outbox, Refused};
 use crate::protocol::{OutFrame, encode_push, encode_stream_push};
+use crate::signal::Signal;
 use crate::stream::StreamPosition;
 
 /// One item of a session's outbound queue: a frame, and where it stands in its stream
@@ -77,7 +77,7 @@ pub struct SessionHandle {
     pub user_id: String,
     /// Pushes waiting for the socket, bounded.
     queue: Outbox<Outbound>,
-    closing: CancellationToken,
+    closing: Signal,
     reason: Mutex<Option<CloseReason>>,
     /// The `jti` of the session's current token (the handshake's, then the last
     /// refresh's), which a revocation by token id names.
@@ -95,7 +95,7 @@ impl SessionHandle {
             id,
             user_id: user_id.into(),
             queue: Outbox::new(queue),
-            closing: CancellationToken::new(),
+            closing: Signal::new(),
             reason: Mutex::new(None),
             token_id: Mutex::new(None),
         });
@@ -127,7 +127,7 @@ impl SessionHandle {
                 });
             }
         }
-        self.closing.cancel();
+        self.closing.raise();
     }
 
     /// [`close`](Self::close) with one of the server's named closes.
@@ -151,7 +151,7 @@ impl SessionHandle {
     }
 
     /// Resolves when the session has been asked to close.
-    pub fn closing(&self) -> &CancellationToken {
+    pub fn closing(&self) -> &Signal {
         &self.closing
     }
 }
@@ -494,7 +494,7 @@ mod tests {
         assert_eq!(h.offer(frame.clone()), Offer::Queued);
         assert_eq!(h.offer(frame.clone()), Offer::Queued);
         assert_eq!(h.offer(frame), Offer::SlowConsumer);
-        assert!(h.closing().is_cancelled());
+        assert!(h.closing().is_raised());
         assert_eq!(h.close_reason().unwrap().code, close::SLOW_CONSUMER);
         assert_eq!(
             h.close_reason().unwrap().reason,

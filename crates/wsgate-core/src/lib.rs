@@ -26,5 +26,6 @@ pub mod preflight;
 pub mod protocol;
 pub mod rejection;
 pub mod revocation;
+pub mod signal;
 pub mod stream;
 pub mod subscriptions;

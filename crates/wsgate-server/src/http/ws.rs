@@ -176,8 +176,14 @@ async fn upgrade_session(state: Arc<AppState>, mut req: Request, echo: bool) -> 
                     Some(config),
                 )
                 .await;
-                let (ctx, params, registered) = *start;
-                session::run(ws, ctx, params, registered).await;
+                // Moved out of the capture into a block of its own, so the box is freed
+                // before the session runs (a capture lives as long as the task).
+                let session = {
+                    let start = start;
+                    let (ctx, params, registered) = *start;
+                    session::run(ws, ctx, params, registered)
+                };
+                session.await;
             }
             // Dropping `registered` unregisters the session.
             Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),

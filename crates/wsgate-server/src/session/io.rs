@@ -10,11 +10,11 @@ use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_util::sync::CancellationToken;
 use wsgate_core::close;
 use wsgate_core::hub::Outbound;
 use wsgate_core::hub::truncate_reason;
 use wsgate_core::protocol::OutFrame;
+use wsgate_core::signal::Signal;
 
 use super::streams::Admit;
 use super::{EndedBy, Exit, Flow, Session};
@@ -46,7 +46,7 @@ pub(super) fn to_message(frame: OutFrame) -> Message {
 /// (a slow consumer).
 async fn limited(
     write: impl Future<Output = Result<(), WsError>>,
-    closing: &CancellationToken,
+    closing: &Signal,
     stall: Duration,
 ) -> WriteOutcome {
     tokio::select! {
@@ -55,7 +55,7 @@ async fn limited(
             Ok(Err(e)) => WriteOutcome::Failed(Exit::Ended(EndedBy::Transport(e.to_string()))),
             Err(_) => WriteOutcome::Failed(close::WRITE_STALLED.into()),
         },
-        () = closing.cancelled() => WriteOutcome::Closing,
+        () = closing.raised() => WriteOutcome::Closing,
     }
 }
 

@@ -154,7 +154,7 @@ impl Tally {
 pub struct Registered {
     handle: Arc<SessionHandle>,
     outbound: OutboundReceiver,
-    record: SessionRecord,
+    /// Unregisters the session however it ends; holds the session's record.
     cleanup: Cleanup,
 }
 
@@ -182,30 +182,33 @@ pub async fn register(
         outbound,
         cleanup: Cleanup {
             node: node.clone(),
-            record: Some(record.clone()),
+            record,
+            done: false,
         },
-        record,
     })
 }
 
-/// Removes the session everywhere even if the task is cancelled or panics.
+/// Removes the session everywhere even if the task is cancelled or panics. It holds the
+/// session's record, the one copy the session uses.
 struct Cleanup {
     node: Arc<Node>,
-    record: Option<SessionRecord>,
+    record: SessionRecord,
+    /// Unregistered already: dropping does nothing more.
+    done: bool,
 }
 
 impl Cleanup {
     /// Unregisters the session, which ended as `closed` says.
     async fn run(mut self, closed: &Closed) {
-        if let Some(record) = self.record.take() {
-            self.node.close_session(&record, closed).await;
-        }
+        self.done = true;
+        self.node.close_session(&self.record, closed).await;
     }
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if let Some(record) = self.record.take() {
+        if !self.done {
+            let record = self.record.clone();
             let node = self.node.clone();
             // Only reached when the task was cancelled or panicked, or the upgrade never
             // completed; the hub's removal is idempotent, so a racing explicit cleanup
@@ -357,7 +360,6 @@ struct Session<S> {
     cursors: streams::Cursors,
     /// Changes when the broker may have missed pushes: tracked streams catch up.
     resync: tokio::sync::watch::Receiver<u64>,
-    record: SessionRecord,
     tally: Tally,
     /// Unregisters the session however the task ends.
     cleanup: Cleanup,
@@ -379,7 +381,6 @@ where
         let Registered {
             handle,
             outbound,
-            record,
             cleanup,
         } = registered;
         let node = cleanup.node.clone();
@@ -396,12 +397,16 @@ where
             outbound,
             cursors: streams::Cursors::new(),
             resync,
-            record,
             cleanup,
             calls: rpc::Calls::new(),
             pong_deadline: None,
             token_deadline: None,
         }
+    }
+
+    /// The session's record in the registry.
+    fn record(&self) -> &SessionRecord {
+        &self.cleanup.record
     }
 
     /// When a token expiring at `exp` (seconds since the Unix epoch) closes the session:
@@ -468,9 +473,11 @@ where
         loop {
             let flow = tokio::select! {
                 biased;
-                () = self.handle.closing().cancelled() => Flow::Stop(self.requested_close()),
-                () = sleep_until_opt(self.pong_deadline) => close::NO_PONG.into(),
-                () = sleep_until_opt(self.token_deadline) => close::TOKEN_EXPIRY.into(),
+                () = self.handle.closing().raised() => Flow::Stop(self.requested_close()),
+                // One timer for both deadlines, the earlier one.
+                () = sleep_until_opt(earliest(self.pong_deadline, self.token_deadline)) => {
+                    self.deadline_passed().into()
+                }
                 Ok(()) = self.resync.changed(), if !self.cursors.is_empty() => {
                     Box::pin(self.catch_up()).await
                 }
@@ -497,6 +504,16 @@ where
             if let Flow::Stop(exit) = flow {
                 return exit;
             }
+        }
+    }
+
+    /// Which deadline passed: a missing pong first, then the token's end.
+    fn deadline_passed(&self) -> close::Close {
+        let now = tokio::time::Instant::now();
+        if self.pong_deadline.is_some_and(|d| d <= now) {
+            close::NO_PONG
+        } else {
+            close::TOKEN_EXPIRY
         }
     }
 
@@ -541,6 +558,17 @@ where
         record_end(&node.metrics, &end);
         tracing::debug!(session = %ctx.session_id, user = %ctx.user_id, ended_by = ?end.ended_by, "session ended");
         end
+    }
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(
+    a: Option<tokio::time::Instant>,
+    b: Option<tokio::time::Instant>,
+) -> Option<tokio::time::Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -127,7 +127,7 @@ where
             code: "unavailable",
             message: "the subscription could not be made; try again".into(),
         };
-        match self.node.subscribe(&self.record, &topic).await {
+        match self.node.subscribe(self.record(), &topic).await {
             Ok(Subscribed::Added { .. } | Subscribed::Already) => {}
             Ok(Subscribed::NoSession) => {
                 let closing = Reply::Error {
@@ -156,7 +156,7 @@ where
             }
             Err(e) => {
                 tracing::warn!(session = %self.ctx.session_id, error = %e, "history read failed");
-                self.node.unsubscribe(&self.record, &topic).await;
+                self.node.unsubscribe(self.record(), &topic).await;
                 (unavailable, None)
             }
         }
@@ -164,7 +164,7 @@ where
 
     /// `unsubscribe`: always answered, whether or not the session had the topic.
     async fn unsubscribe(&mut self, topic: String) -> Reply {
-        self.node.unsubscribe(&self.record, &topic).await;
+        self.node.unsubscribe(self.record(), &topic).await;
         self.cursors.remove(&Some(topic.clone()));
         Reply::Unsubscribed(topic)
     }

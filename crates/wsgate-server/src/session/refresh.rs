@@ -82,7 +82,7 @@ where
             .filter(|topic| !self.ctx.topics.allows(topic))
             .collect();
         for topic in dropped {
-            self.node.unsubscribe(&self.record, &topic).await;
+            self.node.unsubscribe(self.record(), &topic).await;
             self.cursors.remove(&Some(topic.clone()));
             notices.push(encode_reply(
                 &Reply::Dropped {

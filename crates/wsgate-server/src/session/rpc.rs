@@ -13,7 +13,7 @@
 use std::pin::Pin;
 
 use futures_util::stream::FuturesUnordered;
-use futures_util::{Sink, Stream};
+use futures_util::{Sink, Stream, StreamExt};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use wsgate_core::protocol::{RawJson, Reply, RequestId, encode_reply};
 
@@ -24,8 +24,36 @@ use crate::rpc::{RpcOutcome, RpcRequest};
 /// A call in flight: resolves to the request id to answer and how the call went.
 type Call = Pin<Box<dyn Future<Output = (Option<RequestId>, RpcOutcome)> + Send>>;
 
-/// The session's calls in flight.
-pub(super) type Calls = FuturesUnordered<Call>;
+/// The session's calls in flight. The set is made at the first call: an empty
+/// `FuturesUnordered` allocates already, and most sessions never call.
+#[derive(Default)]
+pub(super) struct Calls(Option<FuturesUnordered<Call>>);
+
+impl Calls {
+    pub(super) fn new() -> Self {
+        Self(None)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&mut self, call: Call) {
+        self.0.get_or_insert_with(FuturesUnordered::new).push(call);
+    }
+
+    /// The next call to end; never resolves while none is out.
+    pub(super) async fn next(&mut self) -> Option<(Option<RequestId>, RpcOutcome)> {
+        match &mut self.0 {
+            Some(set) if !set.is_empty() => set.next().await,
+            _ => std::future::pending().await,
+        }
+    }
+}
 
 impl<S> Session<S>
 where

@@ -210,8 +210,82 @@ pub(super) fn replay_frames(entries: &[StreamEntry], topic: Option<&str>) -> (Ve
     (messages, bytes)
 }
 
-/// The cursors of a session's tracked streams.
-pub(super) type Cursors = HashMap<StreamKey, Cursor>;
+/// Tracked streams kept in a list up to this many; a hash map beyond.
+const FEW_CURSORS: usize = 8;
+
+/// The cursors of a session's tracked streams. Most sessions track one or two (the user
+/// stream, a topic), so they live in a list sized to fit, without the few hundred bytes
+/// of an empty hash map's first table; a session tracking many gets a map.
+#[derive(Debug)]
+pub(super) enum Cursors {
+    Few(Vec<(StreamKey, Cursor)>),
+    Many(HashMap<StreamKey, Cursor>),
+}
+
+impl Cursors {
+    pub(super) fn new() -> Self {
+        Self::Few(Vec::new())
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        match self {
+            Self::Few(list) => list.is_empty(),
+            Self::Many(map) => map.is_empty(),
+        }
+    }
+
+    pub(super) fn get(&self, key: &StreamKey) -> Option<&Cursor> {
+        match self {
+            Self::Few(list) => list.iter().find(|(k, _)| k == key).map(|(_, c)| c),
+            Self::Many(map) => map.get(key),
+        }
+    }
+
+    pub(super) fn get_mut(&mut self, key: &StreamKey) -> Option<&mut Cursor> {
+        match self {
+            Self::Few(list) => list.iter_mut().find(|(k, _)| k == key).map(|(_, c)| c),
+            Self::Many(map) => map.get_mut(key),
+        }
+    }
+
+    pub(super) fn insert(&mut self, key: StreamKey, cursor: Cursor) {
+        match self {
+            Self::Few(list) => {
+                if let Some(slot) = list.iter_mut().find(|(k, _)| *k == key) {
+                    slot.1 = cursor;
+                } else if list.len() < FEW_CURSORS {
+                    // One more slot at a time: a list of one is one cursor's size.
+                    list.reserve_exact(1);
+                    list.push((key, cursor));
+                } else {
+                    let mut map: HashMap<_, _> = std::mem::take(list).into_iter().collect();
+                    map.insert(key, cursor);
+                    *self = Self::Many(map);
+                }
+            }
+            Self::Many(map) => {
+                map.insert(key, cursor);
+            }
+        }
+    }
+
+    pub(super) fn remove(&mut self, key: &StreamKey) {
+        match self {
+            Self::Few(list) => list.retain(|(k, _)| k != key),
+            Self::Many(map) => {
+                map.remove(key);
+            }
+        }
+    }
+
+    /// The tracked streams.
+    pub(super) fn keys(&self) -> Vec<StreamKey> {
+        match self {
+            Self::Few(list) => list.iter().map(|(k, _)| k.clone()).collect(),
+            Self::Many(map) => map.keys().cloned().collect(),
+        }
+    }
+}
 
 impl<S> Session<S>
 where
@@ -265,7 +339,7 @@ where
     /// pushes (it reconnected, or its subscriptions were repaired).
     pub(super) async fn catch_up(&mut self) -> Flow {
         self.resync.borrow_and_update();
-        let keys: Vec<StreamKey> = self.cursors.keys().cloned().collect();
+        let keys = self.cursors.keys();
         for key in keys {
             let Some(cursor) = self.cursors.get(&key).cloned() else {
                 continue;
@@ -315,7 +389,7 @@ where
         match key {
             None => close::STREAM_RESET.into(),
             Some(topic) => {
-                self.node.unsubscribe(&self.record, &topic).await;
+                self.node.unsubscribe(self.record(), &topic).await;
                 let frame = wsgate_core::protocol::encode_reply(
                     &wsgate_core::protocol::Reply::Dropped {
                         topic,
@@ -501,5 +575,51 @@ mod tests {
         let fresh = join(p, None);
         assert_eq!((fresh.recovered, fresh.replay.len()), (None, 0));
         assert_eq!(fresh.cursor.last, 5);
+    }
+
+    fn cursor_at(last: u64) -> Cursor {
+        Cursor {
+            epoch: "e".into(),
+            last,
+            read_top: last,
+            replayed: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn cursors_are_found_replaced_and_removed_as_a_list_and_as_a_map() {
+        let mut cursors = Cursors::new();
+        assert!(cursors.is_empty());
+        cursors.insert(None, cursor_at(1));
+        for i in 0..20u64 {
+            cursors.insert(Some(format!("t{i}")), cursor_at(i));
+            assert_eq!(cursors.get(&Some(format!("t{i}"))).map(|c| c.last), Some(i));
+            assert_eq!(cursors.get(&None).map(|c| c.last), Some(1), "after {i}");
+            if i == 3 {
+                assert!(matches!(cursors, Cursors::Few(_)));
+            }
+        }
+        assert!(
+            matches!(cursors, Cursors::Many(_)),
+            "more than a few: a map"
+        );
+        assert_eq!(cursors.keys().len(), 21);
+        // Replacing keeps one entry per stream.
+        cursors.insert(Some("t5".into()), cursor_at(50));
+        assert_eq!(cursors.keys().len(), 21);
+        if let Some(c) = cursors.get_mut(&Some("t5".into())) {
+            c.last = 51;
+        }
+        assert_eq!(cursors.get(&Some("t5".into())).map(|c| c.last), Some(51));
+        cursors.remove(&Some("t5".into()));
+        assert!(cursors.get(&Some("t5".into())).is_none());
+
+        let mut few = Cursors::new();
+        few.insert(Some("a".into()), cursor_at(1));
+        few.insert(Some("a".into()), cursor_at(2));
+        assert_eq!(few.keys(), vec![Some("a".to_owned())]);
+        assert_eq!(few.get(&Some("a".into())).map(|c| c.last), Some(2));
+        few.remove(&Some("a".into()));
+        assert!(few.is_empty());
     }
 }

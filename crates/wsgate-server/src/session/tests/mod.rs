@@ -124,7 +124,7 @@ fn spawn(
     params: SessionParams,
 ) -> Running {
     let id = ctx.session_id.clone();
-    let record = registered.record.clone();
+    let record = registered.cleanup.record.clone();
     let handle = registered.handle.clone();
     let task = tokio::spawn(run(server, ctx, params, registered));
     Running {
@@ -611,7 +611,8 @@ async fn a_cancelled_session_is_cleaned_up_once() {
     // A second cleanup changes nothing, and the other session stays.
     Cleanup {
         node: node.clone(),
-        record: Some(s.record.clone()),
+        record: s.record.clone(),
+        done: false,
     }
     .run(&wsgate_core::events::Closed::unexplained(0))
     .await;
