@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Command, Envelope, Target};
 use crate::close;
+use crate::deflate::{MIN_COMPRESS_BYTES, SharedDeflate};
 use crate::ids::SessionId;
 use crate::protocol::{OutFrame, encode_push, encode_stream_push};
 use crate::stream::StreamPosition;
@@ -26,11 +27,31 @@ pub struct Outbound {
     pub frame: OutFrame,
     /// Its stream position, shared by every session the push reaches.
     pub mark: Option<Arc<StreamMark>>,
+    /// The frame's compressed form, shared by every session the push reaches that
+    /// negotiated permessage-deflate: the first one to send it deflates it. `None` for a
+    /// frame of one session, or one too small to compress.
+    pub deflate: Option<Arc<SharedDeflate>>,
 }
 
 impl From<OutFrame> for Outbound {
     fn from(frame: OutFrame) -> Self {
-        Self { frame, mark: None }
+        Self {
+            frame,
+            mark: None,
+            deflate: None,
+        }
+    }
+}
+
+impl Outbound {
+    /// A push for several sessions: its compressed form is shared when it is worth one.
+    fn shared(frame: OutFrame, mark: Option<Arc<StreamMark>>) -> Self {
+        let deflate = (frame.len() >= MIN_COMPRESS_BYTES).then(|| Arc::new(SharedDeflate::new()));
+        Self {
+            frame,
+            mark,
+            deflate,
+        }
     }
 }
 
@@ -364,17 +385,15 @@ impl Hub {
                         if !matches!(envelope.target, Target::Session(_) | Target::Broadcast) =>
                     {
                         let push = encode_stream_push(payload, topic, position.offset);
-                        Outbound {
-                            frame: push.frame,
-                            mark: Some(Arc::new(StreamMark {
-                                topic: topic.map(str::to_owned),
-                                position: position.clone(),
-                                id: envelope.id.clone(),
-                                announce: push.announce,
-                            })),
-                        }
+                        let mark = Arc::new(StreamMark {
+                            topic: topic.map(str::to_owned),
+                            position: position.clone(),
+                            id: envelope.id.clone(),
+                            announce: push.announce,
+                        });
+                        Outbound::shared(push.frame, Some(mark))
                     }
-                    _ => Outbound::from(encode_push(payload, topic)),
+                    _ => Outbound::shared(encode_push(payload, topic), None),
                 };
                 let mut reached = 0;
                 for h in targets {

@@ -347,6 +347,8 @@ pub struct SessionSettings {
     /// With auth off, sessions may publish to every topic with the `publish` op (with
     /// JWT the token's `publish` claim decides). Default `false`.
     pub client_publish: bool,
+    /// Offer permessage-deflate (RFC 7692) to clients that ask for it. Default `false`.
+    pub compression: bool,
 }
 
 impl Default for SessionSettings {
@@ -360,6 +362,7 @@ impl Default for SessionSettings {
             read_buffer_bytes: 1024,
             write_buffer_bytes: 4096,
             client_publish: false,
+            compression: false,
         }
     }
 }
