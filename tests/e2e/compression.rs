@@ -3,12 +3,11 @@
 //! all of them, while a client that did not gets the same push plain; compressed client
 //! messages are inflated, and one that inflates past the message limit closes with 1009.
 
-use std::collections::HashMap;
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use wsgate_core::deflate::{RESPONSE, compress, decompress};
+use wsgate_tests::hostile::{Metrics, scrape};
 use wsgate_tests::*;
 
 const OFFER: &str = "permessage-deflate; client_max_window_bits";
@@ -116,15 +115,12 @@ impl RawClient {
     }
 }
 
-async fn metrics(gw: &Gateway) -> HashMap<String, f64> {
-    let r = raw_request(gw.ops(), b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    wsgate_tests::hostile::parse_metrics(&r.body).0
+async fn metrics(gw: &Gateway) -> Metrics {
+    scrape(gw.ops()).await
 }
 
-fn metric(m: &HashMap<String, f64>, name: &str) -> f64 {
-    m.get(name).copied().unwrap_or(0.0)
+fn metric(m: &Metrics, name: &str) -> f64 {
+    m.sum(name)
 }
 
 fn settings(compression: bool) -> wsgate_server::settings::Settings {
