@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Command, Envelope, Target};
 use crate::close;
-use crate::deflate::{MIN_COMPRESS_BYTES, SharedDeflate};
+use crate::deflate::SharedDeflate;
 use crate::ids::SessionId;
 use crate::protocol::{OutFrame, encode_push, encode_stream_push};
 use crate::stream::StreamPosition;
@@ -29,7 +29,7 @@ pub struct Outbound {
     pub mark: Option<Arc<StreamMark>>,
     /// The frame's compressed form, shared by every session the push reaches that
     /// negotiated permessage-deflate: the first one to send it deflates it. `None` for a
-    /// frame of one session, or one too small to compress.
+    /// frame of one session.
     pub deflate: Option<Arc<SharedDeflate>>,
 }
 
@@ -44,13 +44,13 @@ impl From<OutFrame> for Outbound {
 }
 
 impl Outbound {
-    /// A push for several sessions: its compressed form is shared when it is worth one.
+    /// A push for several sessions, with room for its shared compressed form (one small
+    /// allocation per push, not per recipient; filled only if a session needs it).
     fn shared(frame: OutFrame, mark: Option<Arc<StreamMark>>) -> Self {
-        let deflate = (frame.len() >= MIN_COMPRESS_BYTES).then(|| Arc::new(SharedDeflate::new()));
         Self {
             frame,
             mark,
-            deflate,
+            deflate: Some(Arc::new(SharedDeflate::new())),
         }
     }
 }

@@ -30,8 +30,8 @@ pub use stream::{InflateStream, io_error};
 /// DEFLATE data, and the receiver append before inflating.
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
-/// Payloads below this size are sent uncompressed (the RFC lets the sender choose per
-/// message). Under a couple of hundred bytes DEFLATE saves a few dozen bytes at best
+/// The default of `session.compression_min_bytes`: payloads below it are sent
+/// uncompressed (the RFC lets the sender choose per message). Under a couple of hundred bytes DEFLATE saves a few dozen bytes at best
 /// (a JSON push's envelope alone is ~40 bytes of little repetition) for a full
 /// compressor pass; at 256 bytes and more, JSON payloads typically shrink by a third
 /// or more.

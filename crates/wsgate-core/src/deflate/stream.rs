@@ -41,6 +41,13 @@ impl<S> InflateStream<S> {
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+
+    /// Starts (or stops) inflating, for a client that learns from the handshake's
+    /// response whether the extension was negotiated. Bytes already read past the
+    /// response head are not seen by the new deframer.
+    pub fn set_deframer(&mut self, deframer: Option<Deframer>) {
+        self.deframer = deframer;
+    }
 }
 
 /// The adapter's error as the I/O error tungstenite passes on (`InvalidData`, with the

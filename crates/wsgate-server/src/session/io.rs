@@ -2,8 +2,8 @@
 //! signal and the stall timeout) and says how it went in a [`WriteOutcome`]; queued
 //! pushes go out in batches; read errors map to closes; the close handshake is bounded.
 //!
-//! With permessage-deflate negotiated, data frames of
-//! [`MIN_COMPRESS_BYTES`] and more go out compressed (RSV1 set): a push shared by many
+//! With permessage-deflate negotiated, data frames of `session.compression_min_bytes`
+//! and more go out compressed (RSV1 set): a push shared by many
 //! sessions through the compressed form its queue item carries (deflated by the first
 //! session that sends it), any other frame deflated for this session alone.
 
@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, O
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use wsgate_core::close;
-use wsgate_core::deflate::{InflateError, MIN_COMPRESS_BYTES, SharedDeflate, compress};
+use wsgate_core::deflate::{InflateError, SharedDeflate, compress};
 use wsgate_core::hub::Outbound;
 use wsgate_core::hub::truncate_reason;
 use wsgate_core::protocol::OutFrame;
@@ -50,47 +50,61 @@ pub(super) fn to_message(frame: OutFrame) -> Message {
     }
 }
 
-/// A data message as it goes to a session that negotiated compression (`metrics` is
-/// `Some` then): deflated for it alone when it is large enough and deflating pays.
+/// How a session that negotiated compression compresses.
+#[derive(Clone, Copy)]
+pub(super) struct Deflating<'a> {
+    /// Where deflate runs and savings are counted.
+    metrics: &'a Metrics,
+    /// `session.compression_min_bytes`.
+    min_bytes: usize,
+}
+
+/// A data message as it goes to a session (`deflating` is `Some` when it negotiated
+/// compression): deflated for it alone when it is large enough and deflating pays.
 /// Anything else, and a `Message::Frame` (already decided), goes as it is.
-pub(super) fn deflate_message(msg: Message, metrics: Option<&Metrics>) -> Message {
-    let Some(metrics) = metrics else {
+pub(super) fn deflate_message(msg: Message, deflating: Option<Deflating<'_>>) -> Message {
+    let Some(deflating @ Deflating { metrics, min_bytes }) = deflating else {
         return msg;
     };
     let (data, payload) = match msg {
-        Message::Text(t) if t.len() >= MIN_COMPRESS_BYTES => (Data::Text, Bytes::from(t)),
-        Message::Binary(b) if b.len() >= MIN_COMPRESS_BYTES => (Data::Binary, b),
+        Message::Text(t) if t.len() >= min_bytes => (Data::Text, Bytes::from(t)),
+        Message::Binary(b) if b.len() >= min_bytes => (Data::Binary, b),
         other => return other,
     };
     metrics.deflate_runs.inc();
     let packed = compress(&payload);
-    frame_for(data, payload, packed, metrics)
+    frame_for(data, payload, packed, deflating)
 }
 
-/// A queued frame for a session that negotiated compression: a shared push's compressed
-/// form is computed once, by whichever recipient comes first.
-fn deflate_shared(frame: OutFrame, shared: &SharedDeflate, metrics: &Metrics) -> Message {
+/// A queued push for a session that negotiated compression: its compressed form is
+/// computed once, by whichever recipient comes first.
+fn deflate_shared(frame: OutFrame, shared: &SharedDeflate, deflating: Deflating<'_>) -> Message {
+    if frame.len() < deflating.min_bytes {
+        return to_message(frame);
+    }
     let (data, payload) = match frame {
         OutFrame::Text(t) => (Data::Text, Bytes::from(t)),
         OutFrame::Binary(b) => (Data::Binary, b),
     };
     let (packed, ran) = shared.get_or_compress(&payload);
     if ran {
-        metrics.deflate_runs.inc();
+        deflating.metrics.deflate_runs.inc();
     }
-    frame_for(data, payload, packed, metrics)
+    frame_for(data, payload, packed, deflating)
 }
 
-/// The compressed frame (RSV1 set) when compressing saved bytes, else the plain one; both
-/// as `Message::Frame`, which [`deflate_message`] leaves alone.
-fn frame_for(data: Data, payload: Bytes, packed: Bytes, metrics: &Metrics) -> Message {
-    if packed.len() >= payload.len() {
+/// The compressed frame (RSV1 set) when compressing saved bytes (or the threshold is 0:
+/// every data frame compressed), else the plain one; both as `Message::Frame`, which
+/// [`deflate_message`] leaves alone.
+fn frame_for(data: Data, payload: Bytes, packed: Bytes, deflating: Deflating<'_>) -> Message {
+    if packed.len() >= payload.len() && deflating.min_bytes > 0 {
         return Message::Frame(Frame::message(payload, OpCode::Data(data), true));
     }
+    let metrics = deflating.metrics;
     metrics.deflated_frames.inc();
     metrics
         .deflate_saved_bytes
-        .inc_by((payload.len() - packed.len()) as u64);
+        .inc_by(payload.len().saturating_sub(packed.len()) as u64);
     let mut frame = Frame::message(packed, OpCode::Data(data), true);
     frame.header_mut().rsv1 = true;
     Message::Frame(frame)
@@ -125,7 +139,10 @@ where
         messages: impl IntoIterator<Item = Message>,
     ) -> WriteOutcome {
         let ws = &mut self.ws;
-        let deflate = self.ctx.compression.then_some(&*self.node.metrics);
+        let deflate = self.ctx.compression.then_some(Deflating {
+            metrics: &self.node.metrics,
+            min_bytes: self.params.compression_min_bytes,
+        });
         let write = async move {
             for msg in messages {
                 ws.feed(deflate_message(msg, deflate)).await?;
@@ -151,9 +168,12 @@ where
         self.after_write(outcome)
     }
 
-    /// The metrics to count compression in, when the session negotiated it.
-    pub(super) fn compression(&self) -> Option<&Metrics> {
-        self.ctx.compression.then_some(&*self.node.metrics)
+    /// How to compress, when the session negotiated it.
+    pub(super) fn compression(&self) -> Option<Deflating<'_>> {
+        self.ctx.compression.then_some(Deflating {
+            metrics: &self.node.metrics,
+            min_bytes: self.params.compression_min_bytes,
+        })
     }
 
     /// What the loop does after a write.
@@ -197,7 +217,7 @@ where
             }
             bytes += item.frame.len() as u64;
             batch.push(match (&item.deflate, self.compression()) {
-                (Some(shared), Some(metrics)) => deflate_shared(item.frame, shared, metrics),
+                (Some(shared), Some(deflating)) => deflate_shared(item.frame, shared, deflating),
                 _ => to_message(item.frame),
             });
             next = self.next_queued(batch.len());

@@ -76,7 +76,7 @@ pub struct SessionContext {
     /// when it reconnects to recover what it missed.
     pub user_since: Option<StreamPosition>,
     /// Whether permessage-deflate was negotiated: data frames of
-    /// [`wsgate_core::deflate::MIN_COMPRESS_BYTES`] and more go out compressed.
+    /// `session.compression_min_bytes` and more go out compressed.
     pub compression: bool,
 }
 

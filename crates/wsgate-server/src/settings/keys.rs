@@ -71,6 +71,7 @@ keys! {
     "session.write_buffer_bytes" => session.write_buffer_bytes: uint,
     "session.client_publish" => session.client_publish: boolean,
     "session.compression" => session.compression: boolean,
+    "session.compression_min_bytes" => session.compression_min_bytes: uint,
     "control.api_keys" => control.api_keys: string_list,
     "control.tls_cert_file" => control.tls_cert_file: opt_path,
     "control.tls_key_file" => control.tls_key_file: opt_path,

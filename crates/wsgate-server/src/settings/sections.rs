@@ -349,6 +349,9 @@ pub struct SessionSettings {
     pub client_publish: bool,
     /// Offer permessage-deflate (RFC 7692) to clients that ask for it. Default `false`.
     pub compression: bool,
+    /// Data frames smaller than this go uncompressed even when compression was
+    /// negotiated (bytes). Default `256`.
+    pub compression_min_bytes: usize,
 }
 
 impl Default for SessionSettings {
@@ -363,6 +366,7 @@ impl Default for SessionSettings {
             write_buffer_bytes: 4096,
             client_publish: false,
             compression: false,
+            compression_min_bytes: wsgate_core::deflate::MIN_COMPRESS_BYTES,
         }
     }
 }

@@ -54,6 +54,7 @@ fn params() -> SessionParams {
         token_leeway: Duration::ZERO,
         client_publish: false,
         compression: false,
+        compression_min_bytes: 256,
         client_publish_per_s: 5,
         rpc: None,
         authenticator: Arc::new(
