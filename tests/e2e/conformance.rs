@@ -1,7 +1,9 @@
 //! RFC 6455 conformance: the Autobahn TestSuite cases (run by `kosoku`, a Rust runner of
 //! the same cases) against the echo endpoint, which runs through the same preflight and
-//! session machinery as `/ws`. Every case outside 12.* and 13.* (compression, not
-//! offered) must be OK, NON-STRICT or INFORMATIONAL, closing behaviour included.
+//! session machinery as `/ws`, with permessage-deflate on. Every case must be OK,
+//! NON-STRICT or INFORMATIONAL, closing behaviour included, except 13.3.* and 13.5.*:
+//! their only offer asks for a server window the server cannot honour, which it declines
+//! (RFC 7692 §5), and Autobahn calls that UNIMPLEMENTED.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -37,6 +39,11 @@ async fn autobahn_cases_pass_against_the_echo_endpoint() {
     s.session.max_frame_bytes = 64 << 20;
     s.limits.handshakes_per_ip_per_s = 0;
     s.session.outbound_queue = 1024;
+    s.session.compression = true;
+    // Every echoed message compressed: kosoku's 12.*/13.* case code fails (a Python
+    // error, "Strings must be encoded before hashing") on a message echoed uncompressed,
+    // which RFC 7692 allows; docs/conformance.md.
+    s.session.compression_min_bytes = 0;
     s.session.heartbeat_timeout = Duration::from_secs(30);
     let gw = Gateway::start(s).await;
     let out = tempfile::tempdir().unwrap();
@@ -49,10 +56,6 @@ async fn autobahn_cases_pass_against_the_echo_endpoint() {
                 "-m",
                 "fuzzingclient",
                 &address,
-                "-x",
-                "12.*",
-                "-x",
-                "13.*",
                 "-p",
                 "2",
                 "-o",
@@ -76,11 +79,17 @@ async fn autobahn_cases_pass_against_the_echo_endpoint() {
         .and_then(|agents| agents.values().next())
         .and_then(|c| c.as_object())
         .expect("one agent's cases");
-    assert!(cases.len() >= 300, "only {} cases ran", cases.len());
+    assert!(cases.len() >= 500, "only {} cases ran", cases.len());
     let mut bad = Vec::new();
+    let mut declined = 0;
     for (case, result) in cases {
         let behavior = result["behavior"].as_str().unwrap_or("?");
         let close = result["behaviorClose"].as_str().unwrap_or("?");
+        let small_window_only = case.starts_with("13.3.") || case.starts_with("13.5.");
+        if small_window_only && behavior == "UNIMPLEMENTED" && close == "OK" {
+            declined += 1;
+            continue;
+        }
         if !matches!(behavior, "OK" | "NON-STRICT" | "INFORMATIONAL")
             || !matches!(close, "OK" | "INFORMATIONAL")
         {
@@ -88,4 +97,5 @@ async fn autobahn_cases_pass_against_the_echo_endpoint() {
         }
     }
     assert!(bad.is_empty(), "Autobahn cases failed: {bad:?}");
+    assert_eq!(declined, 36, "13.3.* and 13.5.* are 18 cases each");
 }
