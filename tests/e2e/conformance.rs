@@ -52,14 +52,7 @@ async fn autobahn_cases_pass_against_the_echo_endpoint() {
     let dir = out.path().to_owned();
     let status = tokio::task::spawn_blocking(move || {
         Command::new(runner)
-            .args([
-                "-m",
-                "fuzzingclient",
-                &address,
-                "-p",
-                "2",
-                "-o",
-            ])
+            .args(["-m", "fuzzingclient", &address, "-p", "2", "-o"])
             .arg(&dir)
             .output()
             .unwrap()

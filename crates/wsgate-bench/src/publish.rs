@@ -112,9 +112,13 @@ fn json_records(seq: u64, bytes: usize) -> String {
         "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
     ];
     const EVENTS: [&str; 4] = ["order.created", "order.paid", "cart.updated", "item.viewed"];
-    let mut x = seq.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seq
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = || {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         x >> 33
     };
     let mut out = String::from("[");
