@@ -53,23 +53,44 @@ pub fn compress(payload: &[u8]) -> Bytes {
     DEFLATER.with(|cell| {
         let mut deflater = cell.borrow_mut();
         deflater.reset();
-        let mut out = Vec::with_capacity(payload.len() / 2 + 64);
+        // Room for the worst case (stored blocks: 5 bytes per 16 KiB, plus the flush
+        // marker), so the compressor never stops for lack of output space: miniz_oxide
+        // 0.9.1 loses data when a sync flush resumes into a fresh buffer (seen with
+        // Autobahn's 12.2.9 data: 243 bytes short of 65,536; flate2's own writer too).
+        let mut out = Vec::with_capacity(payload.len() + payload.len() / 1024 * 5 + 64);
+        // The input, then one sync flush, then calls without input until nothing more
+        // comes out: the compressor may hold output back even when `out` has room (the
+        // way flate2's own writer flushes).
         let mut consumed = 0usize;
+        let mut flush = FlushCompress::None;
+        let mut synced = false;
         loop {
             if out.len() == out.capacity() {
                 out.reserve(out.capacity().max(64));
             }
-            let before = deflater.total_in();
+            let (before_in, before_out) = (deflater.total_in(), deflater.total_out());
+            let input = &payload[consumed..];
             // miniz_oxide reports no error for in-memory buffers; treat one as "stop".
-            if deflater
-                .compress_vec(&payload[consumed..], &mut out, FlushCompress::Sync)
-                .is_err()
-            {
+            if deflater.compress_vec(input, &mut out, flush).is_err() {
                 break;
             }
-            consumed += (deflater.total_in() - before) as usize;
-            // Done once all input is in and the flush fitted (room left in `out`).
-            if consumed == payload.len() && out.len() < out.capacity() {
+            consumed += (deflater.total_in() - before_in) as usize;
+            let progressed = deflater.total_in() != before_in || deflater.total_out() != before_out;
+            if consumed < payload.len() {
+                if !progressed && out.len() < out.capacity() {
+                    break;
+                }
+                continue;
+            }
+            if !synced {
+                // All input is in: one sync flush next.
+                synced = flush == FlushCompress::Sync;
+                flush = if synced {
+                    FlushCompress::None
+                } else {
+                    FlushCompress::Sync
+                };
+            } else if !progressed && out.len() < out.capacity() {
                 break;
             }
         }
@@ -87,7 +108,8 @@ pub fn decompress(compressed: &[u8], limit: usize) -> Result<Vec<u8>, InflateErr
         let mut inflater = cell.borrow_mut();
         inflater.reset(false);
         let mut out = Vec::with_capacity(limit.min(compressed.len().saturating_mul(4) + 64));
-        for input in [compressed, &TAIL[..]] {
+        // The payload, the tail, then nothing until no more output comes.
+        for input in [compressed, &TAIL[..], &[][..]] {
             let mut consumed = 0usize;
             loop {
                 if out.len() == out.capacity() {
@@ -106,12 +128,16 @@ pub fn decompress(compressed: &[u8], limit: usize) -> Result<Vec<u8>, InflateErr
                 if out.len() > limit {
                     return Err(InflateError::TooBig);
                 }
-                let stuck = inflater.total_in() == before_in && inflater.total_out() == before_out;
                 if status == Status::StreamEnd {
                     // A final block ends the message; anything after it is ignored.
                     return Ok(out);
                 }
-                if (consumed == input.len() && out.len() < out.capacity()) || stuck {
+                let progressed =
+                    inflater.total_in() != before_in || inflater.total_out() != before_out;
+                if !progressed && out.len() < out.capacity() {
+                    break;
+                }
+                if consumed == input.len() && input.is_empty() && !progressed {
                     break;
                 }
             }
@@ -203,6 +229,28 @@ mod tests {
             decompress(&[0xff, 0xff, 0xff, 0xff], 100),
             Err(InflateError::BadData)
         );
+    }
+
+    #[test]
+    fn poorly_compressible_messages_round_trip() {
+        // Pseudo-random bytes with some repetition, in the sizes of Autobahn's 12.*
+        // cases: the compressor's output must hold every byte.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let data: Vec<u8> = (0..300_000)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if i % 7 < 3 { b'a' } else { x as u8 }
+            })
+            .collect();
+        for len in [16, 4096, 16384, 65536, 131072, 262144] {
+            for start in [0, 1000, 33333] {
+                let msg = &data[start..start + len];
+                let back = decompress(&compress(msg), len).unwrap();
+                assert!(back == msg, "{len} bytes from {start}");
+            }
+        }
     }
 
     #[test]
