@@ -50,8 +50,16 @@ async fn autobahn_cases_pass_against_the_echo_endpoint() {
     let runner = kosoku();
     let address = gw.http.to_string();
     let dir = out.path().to_owned();
+    // The 128 KiB compression cases (1,000 messages each, ~25 s apiece in a debug build)
+    // are left to the run by hand (docs/conformance.md).
+    let heavy: Vec<String> = ["12", "13"]
+        .iter()
+        .flat_map(|g| ["10", "15", "16", "17", "18"].map(|n| format!("{g}.*.{n}")))
+        .flat_map(|case| ["-x".to_owned(), case])
+        .collect();
     let status = tokio::task::spawn_blocking(move || {
         Command::new(runner)
+            .args(heavy)
             .args(["-m", "fuzzingclient", &address, "-p", "2", "-o"])
             .arg(&dir)
             .output()
@@ -72,7 +80,7 @@ async fn autobahn_cases_pass_against_the_echo_endpoint() {
         .and_then(|agents| agents.values().next())
         .and_then(|c| c.as_object())
         .expect("one agent's cases");
-    assert!(cases.len() >= 500, "only {} cases ran", cases.len());
+    assert!(cases.len() >= 450, "only {} cases ran", cases.len());
     let mut bad = Vec::new();
     let mut declined = 0;
     for (case, result) in cases {
@@ -90,5 +98,5 @@ async fn autobahn_cases_pass_against_the_echo_endpoint() {
         }
     }
     assert!(bad.is_empty(), "Autobahn cases failed: {bad:?}");
-    assert_eq!(declined, 36, "13.3.* and 13.5.* are 18 cases each");
+    assert_eq!(declined, 26, "13.3.* and 13.5.* are 13 cases each here");
 }
