@@ -23,7 +23,7 @@ WORK=$(mktemp -d /tmp/wsgate-compression.XXXXXX)
 PIDS=()
 trap 'for p in "${PIDS[@]:-}"; do [ -n "$p" ] && { kill "$p" 2>/dev/null || true; }; done' EXIT
 
-cargo build --release --locked -p wsgate -p wsgate-bench -q
+[ -n "${NO_BUILD:-}" ] || cargo build --release --locked -p wsgate -p wsgate-bench -q
 B=target/release/wsgate-bench
 PORT=29600
 GRPC=29651
