@@ -45,6 +45,9 @@ async fn autobahn_cases_pass_against_the_echo_endpoint() {
     // which RFC 7692 allows; docs/conformance.md.
     s.session.compression_min_bytes = 0;
     s.session.heartbeat_timeout = Duration::from_secs(30);
+    // kosoku abandons a 12.* case when a server Ping arrives in the middle of it (cases
+    // of 1,000 large messages outlast the 25 s default interval); docs/conformance.md.
+    s.session.heartbeat_interval = Duration::from_secs(600);
     let gw = Gateway::start(s).await;
     let out = tempfile::tempdir().unwrap();
     let runner = kosoku();
