@@ -14,7 +14,7 @@ secs="${1:-30}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(preflight handshake_http client_protocol envelope)
+    targets=(preflight handshake_http client_protocol envelope inflate)
 fi
 
 export RUSTC_BOOTSTRAP=1

@@ -9,6 +9,7 @@ mod chaos;
 mod cli;
 mod client_publish;
 mod cluster;
+mod compression;
 mod conformance;
 mod connect_proxy;
 mod control;

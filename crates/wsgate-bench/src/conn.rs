@@ -21,11 +21,16 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 use tokio_util::sync::CancellationToken;
+use wsgate_core::deflate::{Deframer, InflateStream};
 
 use crate::stats::{self, new_hist, now_us};
 
-/// A client WebSocket over plain TCP.
-pub type Ws = WebSocketStream<TcpStream>;
+/// A client WebSocket over plain TCP (inflating compressed messages when
+/// permessage-deflate was negotiated).
+pub type Ws = WebSocketStream<InflateStream<TcpStream>>;
+
+/// What `--compression` offers: what browsers send.
+const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
 
 /// What the server at `--ws` speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -96,6 +101,8 @@ pub struct Dialer {
     token_topics: Option<Vec<String>>,
     timeout: Duration,
     config: WebSocketConfig,
+    /// Offer permessage-deflate (`--compression`).
+    compression: bool,
     /// Every refused handshake of this dialer so far.
     refusals: Mutex<Refusals>,
 }
@@ -147,8 +154,15 @@ impl Dialer {
             token_topics,
             timeout,
             config,
+            compression: false,
             refusals: Mutex::new(Refusals::default()),
         })
+    }
+
+    /// Offers permessage-deflate in every handshake (wsgate's `session.compression`).
+    pub fn with_compression(mut self, on: bool) -> Self {
+        self.compression = on;
+        self
     }
 
     fn url(&self, i: usize, user: &str) -> anyhow::Result<String> {
@@ -206,7 +220,14 @@ impl Dialer {
                     HeaderValue::from_static("wsgate.v1"),
                 );
             }
-            let (mut ws, _) = client_async_with_config(req, stream, Some(self.config))
+            if self.compression {
+                req.headers_mut().insert(
+                    "sec-websocket-extensions",
+                    HeaderValue::from_static(DEFLATE_OFFER),
+                );
+            }
+            let stream = InflateStream::new(stream, None);
+            let (mut ws, response) = client_async_with_config(req, stream, Some(self.config))
                 .await
                 .map_err(|e| {
                     if let WsError::Http(response) = &e {
@@ -214,6 +235,13 @@ impl Dialer {
                     }
                     ws_class(&e)
                 })?;
+            // The first compressed frame comes later than the welcome (which is small and
+            // plain), so nothing read with the response head needs inflating.
+            if response.headers().contains_key("sec-websocket-extensions") {
+                let limit = 16 << 20;
+                ws.get_mut()
+                    .set_deframer(Some(Deframer::client(limit, limit)));
+            }
             let handshake = start.elapsed();
             match self.protocol {
                 Protocol::Wsgate => {

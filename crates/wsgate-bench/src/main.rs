@@ -152,6 +152,13 @@ struct Common {
     /// Extra payload bytes per message.
     #[arg(long, default_value_t = 0)]
     pad: usize,
+    /// Make the padding realistic JSON (records with varied ids, names, prices and
+    /// timestamps) instead of one repeated letter, which compresses unrealistically well.
+    #[arg(long)]
+    pad_json: bool,
+    /// Offer permessage-deflate in every handshake.
+    #[arg(long)]
+    compression: bool,
     /// Print one JSON object on stdout instead of the table.
     #[arg(long)]
     json: bool,
@@ -246,7 +253,8 @@ async fn dialer(c: &Common, topics: Option<Vec<String>>) -> anyhow::Result<Arc<D
             topics,
             c.timeout,
         )
-        .await?,
+        .await?
+        .with_compression(c.compression),
     ))
 }
 

@@ -86,9 +86,15 @@ impl Publisher {
     }
 }
 
-fn payload(seq: u64, pad: usize) -> String {
+fn payload(seq: u64, pad: usize, json: bool) -> String {
     if pad == 0 {
         format!(r#"{{"t":{},"seq":{seq}}}"#, now_us())
+    } else if json {
+        format!(
+            r#"{{"t":{},"seq":{seq},"items":{}}}"#,
+            now_us(),
+            json_records(seq, pad)
+        )
     } else {
         format!(
             r#"{{"t":{},"seq":{seq},"pad":"{}"}}"#,
@@ -96,6 +102,45 @@ fn payload(seq: u64, pad: usize) -> String {
             "x".repeat(pad)
         )
     }
+}
+
+/// A JSON array of records about `bytes` long, varied as application data is (ids, names,
+/// prices, timestamps from a pseudo-random sequence seeded by `seq`), so that compression
+/// figures are not those of a repeated letter.
+fn json_records(seq: u64, bytes: usize) -> String {
+    const NAMES: [&str; 8] = [
+        "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+    ];
+    const EVENTS: [&str; 4] = ["order.created", "order.paid", "cart.updated", "item.viewed"];
+    let mut x = seq
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        x >> 33
+    };
+    let mut out = String::from("[");
+    while out.len() < bytes {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        let (a, b, c, d) = (next(), next(), next(), next());
+        out.push_str(&format!(
+            r#"{{"id":{},"user":"{}-{}","event":"{}","price":{}.{:02},"qty":{},"ts":{}}}"#,
+            a % 1_000_000,
+            NAMES[(b % 8) as usize],
+            b % 10_000,
+            EVENTS[(c % 4) as usize],
+            c % 500,
+            d % 100,
+            d % 9 + 1,
+            1_764_000_000_000 + a % 100_000_000,
+        ));
+    }
+    out.push(']');
+    out
 }
 
 pub(crate) struct Published {
@@ -191,10 +236,11 @@ pub(crate) async fn publish(
                     break;
                 };
                 let client = clients[(seq as usize) % clients.len()].clone();
-                let (auth, op, tx, pad) = (auth.clone(), op_of(seq), tx.clone(), c.pad);
+                let (auth, op, tx, pad, pad_json) =
+                    (auth.clone(), op_of(seq), tx.clone(), c.pad, c.pad_json);
                 tokio::spawn(async move {
                     let t0 = Instant::now();
-                    let r = grpc_call(client, auth, op, payload(seq, pad)).await;
+                    let r = grpc_call(client, auth, op, payload(seq, pad, pad_json)).await;
                     drop(permit);
                     let _ = tx.send((r, u64::try_from(t0.elapsed().as_micros()).unwrap_or(0)));
                 });
@@ -218,7 +264,7 @@ pub(crate) async fn publish(
                     let at = start + Duration::from_secs_f64(seq as f64 / rate);
                     tokio::time::sleep_until(at.into()).await;
                 }
-                let body = payload(seq, c.pad);
+                let body = payload(seq, c.pad, c.pad_json);
                 let frame = match (*protocol, op_of(seq)) {
                     (Protocol::Socketio, Op::Topic(t)) => format!(
                         r#"42["publish",{{"topic":{},"data":{body}}}]"#,

@@ -11,6 +11,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::backend::{Command, Envelope, Target};
 use crate::close;
+use crate::deflate::SharedDeflate;
 use crate::ids::SessionId;
 use crate::outbox::{Outbox, Refused};
 use crate::protocol::{OutFrame, encode_push, encode_stream_push};
@@ -26,11 +27,31 @@ pub struct Outbound {
     pub frame: OutFrame,
     /// Its stream position, shared by every session the push reaches.
     pub mark: Option<Arc<StreamMark>>,
+    /// The frame's compressed form, shared by every session the push reaches that
+    /// negotiated permessage-deflate: the first one to send it deflates it. `None` for a
+    /// frame of one session.
+    pub deflate: Option<Arc<SharedDeflate>>,
 }
 
 impl From<OutFrame> for Outbound {
     fn from(frame: OutFrame) -> Self {
-        Self { frame, mark: None }
+        Self {
+            frame,
+            mark: None,
+            deflate: None,
+        }
+    }
+}
+
+impl Outbound {
+    /// A push for several sessions, with room for its shared compressed form (one small
+    /// allocation per push, not per recipient; filled only if a session needs it).
+    fn shared(frame: OutFrame, mark: Option<Arc<StreamMark>>) -> Self {
+        Self {
+            frame,
+            mark,
+            deflate: Some(Arc::new(SharedDeflate::new())),
+        }
     }
 }
 
@@ -388,17 +409,15 @@ impl Hub {
                         if !matches!(envelope.target, Target::Session(_) | Target::Broadcast) =>
                     {
                         let push = encode_stream_push(payload, topic, position.offset);
-                        Outbound {
-                            frame: push.frame,
-                            mark: Some(Arc::new(StreamMark {
-                                topic: topic.map(str::to_owned),
-                                position: position.clone(),
-                                id: envelope.id.clone(),
-                                announce: push.announce,
-                            })),
-                        }
+                        let mark = Arc::new(StreamMark {
+                            topic: topic.map(str::to_owned),
+                            position: position.clone(),
+                            id: envelope.id.clone(),
+                            announce: push.announce,
+                        });
+                        Outbound::shared(push.frame, Some(mark))
                     }
-                    _ => Outbound::from(encode_push(payload, topic)),
+                    _ => Outbound::shared(encode_push(payload, topic), None),
                 };
                 let mut reached = 0;
                 for h in targets {

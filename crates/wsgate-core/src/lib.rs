@@ -15,6 +15,7 @@ pub mod clock;
 pub mod close;
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
+pub mod deflate;
 pub mod events;
 pub mod hosts;
 pub mod hub;

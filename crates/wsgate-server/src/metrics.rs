@@ -27,6 +27,14 @@ pub struct Metrics {
     pub bytes_sent: IntCounter,
     /// Frames queued for local sessions by incoming envelopes (one per session reached).
     pub deliveries: IntCounter,
+    /// Handshakes that negotiated permessage-deflate.
+    pub compression_negotiated: IntCounter,
+    /// Payloads deflated (a push shared by many sessions counts once).
+    pub deflate_runs: IntCounter,
+    /// Data frames sent compressed.
+    pub deflated_frames: IntCounter,
+    /// Payload bytes compression kept off the wire.
+    pub deflate_saved_bytes: IntCounter,
     /// Envelopes this pod received from the broker.
     pub broker_received: IntCounter,
     /// Sessions closed, by who closed them (`client`, `server`, `transport`).
@@ -141,6 +149,22 @@ impl Metrics {
             deliveries: counter(
                 "deliveries_total",
                 "Frames queued for local sessions by incoming envelopes",
+            ),
+            compression_negotiated: counter(
+                "compression_negotiated_total",
+                "Handshakes that negotiated permessage-deflate",
+            ),
+            deflate_runs: counter(
+                "deflate_runs_total",
+                "Payloads deflated (a push shared by many sessions counts once)",
+            ),
+            deflated_frames: counter(
+                "deflated_frames_sent_total",
+                "Data frames sent compressed",
+            ),
+            deflate_saved_bytes: counter(
+                "deflate_saved_bytes_total",
+                "Payload bytes compression kept off the wire",
             ),
             broker_received: counter(
                 "broker_received_total",
@@ -374,6 +398,10 @@ impl Metrics {
             Box::new(m.bytes_received.clone()),
             Box::new(m.bytes_sent.clone()),
             Box::new(m.deliveries.clone()),
+            Box::new(m.compression_negotiated.clone()),
+            Box::new(m.deflate_runs.clone()),
+            Box::new(m.deflated_frames.clone()),
+            Box::new(m.deflate_saved_bytes.clone()),
             Box::new(m.broker_received.clone()),
             Box::new(m.sessions_closed.clone()),
             Box::new(m.slow_consumer_closes.clone()),
@@ -494,6 +522,10 @@ mod tests {
             "wsgate_messages_received_total",
             "wsgate_messages_sent_total",
             "wsgate_deliveries_total",
+            "wsgate_compression_negotiated_total",
+            "wsgate_deflate_runs_total",
+            "wsgate_deflated_frames_sent_total",
+            "wsgate_deflate_saved_bytes_total",
             "wsgate_broker_received_total",
             "wsgate_slow_consumer_closes_total",
             "wsgate_heartbeat_timeouts_total",

@@ -1,6 +1,7 @@
 //! Writes the seed corpora: `cargo run --release --bin gen_seeds -- <corpus dir>`
 //! (from `fuzz/`; default dir `corpus`). Realistic upgrade requests (with a long-lived
-//! HS256 token signed with the harness's secret), client ops, and encoded envelopes.
+//! HS256 token signed with the harness's secret), client ops, encoded envelopes, and
+//! client frames for the permessage-deflate adapter.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -189,6 +190,43 @@ fn envelopes() -> Vec<Bytes> {
     out
 }
 
+/// A masked client frame (`first`: FIN, RSV1, opcode).
+fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = vec![first];
+    match payload.len() {
+        n @ 0..=125 => out.push(0x80 | n as u8),
+        n => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}
+
+/// Inputs of the `inflate` target: a split byte, then client frames, compressed or not.
+fn inflate_seeds() -> Vec<Vec<u8>> {
+    let op = wsgate_core::deflate::compress(br#"{"op":"subscribe","topic":"news","id":"1"}"#);
+    let big = wsgate_core::deflate::compress(&b"{\"k\":\"v\"}".repeat(300));
+    let (a, b) = op.split_at(op.len() / 2);
+    let with = |split: u8, frames: &[Vec<u8>]| {
+        let mut seed = vec![split];
+        for f in frames {
+            seed.extend_from_slice(f);
+        }
+        seed
+    };
+    vec![
+        with(3, &[client_frame(0xc1, &op)]),
+        with(9, &[client_frame(0x41, a), client_frame(0x89, b"p"), client_frame(0x80, b)]),
+        with(20, &[client_frame(0x81, b"plain"), client_frame(0xc2, &big)]),
+        with(0, &[client_frame(0x41, a), client_frame(0xc0, b)]),
+        with(5, &[client_frame(0xc1, &[0xff, 0xfe, 0x00])]),
+    ]
+}
+
 fn main() {
     let root = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "corpus".into()));
     for (name, text) in handshakes() {
@@ -205,6 +243,9 @@ fn main() {
     }
     for (i, env) in envelopes().into_iter().enumerate() {
         write(&root.join("envelope"), &format!("env{i:02}"), &env);
+    }
+    for (i, seed) in inflate_seeds().into_iter().enumerate() {
+        write(&root.join("inflate"), &format!("frames{i:02}"), &seed);
     }
     println!("seeds written under {}", root.display());
 }

@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use wsgate_core::auth::query_param;
 use wsgate_core::auth::{Identity, TopicPolicy};
+use wsgate_core::deflate::{self, Deframer, InflateStream};
 use wsgate_core::ids::SessionId;
 use wsgate_core::protocol::{SUBPROTOCOL, parse_since};
 use wsgate_core::rejection::Rejection;
@@ -33,6 +34,24 @@ pub fn negotiate_subprotocol(headers: &axum::http::HeaderMap) -> Option<&'static
         .flat_map(|v| v.split(','))
         .any(|p| p.trim() == SUBPROTOCOL)
         .then_some(SUBPROTOCOL)
+}
+
+/// The `Sec-WebSocket-Extensions` answer: permessage-deflate when `session.compression`
+/// is on and the client offers it in a form the server can honour (see
+/// [`wsgate_core::deflate::negotiate`]); never a reason to refuse the handshake.
+pub fn negotiate_extensions(
+    headers: &axum::http::HeaderMap,
+    enabled: bool,
+) -> Option<&'static str> {
+    if !enabled {
+        return None;
+    }
+    deflate::negotiate(
+        headers
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
 }
 
 /// Completes the handshake and starts the session task.
@@ -77,6 +96,7 @@ async fn upgrade_session(state: Arc<AppState>, mut req: Request, echo: bool) -> 
     };
     let accept = derive_accept_key(key.as_bytes());
     let subprotocol = negotiate_subprotocol(req.headers());
+    let extensions = negotiate_extensions(req.headers(), state.params.compression);
     let user_agent = req
         .headers()
         .get(header::USER_AGENT)
@@ -116,6 +136,7 @@ async fn upgrade_session(state: Arc<AppState>, mut req: Request, echo: bool) -> 
         expires_at: identity.expires_at,
         token_id: identity.token_id,
         user_since,
+        compression: extensions.is_some(),
     };
     // Registered before the 101: the registry enforces the per-user limit atomically
     // (this is the only check of it; the preflight does not count first), and pushes
@@ -141,6 +162,12 @@ async fn upgrade_session(state: Arc<AppState>, mut req: Request, echo: bool) -> 
     };
     let params = state.params.clone();
     let config = state.ws_config;
+    // Compressed client messages are inflated under tungstenite, within its limits.
+    let deframer = extensions.map(|_| {
+        state.node.metrics.compression_negotiated.inc();
+        let limit = config.max_message_size.unwrap_or(usize::MAX);
+        Deframer::server(limit, config.max_frame_size.unwrap_or(limit))
+    });
     let handshake = tracing::Span::current();
     handshake.record("user.id", ctx.user_id.as_str());
     handshake.record("session.id", ctx.session_id.as_str());
@@ -171,7 +198,7 @@ async fn upgrade_session(state: Arc<AppState>, mut req: Request, echo: bool) -> 
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
+                    InflateStream::new(TokioIo::new(upgraded), deframer),
                     Role::Server,
                     Some(config),
                 )
@@ -203,6 +230,12 @@ async fn upgrade_session(state: Arc<AppState>, mut req: Request, echo: bool) -> 
     }
     if let Some(p) = subprotocol {
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    }
+    if let Some(e) = extensions {
+        headers.insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static(e),
+        );
     }
     response
 }
@@ -243,6 +276,23 @@ mod tests {
             HeaderValue::from_static("wsgate.v2"),
         );
         assert_eq!(negotiate_subprotocol(&other), None);
+    }
+
+    #[test]
+    fn negotiates_deflate_only_when_enabled() {
+        let mut h = axum::http::HeaderMap::new();
+        assert_eq!(negotiate_extensions(&h, true), None);
+        h.append(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static("permessage-deflate; server_max_window_bits=10"),
+        );
+        assert_eq!(negotiate_extensions(&h, true), None);
+        h.append(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static("permessage-deflate; client_max_window_bits"),
+        );
+        assert_eq!(negotiate_extensions(&h, true), Some(deflate::RESPONSE));
+        assert_eq!(negotiate_extensions(&h, false), None);
     }
 
     #[test]

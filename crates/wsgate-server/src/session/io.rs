@@ -1,16 +1,24 @@
 //! The session's socket side: every write runs under the session's limits (the close
 //! signal and the stall timeout) and says how it went in a [`WriteOutcome`]; queued
 //! pushes go out in batches; read errors map to closes; the close handshake is bounded.
+//!
+//! With permessage-deflate negotiated, data frames of `session.compression_min_bytes`
+//! and more go out compressed (RSV1 set): a push shared by many
+//! sessions through the compressed form its queue item carries (deflated by the first
+//! session that sends it), any other frame deflated for this session alone.
 
 use std::borrow::Cow;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use wsgate_core::close;
+use wsgate_core::deflate::{InflateError, SharedDeflate, compress};
 use wsgate_core::hub::Outbound;
 use wsgate_core::hub::truncate_reason;
 use wsgate_core::protocol::OutFrame;
@@ -18,6 +26,7 @@ use wsgate_core::signal::Signal;
 
 use super::streams::Admit;
 use super::{EndedBy, Exit, Flow, Session};
+use crate::metrics::Metrics;
 
 /// Most queued frames written before one flush.
 const WRITE_BATCH: usize = 64;
@@ -39,6 +48,66 @@ pub(super) fn to_message(frame: OutFrame) -> Message {
         OutFrame::Text(t) => Message::Text(t),
         OutFrame::Binary(b) => Message::Binary(b),
     }
+}
+
+/// How a session that negotiated compression compresses.
+#[derive(Clone, Copy)]
+pub(super) struct Deflating<'a> {
+    /// Where deflate runs and savings are counted.
+    metrics: &'a Metrics,
+    /// `session.compression_min_bytes`.
+    min_bytes: usize,
+}
+
+/// A data message as it goes to a session (`deflating` is `Some` when it negotiated
+/// compression): deflated for it alone when it is large enough and deflating pays.
+/// Anything else, and a `Message::Frame` (already decided), goes as it is.
+pub(super) fn deflate_message(msg: Message, deflating: Option<Deflating<'_>>) -> Message {
+    let Some(deflating @ Deflating { metrics, min_bytes }) = deflating else {
+        return msg;
+    };
+    let (data, payload) = match msg {
+        Message::Text(t) if t.len() >= min_bytes => (Data::Text, Bytes::from(t)),
+        Message::Binary(b) if b.len() >= min_bytes => (Data::Binary, b),
+        other => return other,
+    };
+    metrics.deflate_runs.inc();
+    let packed = compress(&payload);
+    frame_for(data, payload, packed, deflating)
+}
+
+/// A queued push for a session that negotiated compression: its compressed form is
+/// computed once, by whichever recipient comes first.
+fn deflate_shared(frame: OutFrame, shared: &SharedDeflate, deflating: Deflating<'_>) -> Message {
+    if frame.len() < deflating.min_bytes {
+        return to_message(frame);
+    }
+    let (data, payload) = match frame {
+        OutFrame::Text(t) => (Data::Text, Bytes::from(t)),
+        OutFrame::Binary(b) => (Data::Binary, b),
+    };
+    let (packed, ran) = shared.get_or_compress(&payload);
+    if ran {
+        deflating.metrics.deflate_runs.inc();
+    }
+    frame_for(data, payload, packed, deflating)
+}
+
+/// The compressed frame (RSV1 set) when compressing saved bytes (or the threshold is 0:
+/// every data frame compressed), else the plain one; both as `Message::Frame`, which
+/// [`deflate_message`] leaves alone.
+fn frame_for(data: Data, payload: Bytes, packed: Bytes, deflating: Deflating<'_>) -> Message {
+    if packed.len() >= payload.len() && deflating.min_bytes > 0 {
+        return Message::Frame(Frame::message(payload, OpCode::Data(data), true));
+    }
+    let metrics = deflating.metrics;
+    metrics.deflated_frames.inc();
+    metrics
+        .deflate_saved_bytes
+        .inc_by(payload.len().saturating_sub(packed.len()) as u64);
+    let mut frame = Frame::message(packed, OpCode::Data(data), true);
+    frame.header_mut().rsv1 = true;
+    Message::Frame(frame)
 }
 
 /// Runs one write under the session's limits: it gives up when the session is asked to
@@ -70,9 +139,13 @@ where
         messages: impl IntoIterator<Item = Message>,
     ) -> WriteOutcome {
         let ws = &mut self.ws;
+        let deflate = self.ctx.compression.then_some(Deflating {
+            metrics: &self.node.metrics,
+            min_bytes: self.params.compression_min_bytes,
+        });
         let write = async move {
             for msg in messages {
-                ws.feed(msg).await?;
+                ws.feed(deflate_message(msg, deflate)).await?;
             }
             ws.flush().await
         };
@@ -93,6 +166,14 @@ where
             self.tally.sent(frames, bytes);
         }
         self.after_write(outcome)
+    }
+
+    /// How to compress, when the session negotiated it.
+    pub(super) fn compression(&self) -> Option<Deflating<'_>> {
+        self.ctx.compression.then_some(Deflating {
+            metrics: &self.node.metrics,
+            min_bytes: self.params.compression_min_bytes,
+        })
     }
 
     /// What the loop does after a write.
@@ -135,7 +216,10 @@ where
                 }
             }
             bytes += item.frame.len() as u64;
-            batch.push(to_message(item.frame));
+            batch.push(match (&item.deflate, self.compression()) {
+                (Some(shared), Some(deflating)) => deflate_shared(item.frame, shared, deflating),
+                _ => to_message(item.frame),
+            });
             next = self.next_queued(batch.len());
         }
         if !batch.is_empty()
@@ -173,6 +257,11 @@ where
 /// frame; a vanished peer gets nothing.
 pub(super) fn read_error(e: WsError) -> Exit {
     match e {
+        // The inflating adapter under tungstenite failed the message (1009, 1007, 1002).
+        WsError::Io(io) if let Some(inflate) = InflateError::from_io(&io) => Exit::Close {
+            code: inflate.close_code(),
+            reason: Cow::Owned(inflate.to_string()),
+        },
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => close::MESSAGE_TOO_BIG.into(),
         WsError::Capacity(_) => close::FRAME_TOO_BIG.into(),
         // The peer vanished without a close frame: nothing to answer.

@@ -73,6 +73,9 @@ pub struct SessionContext {
     /// The last position of the user stream the client saw (`?since=epoch:offset`),
     /// when it reconnects to recover what it missed.
     pub user_since: Option<StreamPosition>,
+    /// Whether permessage-deflate was negotiated: data frames of
+    /// `session.compression_min_bytes` and more go out compressed.
+    pub compression: bool,
 }
 
 /// How a session ended.
@@ -450,7 +453,8 @@ where
             join.as_ref().map(|j| (&j.position, j.recovered)),
         );
         let len = welcome.len() as u64;
-        if let Err(e) = self.ws.send(io::to_message(welcome)).await {
+        let welcome = io::deflate_message(io::to_message(welcome), self.compression());
+        if let Err(e) = self.ws.send(welcome).await {
             return Flow::Stop(Exit::Ended(EndedBy::Transport(e.to_string())));
         }
         self.tally.sent(1, len);

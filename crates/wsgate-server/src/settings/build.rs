@@ -85,6 +85,11 @@ pub struct SessionParams {
     pub client_publish: bool,
     /// `publish` ops per second per session (`limits.client_publish_per_s`; 0 = no limit).
     pub client_publish_per_s: u32,
+    /// Whether permessage-deflate is negotiated with clients that offer it
+    /// (`session.compression`).
+    pub compression: bool,
+    /// Data frames under this size go uncompressed (`session.compression_min_bytes`).
+    pub compression_min_bytes: usize,
     /// `rpc.*`: the backend's client, shared by every session; `None` when `rpc.url`
     /// is not set.
     pub rpc: Option<Arc<RpcClient>>,
@@ -228,6 +233,8 @@ impl Settings {
             },
             client_publish: self.session.client_publish,
             client_publish_per_s: self.limits.client_publish_per_s,
+            compression: self.session.compression,
+            compression_min_bytes: self.session.compression_min_bytes,
             rpc,
             authenticator,
         }

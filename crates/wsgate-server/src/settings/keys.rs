@@ -70,6 +70,8 @@ keys! {
     "session.read_buffer_bytes" => session.read_buffer_bytes: uint,
     "session.write_buffer_bytes" => session.write_buffer_bytes: uint,
     "session.client_publish" => session.client_publish: boolean,
+    "session.compression" => session.compression: boolean,
+    "session.compression_min_bytes" => session.compression_min_bytes: uint,
     "control.api_keys" => control.api_keys: string_list,
     "control.tls_cert_file" => control.tls_cert_file: opt_path,
     "control.tls_key_file" => control.tls_key_file: opt_path,

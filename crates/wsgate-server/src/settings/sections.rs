@@ -347,6 +347,11 @@ pub struct SessionSettings {
     /// With auth off, sessions may publish to every topic with the `publish` op (with
     /// JWT the token's `publish` claim decides). Default `false`.
     pub client_publish: bool,
+    /// Offer permessage-deflate (RFC 7692) to clients that ask for it. Default `false`.
+    pub compression: bool,
+    /// Data frames smaller than this go uncompressed even when compression was
+    /// negotiated (bytes). Default `256`.
+    pub compression_min_bytes: usize,
 }
 
 impl Default for SessionSettings {
@@ -360,6 +365,8 @@ impl Default for SessionSettings {
             read_buffer_bytes: 1024,
             write_buffer_bytes: 4096,
             client_publish: false,
+            compression: false,
+            compression_min_bytes: wsgate_core::deflate::MIN_COMPRESS_BYTES,
         }
     }
 }

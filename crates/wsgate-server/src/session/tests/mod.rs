@@ -53,6 +53,8 @@ fn params() -> SessionParams {
         outbound_queue: 16,
         token_leeway: Duration::ZERO,
         client_publish: false,
+        compression: false,
+        compression_min_bytes: 256,
         client_publish_per_s: 5,
         rpc: None,
         authenticator: Arc::new(
@@ -92,6 +94,7 @@ fn context(user: &str) -> SessionContext {
         expires_at: None,
         token_id: None,
         user_since: None,
+        compression: false,
     }
 }
 

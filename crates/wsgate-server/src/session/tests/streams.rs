@@ -239,6 +239,7 @@ fn marked(topic: Option<&str>, epoch: &str, offset: u64, text: &str) -> Outbound
             id: text.to_owned(),
             announce: push.announce,
         })),
+        deflate: None,
     }
 }
 
