@@ -28,14 +28,8 @@ B=target/release/wsgate-bench
 PORT=29600
 GRPC=29651
 
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing listens on 127.0.0.1:$1" >&2
-    exit 1
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 start_gateway() {
     env -i PATH="$PATH" WSGATE__SERVER__LISTEN=127.0.0.1:$PORT WSGATE__SERVER__GRPC_LISTEN=127.0.0.1:$GRPC \

@@ -24,10 +24,8 @@ cleanup() {
 trap cleanup EXIT
 start() { local name=$1; shift; "$@" >"$WORK/$name.log" 2>&1 & LAST=$!; STARTED+=("$LAST"); }
 stop() { kill "$1" 2>/dev/null || true; for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; kill -9 "$1" 2>/dev/null || true; }
-wait_port() {
-    for _ in $(seq 150); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-    echo "nothing listens on 127.0.0.1:$1; logs in $WORK" >&2; exit 1
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 cargo build --release --locked -p wsgate -p wsgate-bench >&2
 BIN=$WORK/bin

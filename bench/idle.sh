@@ -28,14 +28,8 @@ if [ $# -eq 0 ]; then
 fi
 B=$WORK/wsgate-bench
 
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing listens on 127.0.0.1:$1" >&2
-    exit 1
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 for round in $(seq "$ROUNDS"); do
     for bin in "$@"; do

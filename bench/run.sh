@@ -54,15 +54,8 @@ stop() {
     kill -9 "$1" 2>/dev/null || true
 }
 
-wait_port() {
-    for _ in $(seq 150); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing listens on 127.0.0.1:$1; logs in $WORK" >&2
-    tail -n 20 "$WORK"/*.log >&2 || true
-    exit 1
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 say "Tools"
 need_apt=()

@@ -1,0 +1,13 @@
+# Shared by the bench scripts (sourced, not run).
+
+# wait_port PORT: until something listens on 127.0.0.1:PORT (15 s at most); else says so,
+# shows the tail of the logs in $WORK (when set) and exits.
+wait_port() {
+    for _ in $(seq 150); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on 127.0.0.1:$1${WORK:+; logs in $WORK}" >&2
+    [ -n "${WORK:-}" ] && { tail -n 20 "$WORK"/*.log >&2 || true; }
+    exit 1
+}
