@@ -25,17 +25,10 @@ trap 'for p in "${PIDS[@]:-}"; do [ -n "$p" ] && { kill "$p" 2>/dev/null || true
 
 command -v redis-server >/dev/null || { echo "redis-server is missing (apt-get install redis-server)" >&2; exit 1; }
 
-cargo build --release --locked -p wsgate-bench -q
-cp target/release/wsgate-bench "$WORK/"
-if [ $# -eq 0 ]; then
-    cargo build --release --locked -p wsgate -q
-    cp target/release/wsgate "$WORK/wsgate-this"
-    set -- "$WORK/wsgate-this"
-fi
-B=$WORK/wsgate-bench
-
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+build_binaries "$@"
+set -- "${BINS[@]}"
 
 # measure BINARY MODE ROUND: one server, N handshakes; prints one JSON line.
 measure() {

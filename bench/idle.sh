@@ -19,17 +19,10 @@ WORK=$(mktemp -d /tmp/wsgate-idle.XXXXXX)
 PIDS=()
 trap 'for p in "${PIDS[@]:-}"; do [ -n "$p" ] && { kill "$p" 2>/dev/null || true; }; done' EXIT
 
-cargo build --release --locked -p wsgate-bench -q
-cp target/release/wsgate-bench "$WORK/"
-if [ $# -eq 0 ]; then
-    cargo build --release --locked -p wsgate -q
-    cp target/release/wsgate "$WORK/wsgate-this"
-    set -- "$WORK/wsgate-this"
-fi
-B=$WORK/wsgate-bench
-
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+build_binaries "$@"
+set -- "${BINS[@]}"
 
 for round in $(seq "$ROUNDS"); do
     for bin in "$@"; do

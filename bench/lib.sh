@@ -11,3 +11,18 @@ wait_port() {
     [ -n "${WORK:-}" ] && { tail -n 20 "$WORK"/*.log >&2 || true; }
     exit 1
 }
+
+# build_binaries [BINARY...]: builds the load generator into $WORK and sets B to it; sets
+# BINS to the wsgate builds to measure: the ones given, or this checkout's release build.
+build_binaries() {
+    cargo build --release --locked -p wsgate-bench -q
+    cp target/release/wsgate-bench "$WORK/"
+    B=$WORK/wsgate-bench
+    if [ $# -eq 0 ]; then
+        cargo build --release --locked -p wsgate -q
+        cp target/release/wsgate "$WORK/wsgate-this"
+        BINS=("$WORK/wsgate-this")
+    else
+        BINS=("$@")
+    fi
+}
