@@ -6,7 +6,7 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use wsgate_core::deflate::{RESPONSE, compress, decompress};
+use wsgate_core::deflate::{RESPONSE, compress, decompress, encode_client_frame};
 use wsgate_tests::hostile::{Metrics, scrape};
 use wsgate_tests::*;
 
@@ -84,21 +84,7 @@ impl RawClient {
 
     /// Sends a masked client frame.
     async fn send(&mut self, first: u8, payload: &[u8]) {
-        let key = [0x12, 0x34, 0x56, 0x78];
-        let mut out = vec![first];
-        match payload.len() {
-            n @ 0..=125 => out.push(0x80 | n as u8),
-            n @ 126..=0xffff => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&key);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        let out = encode_client_frame(first, payload, [0x12, 0x34, 0x56, 0x78]);
         self.stream.write_all(&out).await.unwrap();
     }
 

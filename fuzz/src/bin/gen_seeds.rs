@@ -192,18 +192,7 @@ fn envelopes() -> Vec<Bytes> {
 
 /// A masked client frame (`first`: FIN, RSV1, opcode).
 fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    let key = [0x37, 0xfa, 0x21, 0x3d];
-    let mut out = vec![first];
-    match payload.len() {
-        n @ 0..=125 => out.push(0x80 | n as u8),
-        n => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&key);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    out
+    wsgate_core::deflate::encode_client_frame(first, payload, [0x37, 0xfa, 0x21, 0x3d])
 }
 
 /// Inputs of the `inflate` target: a split byte, then client frames, compressed or not.

@@ -274,7 +274,20 @@ fn payload_len(h: &[u8]) -> u64 {
 /// Writes one frame (`first` is its first byte: FIN and opcode), masked with a zero key
 /// (the payload unchanged) when `masked`.
 fn write_frame(out: &mut Vec<u8>, first: u8, payload: &[u8], masked: bool) {
-    let mask = if masked { MASK } else { 0 };
+    write_frame_with(out, first, payload, masked.then_some([0; 4]));
+}
+
+/// A frame as a client sends it: `first` (FIN, RSV bits, opcode), then `payload` masked
+/// with `key`. The gateway only reads such frames; tests, fuzz seeds and load generators
+/// that speak frames directly write them with this.
+pub fn encode_client_frame(first: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + MAX_HEADER);
+    write_frame_with(&mut out, first, payload, Some(key));
+    out
+}
+
+fn write_frame_with(out: &mut Vec<u8>, first: u8, payload: &[u8], key: Option<[u8; 4]>) {
+    let mask = if key.is_some() { MASK } else { 0 };
     out.push(first);
     match payload.len() {
         n @ 0..=125 => out.push(mask | n as u8),
@@ -287,10 +300,18 @@ fn write_frame(out: &mut Vec<u8>, first: u8, payload: &[u8], masked: bool) {
             out.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
-    if masked {
-        out.extend_from_slice(&[0; 4]);
+    match key {
+        // A zero key leaves the payload as it is.
+        Some(key) if key != [0; 4] => {
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        Some(key) => {
+            out.extend_from_slice(&key);
+            out.extend_from_slice(payload);
+        }
+        None => out.extend_from_slice(payload),
     }
-    out.extend_from_slice(payload);
 }
 
 #[cfg(test)]

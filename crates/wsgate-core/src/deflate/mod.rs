@@ -23,7 +23,7 @@ use bytes::Bytes;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 pub use extensions::{RESPONSE, negotiate};
-pub use inbound::{Deframer, InflateError};
+pub use inbound::{Deframer, InflateError, encode_client_frame};
 pub use stream::{InflateStream, io_error};
 
 /// What RFC 7692 §7.2.1 has the sender strip from the end of a message's sync-flushed
