@@ -6,7 +6,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
-use fred::types::{ClusterHash, CustomCommand};
 use parking_lot::Mutex;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
@@ -18,6 +17,7 @@ use wsgate_core::backend::{
 
 use crate::envelope::{self, Decoded};
 use crate::streams::Streams;
+use crate::subscribing::Batcher;
 use crate::{Keyspace, RedisOptions, unavailable};
 
 /// Channels per SUBSCRIBE command when resubscribing after a reconnect: large enough to
@@ -43,6 +43,8 @@ pub struct RedisBroker {
     /// caller's `subscribe` before its channel is active, and a message published in that
     /// window would be lost. (A plain SUBSCRIBE is confirmed by a PING after the lock.)
     sub_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Plain (unsharded) subscriptions, batched.
+    batcher: Batcher,
     /// When this pod last heard its own probe.
     probe_heard: Arc<Mutex<Option<Instant>>>,
     tasks: Vec<JoinHandle<()>>,
@@ -68,6 +70,8 @@ impl RedisBroker {
         let probe_heard = Arc::new(Mutex::new(None));
         let keys = Keyspace::new(&options.namespace);
         let streams = Streams::load(publisher.clone(), keys.clone(), options.sharded()).await?;
+        let sub_lock = Arc::new(tokio::sync::Mutex::new(()));
+        let (batcher, batching) = Batcher::start(subscriber.clone(), sub_lock.clone());
         let mut broker = Self {
             publisher,
             subscriber: subscriber.clone(),
@@ -75,9 +79,10 @@ impl RedisBroker {
             sharded: options.sharded(),
             streams,
             pod_id: pod_id.to_owned(),
-            sub_lock: Arc::new(tokio::sync::Mutex::new(())),
+            sub_lock,
+            batcher,
             probe_heard: probe_heard.clone(),
-            tasks: Vec::new(),
+            tasks: vec![batching],
         };
         // The receivers exist before anything is subscribed, so nothing that arrives
         // (the first probe included) can slip past a task that has not started yet.
@@ -166,22 +171,6 @@ async fn publish_bytes(
             .await
             .map_err(unavailable)?;
     }
-    Ok(())
-}
-
-/// Returns once Redis has applied every SUBSCRIBE sent before on the subscriber connection.
-/// fred resolves SUBSCRIBE as soon as it is written and drops Redis's confirmation, so
-/// without this a message published right after `subscribe` returned could reach Redis
-/// first and be missed. Redis answers a connection's commands in order, so the PING's
-/// answer comes after the SUBSCRIBE took effect. In cluster mode fred sends SUBSCRIBE to
-/// the node owning the slot of the client's id; the PING goes to the same node.
-async fn subscription_applied(subscriber: &SubscriberClient) -> Result<(), BackendError> {
-    let slot = fred::util::redis_keyslot(subscriber.id().as_bytes());
-    let ping = CustomCommand::new_static("PING", ClusterHash::Custom(slot), false);
-    let _: Value = subscriber
-        .custom(ping, Vec::<Value>::new())
-        .await
-        .map_err(unavailable)?;
     Ok(())
 }
 
@@ -323,28 +312,21 @@ impl Broker for RedisBroker {
             // fred answers SSUBSCRIBE with Redis's confirmation.
             return self.subscriber.ssubscribe(name).await.map_err(unavailable);
         }
-        {
-            // fred resolves SUBSCRIBE once it is written: the lock orders the writes only.
-            let _serial = self.sub_lock.lock().await;
-            self.subscriber.subscribe(name).await.map_err(unavailable)?;
-        }
-        // Outside the lock, so the handshakes of many new users wait for their round
-        // trips side by side, not one after another: a PING written after our SUBSCRIBE
-        // is answered after it took effect, whatever was written in between.
-        subscription_applied(&self.subscriber).await
+        // Batched with the other handshakes' subscriptions; confirmed by a PING.
+        self.batcher.subscribe(name).await
     }
 
     async fn unsubscribe(&self, channel: &Channel) -> Result<(), BackendError> {
         let name = self.keys.channel(channel);
-        let _serial = self.sub_lock.lock().await;
         if self.is_sharded(channel) {
-            self.subscriber
+            let _serial = self.sub_lock.lock().await;
+            return self
+                .subscriber
                 .sunsubscribe(name)
                 .await
-                .map_err(unavailable)
-        } else {
-            self.subscriber.unsubscribe(name).await.map_err(unavailable)
+                .map_err(unavailable);
         }
+        self.batcher.unsubscribe(name).await
     }
 
     async fn publish(

@@ -88,7 +88,13 @@ impl Keyspace {
 
     /// A topic's subscribers.
     pub fn topic(&self, topic: &str) -> String {
-        format!("{}:t:{{{topic}}}", self.ns)
+        format!("{}{{{topic}}}", self.topic_prefix())
+    }
+
+    /// What every topic's key starts with: a script that knows the topic writes
+    /// `prefix .. '{' .. topic .. '}'`.
+    pub fn topic_prefix(&self) -> String {
+        format!("{}:t:", self.ns)
     }
 
     /// The stream of session events.

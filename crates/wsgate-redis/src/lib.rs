@@ -25,6 +25,7 @@ mod registration;
 mod registry;
 mod script;
 mod streams;
+mod subscribing;
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
-//! A session's registration in one round trip, on a Redis that is one server (standalone
-//! or a Sentinel's primary): the per-user limit, the user's hash, the session's hash, the
-//! pod's session set and, with session events, the `connected` — one script.
+//! A session's registration and its removal in one round trip each, on a Redis that is
+//! one server (standalone or a Sentinel's primary): the per-user limit, the user's hash,
+//! the session's hash, the pod's session set and, with session events, the `connected` —
+//! one script; the same records, the session's topics and the `disconnected` — another.
 //!
 //! In Redis Cluster these keys live in different slots (the user's, the session's, the
 //! pod's and the namespace's), which one script may not touch, so the registry keeps its
@@ -10,6 +11,7 @@
 use fred::prelude::*;
 use tokio::sync::OnceCell;
 use wsgate_core::backend::{BackendError, SessionRecord};
+use wsgate_core::events::Closed;
 
 use crate::Keyspace;
 use crate::script::{Script, lua_add};
@@ -42,10 +44,47 @@ return 1
 "#
 );
 
-/// The registration script, loaded on first use.
+/// KEYS = user hash, session hash, pod's session set, session's topic set, then (with
+/// events) the log, the pod's live hash and the set of pods with live sessions. ARGV =
+/// session, the prefix of topic keys, then (with events) the log's maxlen, pod, close
+/// code, by whom, at. Returns 1 when the session was live in the event log (and got its
+/// `disconnected`), else 0.
+///
+/// The topics' keys are made here from the session's topic set, not passed in: on one
+/// server a script may touch keys it did not declare, and reading the set in the script
+/// saves the round trip that would read it first.
+const UNREGISTER: &str = concat!(
+    lua_add!(),
+    r#"
+for _, topic in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  redis.call('HDEL', ARGV[2] .. '{' .. topic .. '}', ARGV[1])
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[2], KEYS[4])
+if #KEYS < 7 then
+  return 0
+end
+local user = redis.call('HGET', KEYS[6], ARGV[1])
+local live = 0
+if user then
+  redis.call('HDEL', KEYS[6], ARGV[1])
+  add(KEYS[5], ARGV[3], {'t', 'disconnected', 's', ARGV[1], 'u', user, 'p', ARGV[4],
+    'at', ARGV[7], 'code', ARGV[5], 'by', ARGV[6]})
+  live = 1
+end
+if redis.call('EXISTS', KEYS[6]) == 0 then
+  redis.call('SREM', KEYS[7], ARGV[4])
+end
+return live
+"#
+);
+
+/// The registration and removal scripts, each loaded on first use.
 #[derive(Default)]
 pub(crate) struct Registration {
     script: OnceCell<Script>,
+    unregister: OnceCell<Script>,
 }
 
 impl Registration {
@@ -90,6 +129,51 @@ impl Registration {
             Value::Integer(n) => Ok(n == 1),
             other => Err(BackendError::Unavailable(format!(
                 "the registration script answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Removes `record`'s records and its topic memberships; with `events_max_len`, also
+    /// writes its `disconnected` (as `closed` says) if it was live in the event log.
+    /// Answers whether it was.
+    pub(crate) async fn unregister(
+        &self,
+        client: &Client,
+        keys: &Keyspace,
+        record: &SessionRecord,
+        closed: &Closed,
+        events_max_len: Option<&str>,
+    ) -> Result<bool, BackendError> {
+        let script = self
+            .unregister
+            .get_or_try_init(|| Script::load(client, UNREGISTER))
+            .await?;
+        let id = &record.session_id;
+        let mut script_keys = vec![
+            keys.user(&record.user_id),
+            keys.session(id),
+            keys.pod_sessions(&record.pod_id),
+            keys.session_topics(id),
+        ];
+        let mut args = vec![Value::from(id.as_str()), Value::from(keys.topic_prefix())];
+        if let Some(max_len) = events_max_len {
+            script_keys.extend([
+                keys.event_log(),
+                keys.event_live(&record.pod_id),
+                keys.event_pods(),
+            ]);
+            args.extend([
+                Value::from(max_len),
+                Value::from(record.pod_id.as_str()),
+                Value::from(closed.code.to_string()),
+                Value::from(closed.by.as_str()),
+                Value::from(closed.at_ms.to_string()),
+            ]);
+        }
+        match script.run(client, script_keys, args).await? {
+            Value::Integer(n) => Ok(n == 1),
+            other => Err(BackendError::Unavailable(format!(
+                "the removal script answered {other:?}"
             ))),
         }
     }

@@ -59,7 +59,7 @@ pub struct RedisRegistry {
     pod_ttl: Duration,
     events: Option<Arc<RedisEventLog>>,
     /// Whether every key is on one server (not Redis Cluster): then a registration is
-    /// one script, one round trip.
+    /// one script, one round trip, and so is a removal.
     one_server: bool,
     registration: Registration,
 }
@@ -378,6 +378,15 @@ impl Registry for RedisRegistry {
         record: &SessionRecord,
         closed: &Closed,
     ) -> Result<bool, BackendError> {
+        if self.one_server {
+            let events_max_len = self.events.as_ref().map(|events| events.max_len());
+            return self
+                .registration
+                .unregister(&self.client, &self.keys, record, closed, events_max_len)
+                .await;
+        }
+        // Redis Cluster: the records (after reading the session's topics) and the event
+        // side by side.
         let forgotten = self.forget_session(
             &record.session_id,
             Some(&record.user_id),
