@@ -393,26 +393,51 @@ impl Preflight {
         S: Clone + Send + Sync + 'static,
         A: Check,
     {
-        // The last `.layer()` is the outermost, so it runs first: list in reverse.
-        route
-            .layer::<_, Infallible>(CheckLayer(RevocationCheck(self.revocations.clone())))
-            .layer::<_, Infallible>(CheckLayer(auth))
-            .layer::<_, Infallible>(CheckLayer(CapacityCheck {
-                gauge: self.gauge.clone(),
-                max: self.max_connections,
-            }))
-            .layer::<_, Infallible>(CheckLayer(RateLimitCheck {
+        // One layer for the whole chain: each `MethodRouter::layer` boxes its service, so
+        // a layer per check cost a clone, a boxed future and a poll level per check on
+        // every handshake.
+        route.layer::<_, Infallible>(CheckLayer(Chain {
+            host: HostCheck(self.host.clone()),
+            origin: OriginCheck(self.origin.clone()),
+            rate: RateLimitCheck {
                 limiter: self.limiter.clone(),
                 trusted: self.trusted_proxies.clone(),
-            }))
-            .layer::<_, Infallible>(CheckLayer(OriginCheck(self.origin.clone())))
-            .layer::<_, Infallible>(CheckLayer(HostCheck(self.host.clone())))
-            .layer::<_, Infallible>(CheckLayer(WsKeyCheck))
-            .layer::<_, Infallible>(CheckLayer(WsVersionCheck))
-            .layer::<_, Infallible>(CheckLayer(ConnectionCheck))
-            .layer::<_, Infallible>(CheckLayer(UpgradeCheck))
-            .layer::<_, Infallible>(CheckLayer(HttpVersionCheck))
-            .layer::<_, Infallible>(CheckLayer(MethodCheck))
+            },
+            capacity: CapacityCheck {
+                gauge: self.gauge.clone(),
+                max: self.max_connections,
+            },
+            auth,
+            revocation: RevocationCheck(self.revocations.clone()),
+        }))
+    }
+}
+
+/// The whole preflight as one check, in the documented order; the first rejection ends it.
+#[derive(Clone)]
+struct Chain<A> {
+    host: HostCheck,
+    origin: OriginCheck,
+    rate: RateLimitCheck,
+    capacity: CapacityCheck,
+    auth: A,
+    revocation: RevocationCheck,
+}
+
+impl<A: Check> Check for Chain<A> {
+    async fn check(&self, req: &mut Request) -> Result<(), Rejection> {
+        MethodCheck.check(req).await?;
+        HttpVersionCheck.check(req).await?;
+        UpgradeCheck.check(req).await?;
+        ConnectionCheck.check(req).await?;
+        WsVersionCheck.check(req).await?;
+        WsKeyCheck.check(req).await?;
+        self.host.check(req).await?;
+        self.origin.check(req).await?;
+        self.rate.check(req).await?;
+        self.capacity.check(req).await?;
+        self.auth.check(req).await?;
+        self.revocation.check(req).await
     }
 }
 
