@@ -4,7 +4,9 @@
 # N clients join over JWT and keep their user stream's position from the welcome, all
 # leave (a clean close), each user is sent MISSED messages with SendToUser while away,
 # then all N reconnect at once with `?since=` — each to the other pod than the one it
-# left, as after a pod restart. Prints a markdown table and the raw JSON report's path.
+# left, as after a pod restart. Both joins (the first, without `since`, for comparison, and
+# the reconnect) are all at once: N handshakes in flight. Prints a markdown table and the
+# raw JSON report's path.
 #
 # Usage: bench/recovery.sh [BINARY]
 #   With no argument, builds and measures this checkout's release build.
@@ -75,7 +77,7 @@ abrupt=()
 [ "$ABRUPT" = 1 ] && abrupt=(--abrupt)
 echo "recover: $N clients, $MISSED missed messages each, $MODE ($pods pod(s)); load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 "$B" recover "${targets[@]}" -n "$N" --missed "$MISSED" --timeout "$TIMEOUT" "${abrupt[@]}" \
-    --sources 16 --token-secret "$SECRET" --api-key "$API_KEY" "${watch[@]}" --json >"$WORK/recover.json"
+    --concurrency "$N" --sources 16 --token-secret "$SECRET" --api-key "$API_KEY" "${watch[@]}" --json >"$WORK/recover.json"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 python3 - "$WORK/recover.json" <<'EOF'
@@ -96,10 +98,15 @@ print(f"| recovered (welcome `recovered: true`) / reconnected / clients | {r['re
 print(f"| complete: every missed message once, in order | {r['complete']:,} / {d['clients']:,} | all: {'**met**' if r['all_recovered'] else '**not met**'} |")
 print(f"| time until all recovered (from the reconnect start) | {ms(t)} (last complete {ms(r['time_to_last_complete_ms'])}) | ≤ 2,000 ms: {'**met**' if ok_all else '**not met**'} |")
 print(f"| join p50 / p99 / max (connect start → welcome) | {ms(j.get('p50_ms'))} / {ms(j.get('p99_ms'))} / {ms(j.get('max_ms'))} | p99 < 200 ms: {'**met**' if ok_join else '**not met**'} |")
+f = d["first_join"]["join_latency"]
+print(f"| for comparison: the first join, all at once too, without `since` (p50 / p99 / max) | {ms(f.get('p50_ms'))} / {ms(f.get('p99_ms'))} / {ms(f.get('max_ms'))} | |")
 print(f"| missed messages delivered / expected | {r['delivered_messages']:,} / {r['expected_messages']:,} | |")
 print(f"| missing / duplicate / out of order / wrong payload | {r['missing_messages']} / {r['duplicate_messages']} / {r['out_of_order_messages']} / {r['wrong_payload_messages']} | 0 |")
 cpu = d.get("server_cpu_s")
-print(f"| server CPU during the reconnect (pods + Redis) | {'—' if cpu is None else f'{cpu:.2f} s'} | |")
+ccpu = d.get("client_cpu_s")
+per = d.get("server_cpu_us_per_rejoin")
+print(f"| CPU during the reconnect: server (pods + Redis) / load generator | {'—' if cpu is None else f'{cpu:.2f} s'} / {'—' if ccpu is None else f'{ccpu:.2f} s'} | |")
+print(f"| server CPU per reconnect (handshake, history read, replay) | {'—' if per is None else f'{per:,.0f} µs'} | |")
 fails = {**d["first_join"]["failures"], **{f"send {k}": v for k, v in d["sends"]["failures"].items()},
          **{f"reconnect {k}": v for k, v in r["failures"].items()}}
 if fails:

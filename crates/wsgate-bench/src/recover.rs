@@ -477,6 +477,7 @@ pub(crate) async fn recover(c: Common, plan: Plan) -> anyhow::Result<Value> {
 
     // 4. Everyone back at once.
     let before = Snapshot::take(&c.pid, &[]).await;
+    let client0 = stats::cpu_ticks(std::process::id());
     let stop = CancellationToken::new();
     let t0 = Instant::now();
     let deadline = t0 + c.timeout;
@@ -510,6 +511,7 @@ pub(crate) async fn recover(c: Common, plan: Plan) -> anyhow::Result<Value> {
     }
     let after = Snapshot::take(&c.pid, &[]).await;
     let cpu = after.cpu_seconds_since(&before, tck);
+    let client_cpu = crate::client_cpu_since(client0, tck);
     Ok(report(
         &c,
         &plan,
@@ -519,7 +521,7 @@ pub(crate) async fn recover(c: Common, plan: Plan) -> anyhow::Result<Value> {
         leave_failures,
         &sends,
         &outcomes,
-        cpu,
+        (cpu, client_cpu),
         after.detail(&before, tck),
     ))
 }
@@ -535,7 +537,7 @@ fn report(
     leave_failures: BTreeMap<String, u64>,
     sends: &Sends,
     outcomes: &[Outcome],
-    cpu: Option<f64>,
+    (cpu, client_cpu): (Option<f64>, Option<f64>),
     servers: Value,
 ) -> Value {
     let mut join = new_hist();
@@ -617,6 +619,8 @@ fn report(
                 "unexpected_messages": sum(|o| o.unexpected),
             },
             "server_cpu_s": cpu,
+            "server_cpu_us_per_rejoin": cpu.filter(|_| !join.is_empty()).map(|s| s * 1e6 / join.len() as f64),
+            "client_cpu_s": client_cpu,
             "servers": servers,
         }),
     )
