@@ -500,6 +500,10 @@ pub(crate) async fn recover(c: Common, plan: Plan) -> anyhow::Result<Value> {
     // Once every client has all its messages (or has failed), a short grace to see
     // duplicates, then everyone stops; clients still incomplete stop at the deadline.
     while settled_rx.recv().await.is_some() {}
+    // CPU of the reconnects and replays only: not the grace, nor the closes that follow.
+    let after = Snapshot::take(&c.pid, &[]).await;
+    let cpu = after.cpu_seconds_since(&before, tck);
+    let client_cpu = crate::client_cpu_since(client0, tck);
     tokio::time::sleep(DUPLICATE_GRACE).await;
     stop.cancel();
     let mut outcomes = Vec::new();
@@ -509,9 +513,6 @@ pub(crate) async fn recover(c: Common, plan: Plan) -> anyhow::Result<Value> {
             ..Outcome::default()
         }));
     }
-    let after = Snapshot::take(&c.pid, &[]).await;
-    let cpu = after.cpu_seconds_since(&before, tck);
-    let client_cpu = crate::client_cpu_since(client0, tck);
     Ok(report(
         &c,
         &plan,
