@@ -86,6 +86,7 @@ struct Check<'a> {
     user: usize,
     expected: HashMap<u64, u64>,
     seen: HashSet<u64>,
+    since: u64,
     last: u64,
     out: &'a mut Outcome,
 }
@@ -103,7 +104,8 @@ impl Check<'_> {
             self.out.unexpected += 1;
             return self.done();
         };
-        if !self.seen.insert(offset) {
+        // Seen in this session, or before leaving (at or below `since`).
+        if offset <= self.since || !self.seen.insert(offset) {
             self.out.duplicates += 1;
             return self.done();
         }
@@ -194,6 +196,7 @@ impl Rejoin {
             user: i,
             expected: sent.iter().map(|s| (s.offset, s.k)).collect(),
             seen: HashSet::new(),
+            since: since.offset,
             last: since.offset,
             out: &mut out,
         };
