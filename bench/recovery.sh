@@ -63,7 +63,7 @@ targets=()
 for i in $(seq "$pods"); do
     http=$(free_port); grpc=$(free_port)
     env -i PATH="$PATH" POD_NAME="recovery-$i" \
-        WSGATE__SERVER__LISTEN=127.0.0.1:$http WSGATE__SERVER__GRPC_LISTEN=127.0.0.1:$grpc \
+        WSGATE__SERVER__LISTEN="127.0.0.1:$http" WSGATE__SERVER__GRPC_LISTEN="127.0.0.1:$grpc" \
         WSGATE__AUTH__MODE=jwt WSGATE__AUTH__JWT__SECRET="$SECRET" WSGATE__CONTROL__API_KEYS="$API_KEY" \
         WSGATE__LIMITS__HANDSHAKES_PER_IP_PER_S=0 WSGATE__LIMITS__MAX_SESSIONS_PER_USER=0 \
         WSGATE__HISTORY__USER__SIZE=100 WSGATE__REDIS__URL="$redis_url" \
