@@ -1,6 +1,7 @@
 //! Smoke of the load generator: every scenario of `wsgate-bench`, small (hundreds of
 //! connections, a few seconds), against an in-process gateway with JWT auth and an API key,
-//! plus the fan-out scenario against `wsgate-limit-probe`. Asserts that each run works and
+//! plus the fan-out scenario against `wsgate-limit-probe`, and `recover` against a gateway
+//! whose user streams keep history. Asserts that each run works and
 //! reports sane figures (counts add up, no failures) — never how fast anything is.
 
 use std::path::PathBuf;
@@ -216,5 +217,93 @@ async fn every_bench_scenario_runs_small_and_reports() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("several wsgate-bench processes"), "{err}");
 
+    gw.stop().await.unwrap();
+}
+
+/// `wsgate-bench recover` against `gw` with JWT, plus `extra`.
+fn recover_args(gw: &Gateway, extra: &[&str]) -> Vec<String> {
+    let mut a = args(&["recover", "--ws", &gw.ws_url(""), "--grpc"]);
+    a.push(format!("http://{}", gw.grpc));
+    a.extend(args(&[
+        "--token-secret",
+        SECRET,
+        "--api-key",
+        API_KEY,
+        "--sources",
+        "4",
+    ]));
+    a.extend(args(extra));
+    a
+}
+
+/// A gateway with JWT auth whose user streams keep `size` messages.
+async fn with_user_history(size: usize) -> Gateway {
+    let mut settings = jwt_settings();
+    settings.limits.handshakes_per_ip_per_s = 0;
+    settings.history.user.size = size;
+    Gateway::start(settings).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recover_scenario_checks_every_missed_message() {
+    let gw = with_user_history(10).await;
+    for leave in [
+        &["-n", "100", "--missed", "3"][..],
+        &["-n", "50", "--abrupt"],
+    ] {
+        let r = bench(&recover_args(&gw, leave)).await;
+        let n = u(&r["clients"]);
+        let missed = u(&r["missed_per_user"]);
+        assert_eq!(r["scenario"], "recover");
+        assert_eq!(u(&r["first_join"]["ok"]), n, "{r}");
+        assert_eq!(u(&r["sends"]["ok"]), n * missed, "{r}");
+        let rec = &r["recovery"];
+        for (field, want) in [
+            ("reconnected", n),
+            ("recovered", n),
+            ("complete", n),
+            ("failed", 0),
+            ("expected_messages", n * missed),
+            ("delivered_messages", n * missed),
+            ("missing_messages", 0),
+            ("duplicate_messages", 0),
+            ("out_of_order_messages", 0),
+            ("wrong_payload_messages", 0),
+            ("unexpected_messages", 0),
+        ] {
+            assert_eq!(u(&rec[field]), want, "{field}: {r}");
+        }
+        assert_eq!(rec["all_recovered"], true, "{r}");
+        assert!(
+            rec["time_to_all_recovered_ms"].as_f64().unwrap() > 0.0,
+            "{r}"
+        );
+        assert_eq!(u(&rec["join_latency"]["count"]), n, "{r}");
+    }
+    gw.stop().await.unwrap();
+
+    // More missed messages than a stream keeps: nobody can recover, and the report says
+    // so (recovered: false, every message missing) rather than counting them as recovered.
+    let gw = with_user_history(2).await;
+    let r = bench(&recover_args(
+        &gw,
+        &["-n", "20", "--missed", "3", "--timeout", "1s"],
+    ))
+    .await;
+    let rec = &r["recovery"];
+    for (field, want) in [
+        ("reconnected", 20),
+        ("recovered", 0),
+        ("not_recovered", 20),
+        ("complete", 0),
+        ("failed", 20),
+        ("expected_messages", 60),
+        ("delivered_messages", 0),
+        ("missing_messages", 60),
+    ] {
+        assert_eq!(u(&rec[field]), want, "{field}: {r}");
+    }
+    assert_eq!(rec["all_recovered"], false, "{r}");
+    assert!(rec["time_to_all_recovered_ms"].is_null(), "{r}");
     gw.stop().await.unwrap();
 }

@@ -165,10 +165,10 @@ impl Dialer {
         self
     }
 
-    fn url(&self, i: usize, user: &str) -> anyhow::Result<String> {
+    fn url(&self, i: usize, user: &str, since: Option<&str>) -> anyhow::Result<String> {
         let base = &self.targets[i % self.targets.len()].url;
         let sep = if base.contains('?') { '&' } else { '?' };
-        Ok(match self.protocol {
+        let url = match self.protocol {
             Protocol::Wsgate | Protocol::Plain => match &self.token_secret {
                 Some(secret) => {
                     let token = wsgate_core::auth::mint_hs256(
@@ -186,13 +186,36 @@ impl Dialer {
             },
             Protocol::Socketio => format!("{base}{sep}EIO=4&transport=websocket"),
             Protocol::Probe => base.clone(),
+        };
+        Ok(match since {
+            Some(since) => format!(
+                "{url}{}since={}",
+                if url.contains('?') { '&' } else { '?' },
+                query_escape(since)
+            ),
+            None => url,
         })
     }
 
     /// Dials connection number `i` as `user`; returns the socket and the handshake time
     /// (TCP connect to the 101), or a failure class (`http_429`, `timeout`, `io:…`).
     pub async fn dial(&self, i: usize, user: &str) -> Result<(Ws, Duration), String> {
-        let url = self.url(i, user).map_err(|e| format!("client:{e}"))?;
+        self.dial_since(i, user, None)
+            .await
+            .map(|(ws, handshake, _)| (ws, handshake))
+    }
+
+    /// Like [`Dialer::dial`], with `?since=` (wsgate's user-stream recovery, `epoch:offset`)
+    /// when given; also returns wsgate's welcome frame (empty for the other protocols).
+    pub async fn dial_since(
+        &self,
+        i: usize,
+        user: &str,
+        since: Option<&str>,
+    ) -> Result<(Ws, Duration, String), String> {
+        let url = self
+            .url(i, user, since)
+            .map_err(|e| format!("client:{e}"))?;
         let target = &self.targets[i % self.targets.len()];
         let start = Instant::now();
         let fut = async {
@@ -243,10 +266,11 @@ impl Dialer {
                     .set_deframer(Some(Deframer::client(limit, limit)));
             }
             let handshake = start.elapsed();
+            let mut welcome = String::new();
             match self.protocol {
                 Protocol::Wsgate => {
-                    let t = next_text(&mut ws).await?;
-                    if !t.contains("\"welcome\"") {
+                    welcome = next_text(&mut ws).await?;
+                    if !welcome.contains("\"welcome\"") {
                         return Err("no_welcome".to_owned());
                     }
                 }
@@ -270,7 +294,7 @@ impl Dialer {
                 }
                 Protocol::Plain | Protocol::Probe => {}
             }
-            Ok((ws, handshake))
+            Ok((ws, handshake, welcome))
         };
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(r) => r,
@@ -324,6 +348,19 @@ impl Dialer {
     }
 }
 
+/// `value` percent-encoded for a query string (all but unreserved characters and `:`).
+fn query_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn io_class(e: &std::io::Error) -> String {
     if e.raw_os_error() == Some(24) {
         return "io:too_many_open_files".to_owned();
@@ -346,7 +383,7 @@ pub fn ws_class(e: &WsError) -> String {
 }
 
 /// The next text frame, skipping pings, pongs and binary frames.
-async fn next_text(ws: &mut Ws) -> Result<String, String> {
+pub async fn next_text(ws: &mut Ws) -> Result<String, String> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),

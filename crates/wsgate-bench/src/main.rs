@@ -3,12 +3,14 @@
 //!
 //! Scenarios: `connect` (handshake rate and failures), `idle` (resident memory per held
 //! connection), `push` (SendToUser latency over gRPC), `fanout` (topic subscribers spread
-//! over pods, publishes at a rate or in a burst) and `broadcast`. Every delivery carries the
+//! over pods, publishes at a rate or in a burst), `broadcast` and `recover` (clients
+//! reconnecting at once with `?since=` after missing messages). Every delivery carries the
 //! time it was sent (`{"t":µs,"seq":n}`), so latency is measured from the call to receipt.
 //! Network errors are counted by class, never fatal.
 
 mod conn;
 mod publish;
+mod recover;
 mod stats;
 
 use std::io::IsTerminal;
@@ -34,7 +36,7 @@ type GrpcClient = pb::gateway_client::GatewayClient<tonic::transport::Channel>;
 #[command(
     name = "wsgate-bench",
     version,
-    about = "Load generator for wsgate: connect, idle, push, fanout, broadcast",
+    about = "Load generator for wsgate: connect, idle, push, fanout, broadcast, recover",
     after_help = "One process holds at most `ulimit -n` sockets (20,000 here): for larger runs \
                   start several wsgate-bench processes, each with a share of the connections."
 )]
@@ -99,6 +101,27 @@ enum Cmd {
         /// Messages to broadcast.
         #[arg(long, default_value_t = 10)]
         publishes: u64,
+    },
+    /// N clients join and keep their user stream's position, leave, are sent --missed
+    /// messages each (SendToUser), then all reconnect at once with `?since=`; report how
+    /// many recovered, how fast, and whether every missed message arrived once, in order.
+    /// --timeout bounds the reconnect phase.
+    Recover {
+        #[command(flatten)]
+        c: Common,
+        /// Clients, one user each, spread over the --ws endpoints.
+        #[arg(long, short = 'n', default_value_t = 1000)]
+        connections: usize,
+        /// Messages sent to each user while away.
+        #[arg(long, default_value_t = 5)]
+        missed: u64,
+        /// Leave by dropping the TCP connection, without a WebSocket close.
+        #[arg(long)]
+        abrupt: bool,
+        /// Reconnect to the pod each client left (default: the next --ws, as after a pod
+        /// restart).
+        #[arg(long)]
+        same_pod: bool,
     },
 }
 
@@ -174,7 +197,8 @@ fn main() -> ExitCode {
         | Cmd::Idle { c, .. }
         | Cmd::Push { c, .. }
         | Cmd::Fanout { c, .. }
-        | Cmd::Broadcast { c, .. } => c.clone(),
+        | Cmd::Broadcast { c, .. }
+        | Cmd::Recover { c, .. } => c.clone(),
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
@@ -226,6 +250,21 @@ async fn run(cmd: Cmd) -> anyhow::Result<Value> {
             connections,
             publishes,
         } => fanout(c, connections, publishes, None).await,
+        Cmd::Recover {
+            c,
+            connections,
+            missed,
+            abrupt,
+            same_pod,
+        } => {
+            let plan = recover::Plan {
+                n: connections,
+                missed,
+                abrupt,
+                same_pod,
+            };
+            recover::recover(c, plan).await
+        }
     }
 }
 
