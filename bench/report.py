@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Collects the JSON reports of one bench/run.sh run into bench/results/<date>.json and
 rewrites the results table of bench/README.md (between the results markers), with the
-ratios against the baselines and each target of issue 6 marked met or not met."""
+ratios against the baselines and each target of issue 6 and of issue 16 marked met or not
+met (or "not measured here" when this run has no figure for it)."""
 import argparse
 import json
 import os
@@ -64,6 +65,20 @@ def machine():
     }
 
 
+def recovery_target(run):
+    """Issue 16's recovery target from `recovery_wsgate.json`, once bench/run.sh has that
+    scenario (it is built separately). Reads `clients`, `recovered`, `all_recovered_s` and
+    `join_latency.p99_ms`; None (not measured here) until the file exists."""
+    if run is None:
+        return None, None
+    clients, recovered = run.get("clients"), run.get("recovered")
+    within_s, p99 = run.get("all_recovered_s"), get(run, "join_latency", "p99_ms")
+    if None in (clients, recovered, within_s, p99):
+        return None, None
+    value = f"{recovered:,}/{clients:,} in {within_s:.2f} s, p99 join {p99:.0f} ms"
+    return value, recovered == clients and within_s <= 2 and p99 < 200
+
+
 def fmt(v, digits=1, unit=""):
     if v is None:
         return "n/a"
@@ -86,7 +101,8 @@ def main():
         "connect_go", "connect_wsgate_embedded", "connect_wsgate_redis", "connect_go_c64",
         "connect_wsgate_embedded_c64", "connect_wsgate_redis_c64", "idle_go",
         "idle_wsgate", "fanout_wsgate", "push_wsgate", "broadcast_wsgate",
-        "fanout_socketio", "fanout_probe",
+        "fanout_socketio", "fanout_probe", "fanout_spread_wsgate", "fanout_spread_socketio",
+        "fanout_spread_probe", "push_fast_wsgate", "recovery_wsgate",
     ]
     runs = {n: load(a.results, n) for n in names}
 
@@ -103,18 +119,22 @@ def main():
     p99_hs = {k: get(runs[f"connect_{k}"], "connections", "handshake_latency", "p99_ms")
               for k in ("go", "wsgate_embedded", "wsgate_redis")}
     idle = {k: get(runs[f"idle_{k}"], "server_rss_kib_per_connection") for k in ("go", "wsgate")}
-    fan = {}
-    for k in ("wsgate", "socketio", "probe"):
-        d = get(runs[f"fanout_{k}"], "deliveries") or {}
-        fan[k] = {
+    def fanout(name):
+        d = get(runs[name], "deliveries") or {}
+        return {
             "cpu_us": d.get("server_cpu_us_per_delivery"),
             "per_s": d.get("deliveries_per_s"),
             "p50": get(d, "latency", "p50_ms"),
             "p99": get(d, "latency", "p99_ms"),
             "delivered": d.get("delivered"),
             "expected": d.get("expected_deliveries"),
+            "publish_s": d.get("publish_elapsed_s"),
         }
+
+    fan = {k: fanout(f"fanout_{k}") for k in ("wsgate", "socketio", "probe")}
+    spread = {k: fanout(f"fanout_spread_{k}") for k in ("wsgate", "socketio", "probe")}
     push = get(runs["push_wsgate"], "deliveries") or {}
+    push_fast = get(runs["push_fast_wsgate"], "deliveries") or {}
     bc = get(runs["broadcast_wsgate"], "deliveries") or {}
 
     def target(name, value, limit, ok):
@@ -146,6 +166,39 @@ def main():
                None if push_p99 is None else (push_p99 < 5 and (push_rate or 0) >= 4750)),
     ]
 
+    # Issue 16: every ratio within this run.
+    def at_most(v, limit):
+        return None if v is None else v <= limit
+
+    r_cpu_hs = ratio(cpu_hs["wsgate_embedded"], cpu_hs["go"])
+    r_hs_red_emb = ratio(hs["wsgate_redis"], hs["wsgate_embedded"])
+    r_spread_probe = ratio(spread["wsgate"]["cpu_us"], spread["probe"]["cpu_us"])
+    r_spread_sio = ratio(spread["wsgate"]["cpu_us"], spread["socketio"]["cpu_us"])
+    fast_p99 = get(push_fast, "latency", "p99_ms")
+    fast_rate = push_fast.get("publishes_per_s")
+    fast_target = get(runs["push_fast_wsgate"], "target_rate")
+    recovery_value, recovery_ok = recovery_target(runs["recovery_wsgate"])
+    targets16 = [
+        target("idle RSS per connection, 15k held, JWT, history + events on", idle["wsgate"], "≤ 8 KiB",
+               at_most(idle["wsgate"], 8)),
+        target("idle memory vs seed (Go echo)", r_idle, "≤ 0.35×", at_most(r_idle, 0.35)),
+        target("server CPU per handshake, embedded, JWT + full preflight, vs seed (no auth)", r_cpu_hs, "≤ 0.8×",
+               at_most(r_cpu_hs, 0.8)),
+        target("handshake rate, Redis mode, vs embedded", r_hs_red_emb, "≥ 0.9×",
+               None if r_hs_red_emb is None else r_hs_red_emb >= 0.9),
+        target("server CPU per handshake, Redis mode, vs Sockudo", "not measured here (by hand, see below)",
+               "≤ 0.8×", None),
+        target(f"fan-out CPU/delivery, publishes spread over ~1 s, {fmt(spread['wsgate']['expected'])} deliveries, "
+               "2 pods, vs limit probe", r_spread_probe, "≤ 0.7×", at_most(r_spread_probe, 0.7)),
+        target("fan-out CPU/delivery, spread, vs Socket.IO", r_spread_sio, "≤ 0.2×", at_most(r_spread_sio, 0.2)),
+        target(f"push p99, SendToUser across two pods at {fmt(fast_target, 0)}/s asked "
+               f"({fmt(fast_rate, 0)}/s reached)", fast_p99, "< 5 ms at 20k/s",
+               None if fast_p99 is None else (fast_p99 < 5 and (fast_rate or 0) >= 19000)),
+        target("recovery: 1,000 clients reconnecting with `since` at once",
+               recovery_value or "not measured here (scenario not in run.sh yet)",
+               "all within 2 s, p99 join < 200 ms", recovery_ok),
+    ]
+
     now = datetime.now(timezone.utc)
     out = {
         "date": now.isoformat(timespec="seconds"),
@@ -158,22 +211,36 @@ def main():
         "summary": {"handshakes_per_s": hs, "handshakes_per_s_concurrency_64": hs64,
                     "server_cpu_us_per_handshake": cpu_hs,
                     "client_cpu_us_per_handshake_concurrency_64": client_hs, "handshake_p99_ms": p99_hs, "handshake_failures": hs_fail,
-                    "idle_kib_per_connection": idle, "fanout": fan,
+                    "idle_kib_per_connection": idle, "fanout": fan, "fanout_spread": spread,
                     "push": {"rate": push_rate, "p50_ms": get(push, "latency", "p50_ms"),
                              "p99_ms": push_p99, "p999_ms": get(push, "latency", "p999_ms"),
                              "cpu_us_per_delivery": push.get("server_cpu_us_per_delivery"),
                              "delivered": push.get("delivered"), "expected": push.get("expected_deliveries")},
+                    "push_fast": {"target_rate": fast_target, "rate": fast_rate,
+                                  "p50_ms": get(push_fast, "latency", "p50_ms"), "p99_ms": fast_p99,
+                                  "p999_ms": get(push_fast, "latency", "p999_ms"),
+                                  "cpu_us_per_delivery": push_fast.get("server_cpu_us_per_delivery"),
+                                  "client_cpu_us_per_delivery": push_fast.get("client_cpu_us_per_delivery"),
+                                  "delivered": push_fast.get("delivered"),
+                                  "expected": push_fast.get("expected_deliveries")},
                     "broadcast": {"per_s": bc.get("deliveries_per_s"), "p99_ms": get(bc, "latency", "p99_ms"),
                                   "cpu_us_per_delivery": bc.get("server_cpu_us_per_delivery"),
                                   "delivered": bc.get("delivered"), "expected": bc.get("expected_deliveries")}},
         "targets": targets,
+        "targets_issue_16": targets16,
         "runs": runs,
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
 
     m = out["machine"]
-    mark = lambda t: "n/a" if t["met"] is None else ("**met**" if t["met"] else "**not met**")
+    def mark(t):
+        if t["met"] is None:
+            return "not measured here" if t["value"] is None or isinstance(t["value"], str) else "n/a"
+        return "**met**" if t["met"] else "**not met**"
+
+    def value(v):
+        return fmt(v, 2) if isinstance(v, float) else (v if isinstance(v, str) else fmt(v))
     lines = [
         BEGIN,
         f"Run of {out['date']} (`{a.command}`, revision `{out['git_revision']}`), "
@@ -204,8 +271,22 @@ def main():
         f"| fan-out latency p50 / p99 | {fmt(fan['wsgate']['p50'], 1)} / {fmt(fan['wsgate']['p99'], 1)} ms "
         f"| Socket.IO: {fmt(fan['socketio']['p50'], 1)} / {fmt(fan['socketio']['p99'], 1)} ms; "
         f"probe: {fmt(fan['probe']['p50'], 1)} / {fmt(fan['probe']['p99'], 1)} ms | p99 {fmt(r_p99_sio, 2, '×')} |",
+        f"| fan-out, {fmt(get(runs['fanout_spread_wsgate'], 'publishes_requested'))} publishes spread at "
+        f"{fmt(get(runs['fanout_spread_wsgate'], 'target_rate'), 0)}/s: server CPU per delivery "
+        f"({fmt(spread['wsgate']['delivered'])}/{fmt(spread['wsgate']['expected'])} delivered) "
+        f"| {fmt(spread['wsgate']['cpu_us'], 2, ' µs')} | Socket.IO: {fmt(spread['socketio']['cpu_us'], 2, ' µs')}; "
+        f"limit probe: {fmt(spread['probe']['cpu_us'], 2, ' µs')} | {fmt(r_spread_sio, 2, '×')} / {fmt(r_spread_probe, 2, '×')} |",
+        f"| fan-out spread: latency p50 / p99 | {fmt(spread['wsgate']['p50'], 1)} / {fmt(spread['wsgate']['p99'], 1)} ms "
+        f"| Socket.IO: {fmt(spread['socketio']['p50'], 1)} / {fmt(spread['socketio']['p99'], 1)} ms; "
+        f"probe: {fmt(spread['probe']['p50'], 1)} / {fmt(spread['probe']['p99'], 1)} ms "
+        f"| p99 {fmt(ratio(spread['wsgate']['p99'], spread['socketio']['p99']), 2, '×')} |",
         f"| push: SendToUser rate achieved, p50 / p99 / p99.9 | {fmt(push_rate, 0)}/s, "
         f"{fmt(get(push, 'latency', 'p50_ms'), 2)} / {fmt(push_p99, 2)} / {fmt(get(push, 'latency', 'p999_ms'), 2)} ms "
+        f"| — | — |",
+        f"| push at {fmt(fast_target, 0)}/s asked (one load generator): rate reached, p50 / p99 / p99.9, "
+        f"server / load-generator CPU per push | {fmt(fast_rate, 0)}/s, "
+        f"{fmt(get(push_fast, 'latency', 'p50_ms'), 2)} / {fmt(fast_p99, 2)} / {fmt(get(push_fast, 'latency', 'p999_ms'), 2)} ms, "
+        f"{fmt(push_fast.get('server_cpu_us_per_delivery'), 0)} / {fmt(push_fast.get('client_cpu_us_per_delivery'), 0)} µs "
         f"| — | — |",
         f"| broadcast deliveries/s, p99, CPU/delivery | {fmt(bc.get('deliveries_per_s'), 0)}/s, "
         f"{fmt(get(bc, 'latency', 'p99_ms'), 1)} ms, {fmt(bc.get('server_cpu_us_per_delivery'), 2, ' µs')} | — | — |",
@@ -214,8 +295,10 @@ def main():
         "|---|---|---|---|",
     ]
     for t in targets:
-        v = t["value"]
-        lines.append(f"| {t['target']} | {fmt(v, 2) if isinstance(v, float) else fmt(v)} | {t['limit']} | {mark(t)} |")
+        lines.append(f"| {t['target']} | {value(t['value'])} | {t['limit']} | {mark(t)} |")
+    lines += ["", "| target (issue 16) | value | limit | status |", "|---|---|---|---|"]
+    for t in targets16:
+        lines.append(f"| {t['target']} | {value(t['value'])} | {t['limit']} | {mark(t)} |")
     if a.readme:
         charts = {
             "handshakes": ("Handshakes per second", "/s", [
@@ -237,6 +320,10 @@ def main():
                 ("Socket.IO + Redis adapter", fan["socketio"]["p99"], False),
                 ("limit probe", fan["probe"]["p99"], False),
                 ("wsgate, 2 pods + Redis", fan["wsgate"]["p99"], True)], True),
+            "fanout-spread-cpu": ("Fan-out CPU per delivery, publishes spread over ~1 s", "µs", [
+                ("Socket.IO + Redis adapter", spread["socketio"]["cpu_us"], False),
+                ("limit probe (one write each)", spread["probe"]["cpu_us"], False),
+                ("wsgate, 2 pods + Redis", spread["wsgate"]["cpu_us"], True)], True),
         }
         links = write_charts(Path(a.readme).parent / "charts", charts)
         if links:
