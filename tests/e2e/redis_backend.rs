@@ -359,6 +359,7 @@ async fn a_silent_pod_drops_out_of_presence_and_is_reaped() {
         assert!(registry.add_session(r, 0).await.unwrap());
     }
     registry.add_subscription(&gone, "news").await.unwrap();
+    assert_eq!(registry.count_user_sessions("alice").await.unwrap(), 2);
 
     // "live" keeps refreshing; "dead" stops. After one TTL only the live session counts.
     for _ in 0..6 {
@@ -370,6 +371,11 @@ async fn a_silent_pod_drops_out_of_presence_and_is_reaped() {
     }
     let presence = registry.user_sessions("alice").await.unwrap();
     assert_eq!(presence, vec![kept.clone()]);
+    assert_eq!(
+        registry.count_user_sessions("alice").await.unwrap(),
+        1,
+        "a session on a pod whose liveness key expired does not count"
+    );
     assert_eq!(registry.session(&gone.session_id).await.unwrap(), None);
     let pods = registry.pods().await.unwrap();
     assert!(

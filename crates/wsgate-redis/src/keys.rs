@@ -58,7 +58,14 @@ impl Keyspace {
 
     /// A pod's liveness key.
     pub fn pod_alive(&self, pod: &str) -> String {
-        format!("{}:pod:{{{pod}}}:alive", self.ns)
+        let (start, end) = self.pod_alive_affixes();
+        format!("{start}{pod}{end}")
+    }
+
+    /// What every pod's liveness key starts and ends with: a script that knows the pod
+    /// writes `start .. pod .. end`.
+    pub fn pod_alive_affixes(&self) -> (String, &'static str) {
+        (format!("{}:pod:{{", self.ns), "}:alive")
     }
 
     /// A pod's session set.

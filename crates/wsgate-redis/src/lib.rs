@@ -21,6 +21,7 @@ mod broker;
 mod envelope;
 mod events;
 pub mod keys;
+mod presence;
 mod registration;
 mod registry;
 mod script;

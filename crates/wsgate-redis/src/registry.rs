@@ -28,6 +28,7 @@ use wsgate_core::events::{Closed, ClosedBy};
 use wsgate_core::ids::SessionId;
 use wsgate_core::revocation::{Revocation, Revoked};
 
+use crate::presence::Presence;
 use crate::registration::Registration;
 use crate::{Keyspace, RedisEventLog, RedisOptions, unavailable};
 
@@ -62,6 +63,7 @@ pub struct RedisRegistry {
     /// one script, one round trip, and so is a removal.
     one_server: bool,
     registration: Registration,
+    presence: Presence,
 }
 
 impl RedisRegistry {
@@ -74,6 +76,7 @@ impl RedisRegistry {
             events: None,
             one_server: !options.sharded(),
             registration: Registration::default(),
+            presence: Presence::default(),
         }
     }
 
@@ -455,9 +458,17 @@ impl Registry for RedisRegistry {
     }
 
     async fn count_user_sessions(&self, user_id: &str) -> Result<usize, BackendError> {
-        // Live sessions only, like presence: the user hash names each session's pod, so
-        // this is two round trips whatever the number of sessions. (The admission script
-        // counts a dead pod's sessions until they are reaped: strict for a TTL or two.)
+        // Live sessions only, like presence. (The admission script counts a dead pod's
+        // sessions until they are reaped: strict for a TTL or two.) On one server, one
+        // script: this count is on the path of every push to a user.
+        if self.one_server {
+            return self
+                .presence
+                .count_live(&self.client, &self.keys, user_id)
+                .await;
+        }
+        // Redis Cluster: the user hash names each session's pod, so this is two round
+        // trips whatever the number of sessions.
         let pods_by_session: HashMap<String, String> = self
             .client
             .hgetall(self.keys.user(user_id))
