@@ -19,17 +19,15 @@ M=${M:-2000}
 PUBLISHES=${PUBLISHES:-200}
 N=${N:-5000}
 ROUNDS=${ROUNDS:-3}
-WORK=$(mktemp -d /tmp/wsgate-compression.XXXXXX)
-PIDS=()
-trap 'for p in "${PIDS[@]:-}"; do [ -n "$p" ] && { kill "$p" 2>/dev/null || true; }; done' EXIT
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+start_work compression
 
 [ -n "${NO_BUILD:-}" ] || cargo build --release --locked -p wsgate -p wsgate-bench -q
 B=target/release/wsgate-bench
 PORT=29600
 GRPC=29651
 
-# shellcheck source=bench/lib.sh
-. bench/lib.sh
 
 start_gateway() {
     env -i PATH="$PATH" WSGATE__SERVER__LISTEN=127.0.0.1:$PORT WSGATE__SERVER__GRPC_LISTEN=127.0.0.1:$GRPC \

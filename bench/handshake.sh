@@ -18,15 +18,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 N=${N:-10000}
 ROUNDS=${ROUNDS:-3}
-SECRET=bench-secret-bench-secret-bench-secret-0123
-WORK=$(mktemp -d /tmp/wsgate-handshake.XXXXXX)
-PIDS=()
-trap 'for p in "${PIDS[@]:-}"; do [ -n "$p" ] && { kill "$p" 2>/dev/null || true; }; done' EXIT
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+start_work handshake
 
 command -v redis-server >/dev/null || { echo "redis-server is missing (apt-get install redis-server)" >&2; exit 1; }
 
-# shellcheck source=bench/lib.sh
-. bench/lib.sh
 build_binaries "$@"
 set -- "${BINS[@]}"
 

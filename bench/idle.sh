@@ -14,13 +14,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 N=${N:-10000}
 ROUNDS=${ROUNDS:-2}
-SECRET=bench-secret-bench-secret-bench-secret-0123
-WORK=$(mktemp -d /tmp/wsgate-idle.XXXXXX)
-PIDS=()
-trap 'for p in "${PIDS[@]:-}"; do [ -n "$p" ] && { kill "$p" 2>/dev/null || true; }; done' EXIT
-
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+start_work idle
+
 build_binaries "$@"
 set -- "${BINS[@]}"
 

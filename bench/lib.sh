@@ -1,5 +1,16 @@
 # Shared by the bench scripts (sourced, not run).
 
+# The HS256 secret the scripts' gateways verify and the load generator signs with.
+SECRET=bench-secret-bench-secret-bench-secret-0123
+
+# start_work NAME: a scratch directory in WORK (/tmp/wsgate-NAME.*), and PIDS, whose
+# processes are stopped when the script exits.
+start_work() {
+    WORK=$(mktemp -d "/tmp/wsgate-$1.XXXXXX")
+    PIDS=()
+    trap 'for p in "${PIDS[@]:-}"; do [ -n "$p" ] && { kill "$p" 2>/dev/null || true; }; done' EXIT
+}
+
 # wait_port PORT: until something listens on 127.0.0.1:PORT (15 s at most); else says so,
 # shows the tail of the logs in $WORK (when set) and exits.
 wait_port() {

@@ -24,11 +24,10 @@ MISSED=${MISSED:-5}
 MODE=${MODE:-redis}
 TIMEOUT=${TIMEOUT:-10s}
 ABRUPT=${ABRUPT:-0}
-SECRET=bench-secret-bench-secret-bench-secret-0123
 API_KEY=bench-api-key-0123456789
-WORK=$(mktemp -d /tmp/wsgate-recovery.XXXXXX)
-PIDS=()
-trap 'for p in "${PIDS[@]:-}"; do [ -n "$p" ] && { kill "$p" 2>/dev/null || true; }; done' EXIT
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+start_work recovery
 
 case $MODE in
     redis | embedded) ;;
@@ -37,8 +36,6 @@ esac
 [ "$MODE" = embedded ] || command -v redis-server >/dev/null ||
     { echo "redis-server is missing (apt-get install redis-server)" >&2; exit 1; }
 
-# shellcheck source=bench/lib.sh
-. bench/lib.sh
 build_binaries "$@"
 BIN=${BINS[0]}
 

@@ -25,7 +25,6 @@ else
     PUSH_USERS=2000; PUSH_RATE=5000; PUSH_D=10s; PUSH_FAST_RATE=20000; PUSH_FAST_D=3s; BC_N=4000; BC_P=20
 fi
 SOURCES=16
-SECRET=bench-secret-bench-secret-bench-secret-0123
 API_KEY=bench-api-key-0123456789
 WORK=$(mktemp -d /tmp/wsgate-bench.XXXXXX)
 STARTED=()
