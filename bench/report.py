@@ -144,6 +144,13 @@ def main():
         return {"target": name, "value": value, "limit": limit,
                 "met": None if ok is None else bool(ok)}
 
+    # Whether a measured value meets its limit; None when it was not measured.
+    def at_most(v, limit):
+        return None if v is None else v <= limit
+
+    def at_least(v, limit):
+        return None if v is None else v >= limit
+
     r_idle = ratio(idle["wsgate"], idle["go"])
     r_hs_emb = ratio(hs["wsgate_embedded"], hs["go"])
     r_hs_red = ratio(hs["wsgate_redis"], hs["go"])
@@ -153,26 +160,23 @@ def main():
     push_rate = push.get("publishes_per_s")
     targets = [
         target("idle KiB/connection at 15k, JWT", idle["wsgate"], "≤ 8 KiB",
-               None if idle["wsgate"] is None else idle["wsgate"] <= 8),
-        target("idle memory vs seed (Go)", r_idle, "≤ 0.35×", None if r_idle is None else r_idle <= 0.35),
+               at_most(idle["wsgate"], 8)),
+        target("idle memory vs seed (Go)", r_idle, "≤ 0.35×", at_most(r_idle, 0.35)),
         target("handshake rate, embedded + JWT, vs seed", r_hs_emb, "≥ 1.5×",
-               None if r_hs_emb is None else r_hs_emb >= 1.5),
+               at_least(r_hs_emb, 1.5)),
         target("handshake rate, Redis + JWT, vs seed", r_hs_red, "≥ 1.0×",
-               None if r_hs_red is None else r_hs_red >= 1.0),
+               at_least(r_hs_red, 1.0)),
         target("fan-out CPU/delivery vs Socket.IO", r_cpu_sio, "≤ 0.2×",
-               None if r_cpu_sio is None else r_cpu_sio <= 0.2),
+               at_most(r_cpu_sio, 0.2)),
         target("fan-out CPU/delivery vs limit probe", ratio(fan["wsgate"]["cpu_us"], fan["probe"]["cpu_us"]),
                "< 1.0×", None if fan["wsgate"]["cpu_us"] is None or fan["probe"]["cpu_us"] is None
                else fan["wsgate"]["cpu_us"] < fan["probe"]["cpu_us"]),
-        target("fan-out p99 vs Socket.IO", r_p99_sio, "≤ 0.2×", None if r_p99_sio is None else r_p99_sio <= 0.2),
+        target("fan-out p99 vs Socket.IO", r_p99_sio, "≤ 0.2×", at_most(r_p99_sio, 0.2)),
         target("push p99 at 5,000 SendToUser/s, two pods", push_p99, "< 5 ms",
                None if push_p99 is None else (push_p99 < 5 and (push_rate or 0) >= 4750)),
     ]
 
     # Issue 16: every ratio within this run.
-    def at_most(v, limit):
-        return None if v is None else v <= limit
-
     r_cpu_hs = ratio(cpu_hs["wsgate_embedded"], cpu_hs["go"])
     r_hs_red_emb = ratio(hs["wsgate_redis"], hs["wsgate_embedded"])
     r_spread_probe = ratio(spread["wsgate"]["cpu_us"], spread["probe"]["cpu_us"])
@@ -188,7 +192,7 @@ def main():
         target("server CPU per handshake, embedded, JWT + full preflight, vs seed (no auth)", r_cpu_hs, "≤ 0.8×",
                at_most(r_cpu_hs, 0.8)),
         target("handshake rate, Redis mode, vs embedded", r_hs_red_emb, "≥ 0.9×",
-               None if r_hs_red_emb is None else r_hs_red_emb >= 0.9),
+               at_least(r_hs_red_emb, 0.9)),
         target("server CPU per handshake, Redis mode, vs Sockudo", "not measured here (by hand, see below)",
                "≤ 0.8×", None),
         target(f"fan-out CPU/delivery, publishes spread over ~1 s, {fmt(spread['wsgate']['expected'])} deliveries, "
