@@ -11,7 +11,7 @@ use tokio::sync::OnceCell;
 use wsgate_core::backend::BackendError;
 
 use crate::Keyspace;
-use crate::script::Script;
+use crate::script::{Script, integer};
 
 /// KEYS = the user hash; ARGV = what a pod's liveness key starts and ends with (the pod
 /// id goes between). Returns how many of the user's sessions are on a live pod. Each pod
@@ -54,11 +54,7 @@ impl Presence {
             .await?;
         let (start, end) = keys.pod_alive_affixes();
         let args = vec![Value::from(start), Value::from(end)];
-        match script.run(client, vec![keys.user(user)], args).await? {
-            Value::Integer(n) => Ok(n.max(0) as usize),
-            other => Err(BackendError::Unavailable(format!(
-                "the presence script answered {other:?}"
-            ))),
-        }
+        let live = script.run(client, vec![keys.user(user)], args).await?;
+        Ok(integer(live, "presence")?.max(0) as usize)
     }
 }

@@ -14,7 +14,7 @@ use wsgate_core::backend::{BackendError, SessionRecord};
 use wsgate_core::events::Closed;
 
 use crate::Keyspace;
-use crate::script::{Script, lua_add};
+use crate::script::{Script, integer, lua_add};
 
 /// KEYS = user hash, session hash, pod's session set, then (with events) the log, the
 /// pod's live hash and the set of pods with live sessions. ARGV = session, pod, limit,
@@ -125,12 +125,7 @@ impl Registration {
             args.push(Value::from(max_len));
         }
         let admitted = script.run(client, script_keys, args).await?;
-        match admitted {
-            Value::Integer(n) => Ok(n == 1),
-            other => Err(BackendError::Unavailable(format!(
-                "the registration script answered {other:?}"
-            ))),
-        }
+        Ok(integer(admitted, "registration")? == 1)
     }
 
     /// Removes `record`'s records and its topic memberships; with `events_max_len`, also
@@ -170,11 +165,7 @@ impl Registration {
                 Value::from(closed.at_ms.to_string()),
             ]);
         }
-        match script.run(client, script_keys, args).await? {
-            Value::Integer(n) => Ok(n == 1),
-            other => Err(BackendError::Unavailable(format!(
-                "the removal script answered {other:?}"
-            ))),
-        }
+        let live = script.run(client, script_keys, args).await?;
+        Ok(integer(live, "removal")? == 1)
     }
 }

@@ -39,6 +39,17 @@ impl Script {
     }
 }
 
+/// A script's integer reply; anything else is a protocol error naming the `script`.
+pub(crate) fn integer(reply: Value, script: &str) -> Result<i64, BackendError> {
+    match reply {
+        Value::Integer(n) => Ok(n),
+        other => Err(BackendError::Protocol(format!(
+            "the {script} script answered {:?}",
+            other.kind()
+        ))),
+    }
+}
+
 /// Adds an event to the log, capped at `maxlen` (approximately: whole stream nodes are
 /// trimmed). Ids are `<epoch>-<n>`: the epoch is the log's start in ms (Redis's clock),
 /// `n` counts its events (`<ms>-*` makes Redis take the next `n`), so the id right before
