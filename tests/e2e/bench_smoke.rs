@@ -52,6 +52,13 @@ fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
 }
 
+/// Each named count of a `recover` report's `recovery` section is what it should be.
+fn expect_counts(report: &Value, counts: &[(&str, u64)]) {
+    for (field, want) in counts {
+        assert_eq!(u(&report["recovery"][field]), *want, "{field}: {report}");
+    }
+}
+
 /// All connections opened, none failed.
 fn assert_connections(report: &Value, n: u64) {
     let c = &report["connections"];
@@ -258,21 +265,22 @@ async fn the_recover_scenario_checks_every_missed_message() {
         assert_eq!(u(&r["first_join"]["ok"]), n, "{r}");
         assert_eq!(u(&r["sends"]["ok"]), n * missed, "{r}");
         let rec = &r["recovery"];
-        for (field, want) in [
-            ("reconnected", n),
-            ("recovered", n),
-            ("complete", n),
-            ("failed", 0),
-            ("expected_messages", n * missed),
-            ("delivered_messages", n * missed),
-            ("missing_messages", 0),
-            ("duplicate_messages", 0),
-            ("out_of_order_messages", 0),
-            ("wrong_payload_messages", 0),
-            ("unexpected_messages", 0),
-        ] {
-            assert_eq!(u(&rec[field]), want, "{field}: {r}");
-        }
+        expect_counts(
+            &r,
+            &[
+                ("reconnected", n),
+                ("recovered", n),
+                ("complete", n),
+                ("failed", 0),
+                ("expected_messages", n * missed),
+                ("delivered_messages", n * missed),
+                ("missing_messages", 0),
+                ("duplicate_messages", 0),
+                ("out_of_order_messages", 0),
+                ("wrong_payload_messages", 0),
+                ("unexpected_messages", 0),
+            ],
+        );
         assert_eq!(rec["all_recovered"], true, "{r}");
         assert!(
             rec["time_to_all_recovered_ms"].as_f64().unwrap() > 0.0,
@@ -291,18 +299,19 @@ async fn the_recover_scenario_checks_every_missed_message() {
     ))
     .await;
     let rec = &r["recovery"];
-    for (field, want) in [
-        ("reconnected", 20),
-        ("recovered", 0),
-        ("not_recovered", 20),
-        ("complete", 0),
-        ("failed", 20),
-        ("expected_messages", 60),
-        ("delivered_messages", 0),
-        ("missing_messages", 60),
-    ] {
-        assert_eq!(u(&rec[field]), want, "{field}: {r}");
-    }
+    expect_counts(
+        &r,
+        &[
+            ("reconnected", 20),
+            ("recovered", 0),
+            ("not_recovered", 20),
+            ("complete", 0),
+            ("failed", 20),
+            ("expected_messages", 60),
+            ("delivered_messages", 0),
+            ("missing_messages", 60),
+        ],
+    );
     assert_eq!(rec["all_recovered"], false, "{r}");
     assert!(rec["time_to_all_recovered_ms"].is_null(), "{r}");
     gw.stop().await.unwrap();
