@@ -96,13 +96,14 @@ async fn run(
             while let Some(next) = asked.next_if(|r| r.kind == kind) {
                 same.push(next);
             }
-            let channels = same.iter().map(|r| r.channel.clone()).collect();
+            let (channels, callers): (Vec<_>, Vec<_>) =
+                same.into_iter().map(|r| (r.channel, r.done)).unzip();
             let outcome = apply(&subscriber, &lock, kind, channels)
                 .await
                 .map_err(|e| e.to_string());
-            for request in same {
+            for done in callers {
                 // A caller that gave up (its handshake timed out) no longer listens.
-                let _ = request.done.send(outcome.clone());
+                let _ = done.send(outcome.clone());
             }
         }
     }
