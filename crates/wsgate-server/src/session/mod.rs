@@ -248,7 +248,7 @@ fn closed(exit: &Exit) -> Closed {
 pub fn run<S>(
     ws: S,
     ctx: SessionContext,
-    params: SessionParams,
+    params: Arc<SessionParams>,
     registered: Registered,
 ) -> impl Future<Output = SessionEnd>
 where
@@ -354,7 +354,8 @@ impl From<Close> for Flow {
 struct Session<S> {
     ws: S,
     ctx: SessionContext,
-    params: SessionParams,
+    /// The pod's session settings, one copy shared by its sessions.
+    params: Arc<SessionParams>,
     node: Arc<Node>,
     handle: Arc<SessionHandle>,
     /// Pushes for this session, filled by the hub.
@@ -380,7 +381,7 @@ impl<S> Session<S>
 where
     S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
 {
-    fn new(ws: S, ctx: SessionContext, params: SessionParams, registered: Registered) -> Self {
+    fn new(ws: S, ctx: SessionContext, params: Arc<SessionParams>, registered: Registered) -> Self {
         let Registered {
             handle,
             outbound,
@@ -467,20 +468,35 @@ where
     /// The event loop. The order of the branches is the order of priority: a close
     /// request wins over everything, then the deadlines, then traffic.
     async fn event_loop(&mut self) -> Exit {
-        let mut heartbeat = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.params.heartbeat_interval,
-            self.params.heartbeat_interval,
-        );
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let period = self.params.heartbeat_interval;
+        let mut next_ping = tokio::time::Instant::now() + period;
         self.token_deadline = self.deadline_of(self.ctx.expires_at);
+        // One timer for the heartbeat and both deadlines, set to the earliest of them and
+        // moved only when that changes: an idle session holds one timer, and a busy one
+        // does not register a timer per event.
+        let timer = tokio::time::sleep_until(next_ping);
+        tokio::pin!(timer);
 
         loop {
+            let wake = earliest(self.pong_deadline, self.token_deadline)
+                .map_or(next_ping, |deadline| deadline.min(next_ping));
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             let flow = tokio::select! {
                 biased;
                 () = self.handle.closing().raised() => Flow::Stop(self.requested_close()),
-                // One timer for both deadlines, the earlier one.
-                () = sleep_until_opt(earliest(self.pong_deadline, self.token_deadline)) => {
-                    self.deadline_passed().into()
+                () = &mut timer => {
+                    // `due` is one of the three instants, so one of these holds.
+                    let due = timer.deadline();
+                    match self.deadline_passed(due) {
+                        Some(close) => close.into(),
+                        None if next_ping <= due => {
+                            next_ping = tokio::time::Instant::now() + period;
+                            self.ping().await
+                        }
+                        None => Flow::Continue,
+                    }
                 }
                 Ok(()) = self.resync.changed(), if !self.cursors.is_empty() => {
                     Box::pin(self.catch_up()).await
@@ -503,7 +519,6 @@ where
                         ))),
                     }
                 }
-                _ = heartbeat.tick() => self.ping().await,
             };
             if let Flow::Stop(exit) = flow {
                 return exit;
@@ -511,13 +526,15 @@ where
         }
     }
 
-    /// Which deadline passed: a missing pong first, then the token's end.
-    fn deadline_passed(&self) -> close::Close {
-        let now = tokio::time::Instant::now();
-        if self.pong_deadline.is_some_and(|d| d <= now) {
-            close::NO_PONG
+    /// Which deadline has passed by `due`, if one has: a missing pong first, then the
+    /// token's end.
+    fn deadline_passed(&self, due: tokio::time::Instant) -> Option<close::Close> {
+        if self.pong_deadline.is_some_and(|d| d <= due) {
+            Some(close::NO_PONG)
+        } else if self.token_deadline.is_some_and(|d| d <= due) {
+            Some(close::TOKEN_EXPIRY)
         } else {
-            close::TOKEN_EXPIRY
+            None
         }
     }
 
@@ -573,12 +590,5 @@ fn earliest(
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
