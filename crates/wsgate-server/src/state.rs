@@ -21,7 +21,7 @@ pub struct AppState {
     /// Per-connection WebSocket buffers and limits.
     pub ws_config: WebSocketConfig,
     /// Session tuning.
-    pub params: SessionParams,
+    pub params: Arc<SessionParams>,
     /// The JWKS key store when tokens are verified with one: readiness waits for a set.
     pub auth_keys: Option<Arc<wsgate_core::jwks::JwksKeys>>,
 }
@@ -34,7 +34,7 @@ impl AppState {
             node,
             sessions: TaskTracker::new(),
             ws_config: config.websocket,
-            params: config.session.clone(),
+            params: Arc::new(config.session.clone()),
             auth_keys: config.jwks.as_ref().map(|source| source.keys.clone()),
         }
     }

@@ -18,7 +18,8 @@ const READ_CHUNK: usize = 8 * 1024;
 #[derive(Debug)]
 pub struct InflateStream<S> {
     inner: S,
-    deframer: Option<Deframer>,
+    /// Boxed: most sessions never negotiate the extension, and every one holds this.
+    deframer: Option<Box<Deframer>>,
     /// Bytes for the reader not yet taken; empty (unallocated) between reads.
     pending: Vec<u8>,
     taken: usize,
@@ -30,7 +31,7 @@ impl<S> InflateStream<S> {
     pub fn new(inner: S, deframer: Option<Deframer>) -> Self {
         Self {
             inner,
-            deframer,
+            deframer: deframer.map(Box::new),
             pending: Vec::new(),
             taken: 0,
             failed: None,
@@ -46,7 +47,7 @@ impl<S> InflateStream<S> {
     /// response whether the extension was negotiated. Bytes already read past the
     /// response head are not seen by the new deframer.
     pub fn set_deframer(&mut self, deframer: Option<Deframer>) {
-        self.deframer = deframer;
+        self.deframer = deframer.map(Box::new);
     }
 }
 

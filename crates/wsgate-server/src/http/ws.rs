@@ -11,7 +11,7 @@ use axum::response::Response;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use wsgate_core::auth::query_param;
 use wsgate_core::auth::{Identity, TopicPolicy};
 use wsgate_core::deflate::{self, Deframer, InflateStream};
@@ -22,7 +22,7 @@ use wsgate_core::rejection::Rejection;
 use super::json_error;
 use super::preflight::{ClientAddr, rejection_response};
 use crate::node::OpenError;
-use crate::session::{self, SessionContext};
+use crate::session::{self, Registered, SessionContext, SessionParams};
 use crate::state::AppState;
 
 /// Picks `wsgate.v1` when the client offers it among its subprotocols.
@@ -190,25 +190,33 @@ async fn upgrade_session(state: Arc<AppState>, mut req: Request, echo: bool) -> 
     let connections = state.node.metrics.connections.clone();
     // One box for what the session starts with: the task's future keeps its captures for
     // its whole life, so capturing these by value would hold a second copy of the
-    // session's state beside the one `session::run` builds.
-    let start = Box::new((ctx, params, registered));
+    // session's state (and the socket's settings) beside the one `session::run` builds.
+    let start = Box::new(Start {
+        config,
+        deframer,
+        ctx,
+        params,
+        registered,
+    });
     let task = async move {
         let _slot = slot;
         let _open = OpenConnection::new(connections);
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    InflateStream::new(TokioIo::new(upgraded), deframer),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
                 // Moved out of the capture into a block of its own, so the box is freed
-                // before the session runs (a capture lives as long as the task).
+                // before the session runs (a capture lives as long as the task). The
+                // session's parts stay in the box while the socket is set up, which
+                // awaits: the task keeps room for the largest set of locals held across
+                // an await.
                 let session = {
                     let start = start;
-                    let (ctx, params, registered) = *start;
-                    session::run(ws, ctx, params, registered)
+                    let ws = WebSocketStream::from_raw_socket(
+                        InflateStream::new(TokioIo::new(upgraded), start.deframer),
+                        Role::Server,
+                        Some(start.config),
+                    )
+                    .await;
+                    session::run(ws, start.ctx, start.params, start.registered)
                 };
                 session.await;
             }
@@ -238,6 +246,15 @@ async fn upgrade_session(state: Arc<AppState>, mut req: Request, echo: bool) -> 
         );
     }
     response
+}
+
+/// What a session's task starts with, boxed until the upgrade completes.
+struct Start {
+    config: WebSocketConfig,
+    deframer: Option<Deframer>,
+    ctx: SessionContext,
+    params: Arc<SessionParams>,
+    registered: Registered,
 }
 
 /// Counts a connection in `wsgate_connections` for as long as it lives, whatever way

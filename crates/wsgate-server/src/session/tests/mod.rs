@@ -129,7 +129,7 @@ fn spawn(
     let id = ctx.session_id.clone();
     let record = registered.cleanup.record.clone();
     let handle = registered.handle.clone();
-    let task = tokio::spawn(run(server, ctx, params, registered));
+    let task = tokio::spawn(run(server, ctx, Arc::new(params), registered));
     Running {
         client,
         task,
@@ -509,7 +509,7 @@ async fn an_unanswered_ping_closes_with_a_heartbeat_timeout() {
     let reg = registered(&node, &ctx, &params).await;
     let (server, mut client) = tokio::io::duplex(64 * 1024);
     let server = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
-    let task = tokio::spawn(run(server, ctx, params, reg));
+    let task = tokio::spawn(run(server, ctx, Arc::new(params), reg));
     assert_eq!(read_raw_frame(&mut client).await.0, 0x1, "the welcome");
     let started = tokio::time::Instant::now();
     // The client reads nothing more: it answers neither the ping nor the close.
