@@ -1,13 +1,17 @@
 //! Identifiers: session ids are ULIDs (unique across pods and sortable by creation time).
 
 use std::fmt;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 /// A session's id: a ULID rendered in Crockford base32, e.g. `01J9Z8Q6XG0000000000000000`.
 /// Unique across pods without coordination, and sortable by the time the session began.
+///
+/// Shared, not copied: the hub, the registry, the session and its record each hold the
+/// id, and a clone is a reference count instead of an allocation per holder.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
-pub struct SessionId(String);
+pub struct SessionId(Arc<str>);
 
 impl SessionId {
     /// A fresh, unique id, strictly greater than every id this process made before
@@ -21,13 +25,14 @@ impl SessionId {
             // Overflow of the random part within one millisecond: astronomically rare, and
             // a plain ULID is still unique.
             .unwrap_or_else(|_| ulid::Ulid::new());
-        Self(id.to_string())
+        let mut text = [0; ulid::ULID_LEN];
+        Self(Arc::from(&*id.array_to_str(&mut text)))
     }
 
     /// Wraps an id received from a caller or a backend (not validated: unknown ids simply
     /// match no session).
     pub fn from_string(id: impl Into<String>) -> Self {
-        Self(id.into())
+        Self(Arc::from(id.into()))
     }
 
     /// The id as text.
