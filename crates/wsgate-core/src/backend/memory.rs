@@ -8,7 +8,7 @@
 //! session's `connected` and `disconnected` into a [`MemoryEventLog`] under its own lock,
 //! together with the change of the session's record.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -24,9 +24,40 @@ use crate::events::{Closed, ClosedBy};
 use crate::ids::SessionId;
 use crate::revocation::{Revocation, RevocationSet};
 
-/// The pods subscribed to one channel: pod id → inbox. Weak, so a dropped pod stops
-/// receiving by itself.
-type ChannelPods = HashMap<String, Weak<dyn Inbox>>;
+/// The pods subscribed to one channel, each with its inbox. Weak, so a dropped pod stops
+/// receiving by itself. A list, not a map: a channel has a few pods at most, and every
+/// user's channel holds one of these (a one-entry list is a quarter of a map's smallest
+/// table).
+#[derive(Default)]
+struct ChannelPods(Vec<(Arc<str>, Weak<dyn Inbox>)>);
+
+impl ChannelPods {
+    fn insert(&mut self, pod_id: &Arc<str>, inbox: &Weak<dyn Inbox>) {
+        match self.0.iter_mut().find(|(id, _)| id == pod_id) {
+            Some(entry) => entry.1 = inbox.clone(),
+            None => self.0.push((pod_id.clone(), inbox.clone())),
+        }
+    }
+
+    fn remove(&mut self, pod_id: &str) {
+        self.0.retain(|(id, _)| &**id != pod_id);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn inboxes(&self) -> Vec<Arc<dyn Inbox>> {
+        self.0
+            .iter()
+            .filter_map(|(_, inbox)| inbox.upgrade())
+            .collect()
+    }
+}
 
 /// The in-process pub/sub "server" shared by the [`MemoryBroker`]s made from it.
 #[derive(Default)]
@@ -116,7 +147,7 @@ impl MemoryBus {
     ) -> MemoryBroker {
         MemoryBroker {
             bus: self.clone(),
-            pod_id: pod_id.into(),
+            pod_id: Arc::from(pod_id.into()),
             inbox: Arc::downgrade(&inbox),
         }
     }
@@ -127,20 +158,23 @@ impl MemoryBus {
         self.channels
             .read()
             .get(channel)
-            .map(|pods| pods.values().filter_map(Weak::upgrade).collect())
+            .map(ChannelPods::inboxes)
             .unwrap_or_default()
     }
 
     /// How many pods are subscribed to `channel` (for tests of the routing property).
     pub fn subscribers(&self, channel: &Channel) -> usize {
-        self.channels.read().get(channel).map_or(0, HashMap::len)
+        self.channels
+            .read()
+            .get(channel)
+            .map_or(0, ChannelPods::len)
     }
 }
 
 /// One pod's view of a [`MemoryBus`].
 pub struct MemoryBroker {
     bus: Arc<MemoryBus>,
-    pod_id: String,
+    pod_id: Arc<str>,
     inbox: Weak<dyn Inbox>,
 }
 
@@ -152,7 +186,7 @@ impl Broker for MemoryBroker {
             .write()
             .entry(channel.clone())
             .or_default()
-            .insert(self.pod_id.clone(), self.inbox.clone());
+            .insert(&self.pod_id, &self.inbox);
         Ok(())
     }
 
@@ -269,8 +303,9 @@ impl Drop for MemoryBroker {
 #[derive(Default)]
 struct RegistryState {
     sessions: HashMap<SessionId, SessionRecord>,
-    /// user → session ids.
-    users: HashMap<String, BTreeSet<SessionId>>,
+    /// user → session ids (a hash set: most users hold one or two sessions, and its
+    /// smallest table is half a B-tree node's size; listings sort anyway).
+    users: HashMap<String, HashSet<SessionId>>,
     /// topic → session ids.
     topics: HashMap<String, HashSet<SessionId>>,
     /// session → topics, to release memberships when the session goes.
@@ -465,12 +500,7 @@ impl Registry for MemoryRegistry {
     }
 
     async fn count_user_sessions(&self, user_id: &str) -> Result<usize, BackendError> {
-        Ok(self
-            .state
-            .read()
-            .users
-            .get(user_id)
-            .map_or(0, BTreeSet::len))
+        Ok(self.state.read().users.get(user_id).map_or(0, HashSet::len))
     }
 
     async fn count_topic_subscribers(&self, topic: &str) -> Result<usize, BackendError> {
