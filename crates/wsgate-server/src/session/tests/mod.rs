@@ -562,6 +562,44 @@ async fn the_session_closes_when_its_token_expires() {
     );
 }
 
+/// The heartbeat and the token's end share one timer: pings answered in between keep
+/// moving it, and the token's deadline still closes the session on time.
+#[tokio::test(start_paused = true)]
+async fn answered_pings_go_on_until_the_token_expires() {
+    let node = node().await;
+    let mut params = pinging_every(Duration::from_secs(3));
+    params.token_leeway = Duration::from_secs(5);
+    let mut ctx = context("alice");
+    ctx.expires_at = Some(crate::node::now_ms() / 1000 + 20);
+    let mut s = start(&node, ctx, params).await;
+    s.welcomed().await;
+    let started = tokio::time::Instant::now();
+    let mut pings = 0;
+    // Reading lets tungstenite answer each ping with a pong.
+    let close = loop {
+        match s.recv().await {
+            Message::Ping(_) => pings += 1,
+            other => break other,
+        }
+    };
+    let waited = started.elapsed();
+    assert_eq!(
+        close_of(close),
+        (3005, "token expired; reconnect with a new token".to_owned())
+    );
+    // `exp` is in whole seconds, so up to one less than asked is left; plus the leeway.
+    assert!(
+        waited >= Duration::from_secs(24) && waited <= Duration::from_secs(25),
+        "closed after {waited:?}"
+    );
+    assert!(
+        (7..=8).contains(&pings),
+        "a ping every 3 s until then: {pings}"
+    );
+    assert_eq!(node.metrics.heartbeat_timeouts.get(), 0);
+    assert_eq!(s.ends().await.ended_by, EndedBy::Server(3005));
+}
+
 #[tokio::test]
 async fn an_oversized_message_closes_with_1009() {
     let node = node().await;
