@@ -424,18 +424,21 @@ impl Node {
         command: Command,
         idempotency_key: Option<String>,
     ) -> Result<Sent, SendError> {
-        let channel = match &target {
-            Target::User(u) => Channel::User(u.clone()),
-            Target::Topic(t) => Channel::Topic(t.clone()),
-            Target::Broadcast => Channel::Broadcast,
+        let (targets, channel) = match &target {
+            Target::User(u) => (
+                self.registry.count_user_sessions(u).await?,
+                Channel::User(u.clone()),
+            ),
+            Target::Topic(t) => (
+                self.registry.count_topic_subscribers(t).await?,
+                Channel::Topic(t.clone()),
+            ),
+            Target::Broadcast => (self.registry.count_sessions().await?, Channel::Broadcast),
             Target::Session(s) => match self.registry.session(s).await? {
-                Some(record) => Channel::Pod(record.pod_id),
+                Some(record) => (1, Channel::Pod(record.pod_id)),
                 None => return Ok(Sent::default()),
             },
         };
-        // The count goes to the registry alongside the publish, not before it: a push
-        // waits for one round trip instead of two. The count is a snapshot either way.
-        let count = self.count_targets(&channel);
         let mut envelope = Envelope::new(self.pod_id.clone(), target, command);
         let message_id = envelope.id.clone();
         let span = tracing::info_span!(
@@ -445,7 +448,7 @@ impl Node {
             messaging.operation.type = "publish",
             messaging.message.id = %message_id,
             messaging.destination.name = channel_kind(&channel),
-            wsgate.targets = tracing::field::Empty,
+            wsgate.targets = targets as i64,
             wsgate.stream.offset = tracing::field::Empty,
             wsgate.stream.duplicate = tracing::field::Empty,
         );
@@ -455,7 +458,7 @@ impl Node {
             Command::Deliver(_) => self.stream_policy(&channel),
             Command::Disconnect { .. } => None,
         };
-        let publish = async {
+        let position = async {
             envelope.trace_context = crate::telemetry::inject();
             let envelope = Arc::new(envelope);
             match policy {
@@ -476,32 +479,16 @@ impl Node {
                 }
             }
         }
-        .instrument(span.clone());
-        let publish = async {
-            let position = publish.await?;
-            self.metrics
-                .broker_publish_seconds
-                .observe(started.elapsed().as_secs_f64());
-            Ok(position)
-        };
-        let (targets, position) = tokio::try_join!(count, publish)?;
-        span.record("wsgate.targets", targets as i64);
+        .instrument(span)
+        .await?;
+        self.metrics
+            .broker_publish_seconds
+            .observe(started.elapsed().as_secs_f64());
         Ok(Sent {
             targets: targets as u64,
             message_id,
             position,
         })
-    }
-
-    /// How many sessions a send on `channel` reaches, as the registry knows them.
-    async fn count_targets(&self, channel: &Channel) -> Result<usize, BackendError> {
-        match channel {
-            Channel::User(user) => self.registry.count_user_sessions(user).await,
-            Channel::Topic(topic) => self.registry.count_topic_subscribers(topic).await,
-            Channel::Broadcast => self.registry.count_sessions().await,
-            // A send to one session goes to its pod's channel once the session is found.
-            Channel::Pod(_) => Ok(1),
-        }
     }
 
     /// Revokes across the cluster: in the registry (every pod reads it within
