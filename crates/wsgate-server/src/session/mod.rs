@@ -3,9 +3,9 @@
 //!
 //! [`register`] puts a session in the hub, the broker and the registry before the 101 is
 //! sent; [`run`] then drives it on its socket as a [`Session`], one task per connection:
-//! it reads client frames, writes queued pushes (several at a time, one flush), pings on
-//! an interval and watches the close signal that the hub, the control plane and shutdown
-//! use. The socket is any `Sink`/`Stream` of WebSocket messages, so the unit tests drive a
+//! it reads client frames, writes queued pushes (several at a time, one flush), pings
+//! every heartbeat interval (one timer with the pong and token deadlines) and watches the
+//! close signal that the hub, the control plane and shutdown use. The socket is any `Sink`/`Stream` of WebSocket messages, so the unit tests drive a
 //! session over an in-memory pipe.
 //!
 //! - this file: the public types, registration, cleanup and the event loop;
@@ -30,7 +30,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use wsgate_core::auth::TopicPolicy;
 use wsgate_core::backend::SessionRecord;
@@ -416,10 +416,11 @@ where
     /// When a token expiring at `exp` (seconds since the Unix epoch) closes the session:
     /// then, plus the leeway.
     fn deadline_of(&self, exp: Option<u64>) -> Option<tokio::time::Instant> {
-        exp.map(|exp| {
+        exp.and_then(|exp| {
             let now = crate::node::now_ms() / 1000;
             let left = Duration::from_secs(exp.saturating_sub(now)) + self.params.token_leeway;
-            tokio::time::Instant::now() + left
+            // An `exp` too far ahead for the clock is no deadline at all.
+            tokio::time::Instant::now().checked_add(left)
         })
     }
 
@@ -487,15 +488,22 @@ where
                 biased;
                 () = self.handle.closing().raised() => Flow::Stop(self.requested_close()),
                 () = &mut timer => {
-                    // `due` is one of the three instants, so one of these holds.
+                    // `due` is the earliest of the three instants: a deadline that has
+                    // passed, or else the next ping.
                     let due = timer.deadline();
-                    match self.deadline_passed(due) {
-                        Some(close) => close.into(),
-                        None if next_ping <= due => {
-                            next_ping = tokio::time::Instant::now() + period;
-                            self.ping().await
+                    if self.pong_deadline.is_some_and(|d| d <= due) {
+                        // Client frames come after the queue in this select, so behind a
+                        // busy queue a pong can be waiting unread: what has arrived
+                        // counts before the session is given up.
+                        match self.ws.next().now_or_never() {
+                            Some(incoming) => self.on_incoming(incoming).await,
+                            None => close::NO_PONG.into(),
                         }
-                        None => Flow::Continue,
+                    } else if self.token_deadline.is_some_and(|d| d <= due) {
+                        close::TOKEN_EXPIRY.into()
+                    } else {
+                        next_ping = tokio::time::Instant::now() + period;
+                        self.ping().await
                     }
                 }
                 Ok(()) = self.resync.changed(), if !self.cursors.is_empty() => {
@@ -507,18 +515,7 @@ where
                     Box::pin(self.rpc_done(id, outcome)).await
                 }
                 frame = self.outbound.recv() => self.flush_queue(frame).await,
-                incoming = self.ws.next() => {
-                    // Any frame proves the client alive.
-                    self.pong_deadline = None;
-                    match incoming {
-                        // Boxed: the ops' futures reach the backend and are large.
-                        Some(Ok(msg)) => Box::pin(self.on_frame(msg)).await,
-                        Some(Err(e)) => Flow::Stop(io::read_error(e)),
-                        None => Flow::Stop(Exit::Ended(EndedBy::Transport(
-                            "connection closed without a close frame".into(),
-                        ))),
-                    }
-                }
+                incoming = self.ws.next() => self.on_incoming(incoming).await,
             };
             if let Flow::Stop(exit) = flow {
                 return exit;
@@ -526,15 +523,17 @@ where
         }
     }
 
-    /// Which deadline has passed by `due`, if one has: a missing pong first, then the
-    /// token's end.
-    fn deadline_passed(&self, due: tokio::time::Instant) -> Option<close::Close> {
-        if self.pong_deadline.is_some_and(|d| d <= due) {
-            Some(close::NO_PONG)
-        } else if self.token_deadline.is_some_and(|d| d <= due) {
-            Some(close::TOKEN_EXPIRY)
-        } else {
-            None
+    /// What the client sent, or how reading failed.
+    async fn on_incoming(&mut self, incoming: Option<Result<Message, WsError>>) -> Flow {
+        // Any frame proves the client alive.
+        self.pong_deadline = None;
+        match incoming {
+            // Boxed: the ops' futures reach the backend and are large.
+            Some(Ok(msg)) => Box::pin(self.on_frame(msg)).await,
+            Some(Err(e)) => Flow::Stop(io::read_error(e)),
+            None => Flow::Stop(Exit::Ended(EndedBy::Transport(
+                "connection closed without a close frame".into(),
+            ))),
         }
     }
 
