@@ -600,6 +600,20 @@ async fn answered_pings_go_on_until_the_token_expires() {
     assert_eq!(s.ends().await.ended_by, EndedBy::Server(3005));
 }
 
+/// A token's `exp` is the issuer's to choose: one beyond what the clock can add is no
+/// deadline, not a panic in the session's task.
+#[tokio::test]
+async fn a_token_expiring_beyond_the_clock_sets_no_deadline() {
+    let node = node().await;
+    let mut ctx = context("alice");
+    ctx.expires_at = Some(u64::MAX);
+    let mut s = start(&node, ctx, params()).await;
+    s.welcomed().await;
+    s.send_text(r#"{"op":"subscribe","topic":"chat.1"}"#).await;
+    assert_eq!(s.recv_json().await["op"], "subscribed");
+    assert!(node.hub.get(&s.id).is_some(), "still open");
+}
+
 #[tokio::test]
 async fn an_oversized_message_closes_with_1009() {
     let node = node().await;
