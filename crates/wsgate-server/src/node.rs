@@ -548,6 +548,14 @@ impl Node {
 
     /// Cleans up after pods that died without doing it themselves.
     pub async fn reap(&self) {
+        // This pod's own liveness first: after a hang longer than the TTL (Redis stopped,
+        // the pod cut off) the registry lists this pod as dead too, and reaping it would
+        // write `pod_lost` for sessions that are alive here. The refresh re-registers them
+        // and retries pending removals; a pod that cannot refresh itself reaps nothing.
+        if let Err(e) = self.heartbeat().await {
+            tracing::warn!(error = %e, "not reaping: this pod's liveness refresh failed");
+            return;
+        }
         match self.registry.reap_dead_pods().await {
             Ok(reaped) if reaped.pods == 0 => {}
             Ok(reaped) => {
