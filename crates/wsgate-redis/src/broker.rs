@@ -16,6 +16,7 @@ use wsgate_core::backend::{
 };
 
 use crate::envelope::{self, Decoded};
+use crate::presence::Presence;
 use crate::streams::Streams;
 use crate::subscribing::Batcher;
 use crate::{Keyspace, RedisOptions, unavailable};
@@ -37,6 +38,8 @@ pub struct RedisBroker {
     sharded: bool,
     /// Streams with history: their scripts run on the publisher connection.
     streams: Streams,
+    /// A push to a user counted and published in one script (one-server Redis).
+    presence: Presence,
     pod_id: String,
     /// Serializes (un)subscribe commands, resubscription included. fred matches
     /// subscription replies to commands in order; two in flight at once can resolve one
@@ -78,6 +81,7 @@ impl RedisBroker {
             keys,
             sharded: options.sharded(),
             streams,
+            presence: Presence::default(),
             pod_id: pod_id.to_owned(),
             sub_lock,
             batcher,
@@ -342,6 +346,28 @@ impl Broker for RedisBroker {
             bytes,
         )
         .await
+    }
+
+    async fn publish_to_user_counted(
+        &self,
+        user: &str,
+        envelope: Arc<Envelope>,
+    ) -> Result<Option<usize>, BackendError> {
+        // In Redis Cluster the pods' liveness keys live in other slots than the user's
+        // hash: the registry counts, then the channel is published to.
+        if self.sharded {
+            return Ok(None);
+        }
+        let live = self
+            .presence
+            .count_live_and_publish(
+                &self.publisher,
+                &self.keys,
+                user,
+                envelope::encode(&envelope),
+            )
+            .await?;
+        Ok(Some(live))
     }
 
     async fn publish_stream(

@@ -4,19 +4,23 @@
 //! hash and then the liveness keys: two round trips.)
 //!
 //! This is the count a `SendToUser` answers with (`targets`), so it sits on the path of
-//! every push to a user.
+//! every push to a user: a push to a user's channel without history runs it together
+//! with the `PUBLISH`, one script and one round trip for the whole send.
 
 use fred::prelude::*;
 use tokio::sync::OnceCell;
-use wsgate_core::backend::BackendError;
+use wsgate_core::backend::{BackendError, Channel};
 
 use crate::Keyspace;
 use crate::script::{Script, integer};
 
-/// KEYS = the user hash; ARGV = what a pod's liveness key starts and ends with (the pod
-/// id goes between). Returns how many of the user's sessions are on a live pod. Each pod
-/// is checked once, however many of the user's sessions it holds.
-const COUNT_LIVE: &str = r#"
+/// The count as Lua: KEYS[1] = the user hash; ARGV[1], ARGV[2] = what a pod's liveness
+/// key starts and ends with (the pod id goes between). Leaves in `n` how many of the
+/// user's sessions are on a live pod. Each pod is checked once, however many of the user's
+/// sessions it holds. A macro, so both scripts below are one literal each.
+macro_rules! count_live_lua {
+    () => {
+        r#"
 local entries = redis.call('HGETALL', KEYS[1])
 local alive = {}
 local n = 0
@@ -31,13 +35,25 @@ for i = 2, #entries, 2 do
     n = n + 1
   end
 end
-return n
-"#;
+"#
+    };
+}
+
+/// Returns how many of the user's sessions are on a live pod.
+const COUNT_LIVE: &str = concat!(count_live_lua!(), "return n\n");
+
+/// The same count, and the push published on the user's channel (ARGV[3]) with its
+/// payload (ARGV[4]) in the same step: the answer of a `SendToUser` in one round trip.
+const COUNT_LIVE_AND_PUBLISH: &str = concat!(
+    count_live_lua!(),
+    "redis.call('PUBLISH', ARGV[3], ARGV[4])\nreturn n\n"
+);
 
 /// The counting script, loaded on first use.
 #[derive(Default)]
 pub(crate) struct Presence {
     count_live: OnceCell<Script>,
+    count_live_and_publish: OnceCell<Script>,
 }
 
 impl Presence {
@@ -54,6 +70,31 @@ impl Presence {
             .await?;
         let (start, end) = keys.pod_alive_affixes();
         let args = vec![Value::from(start), Value::from(end)];
+        let live = script.run(client, vec![keys.user(user)], args).await?;
+        Ok(integer(live, "presence")?.max(0) as usize)
+    }
+
+    /// How many of `user`'s sessions are on a live pod, with `payload` published on the
+    /// user's channel in the same script.
+    pub(crate) async fn count_live_and_publish(
+        &self,
+        client: &Client,
+        keys: &Keyspace,
+        user: &str,
+        payload: bytes::Bytes,
+    ) -> Result<usize, BackendError> {
+        let script = self
+            .count_live_and_publish
+            .get_or_try_init(|| Script::load(client, COUNT_LIVE_AND_PUBLISH))
+            .await?;
+        let (start, end) = keys.pod_alive_affixes();
+        let channel = keys.channel(&Channel::User(user.to_owned()));
+        let args = vec![
+            Value::from(start),
+            Value::from(end),
+            Value::from(channel),
+            Value::Bytes(payload),
+        ];
         let live = script.run(client, vec![keys.user(user)], args).await?;
         Ok(integer(live, "presence")?.max(0) as usize)
     }

@@ -424,20 +424,27 @@ impl Node {
         command: Command,
         idempotency_key: Option<String>,
     ) -> Result<Sent, SendError> {
-        let (targets, channel) = match &target {
-            Target::User(u) => (
-                self.registry.count_user_sessions(u).await?,
-                Channel::User(u.clone()),
-            ),
-            Target::Topic(t) => (
-                self.registry.count_topic_subscribers(t).await?,
-                Channel::Topic(t.clone()),
-            ),
-            Target::Broadcast => (self.registry.count_sessions().await?, Channel::Broadcast),
+        let channel = match &target {
+            Target::User(u) => Channel::User(u.clone()),
+            Target::Topic(t) => Channel::Topic(t.clone()),
+            Target::Broadcast => Channel::Broadcast,
             Target::Session(s) => match self.registry.session(s).await? {
-                Some(record) => (1, Channel::Pod(record.pod_id)),
+                Some(record) => Channel::Pod(record.pod_id),
                 None => return Ok(Sent::default()),
             },
+        };
+        // Only pushes are kept; a disconnect is never replayed.
+        let policy = match &command {
+            Command::Deliver(_) => self.stream_policy(&channel),
+            Command::Disconnect { .. } => None,
+        };
+        // A push to a user's channel without history is counted by the publish itself
+        // where the broker can (one script on a one-server Redis: one round trip for the
+        // whole send); any other send is counted first, so a failed count publishes
+        // nothing.
+        let counted = match (&channel, &policy) {
+            (Channel::User(_), None) => None,
+            _ => Some(self.count_targets(&channel).await?),
         };
         let mut envelope = Envelope::new(self.pod_id.clone(), target, command);
         let message_id = envelope.id.clone();
@@ -448,22 +455,28 @@ impl Node {
             messaging.operation.type = "publish",
             messaging.message.id = %message_id,
             messaging.destination.name = channel_kind(&channel),
-            wsgate.targets = targets as i64,
+            wsgate.targets = tracing::field::Empty,
             wsgate.stream.offset = tracing::field::Empty,
             wsgate.stream.duplicate = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
-        // Only pushes are kept; a disconnect is never replayed.
-        let policy = match envelope.command {
-            Command::Deliver(_) => self.stream_policy(&channel),
-            Command::Disconnect { .. } => None,
-        };
-        let position = async {
+        let (targets, position) = async {
             envelope.trace_context = crate::telemetry::inject();
             let envelope = Arc::new(envelope);
-            match policy {
-                None => self.broker.publish(&channel, envelope).await.map(|()| None),
+            let span = tracing::Span::current();
+            let (targets, position) = match policy {
+                None => match counted {
+                    Some(targets) => {
+                        self.broker.publish(&channel, envelope).await?;
+                        (targets, None)
+                    }
+                    None => (self.publish_counted(&channel, envelope).await?, None),
+                },
                 Some(policy) => {
+                    let targets = match counted {
+                        Some(targets) => targets,
+                        None => self.count_targets(&channel).await?,
+                    };
                     let idempotency = idempotency_key.map(|key| Idempotency {
                         key,
                         window: self.history.idempotency_window,
@@ -472,12 +485,13 @@ impl Node {
                         .broker
                         .publish_stream(&channel, envelope, &policy, idempotency.as_ref())
                         .await?;
-                    let span = tracing::Span::current();
                     span.record("wsgate.stream.offset", appended.position.offset as i64);
                     span.record("wsgate.stream.duplicate", appended.duplicate);
-                    Ok(Some(appended.position))
+                    (targets, Some(appended.position))
                 }
-            }
+            };
+            span.record("wsgate.targets", targets as i64);
+            Ok::<_, BackendError>((targets, position))
         }
         .instrument(span)
         .await?;
@@ -489,6 +503,37 @@ impl Node {
             message_id,
             position,
         })
+    }
+
+    /// How many sessions a send on `channel` reaches, as the registry knows them.
+    async fn count_targets(&self, channel: &Channel) -> Result<usize, BackendError> {
+        match channel {
+            Channel::User(user) => self.registry.count_user_sessions(user).await,
+            Channel::Topic(topic) => self.registry.count_topic_subscribers(topic).await,
+            Channel::Broadcast => self.registry.count_sessions().await,
+            // A send to one session reaches its pod's channel once the session is found.
+            Channel::Pod(_) => Ok(1),
+        }
+    }
+
+    /// Publishes on `channel` and counts its targets: in one step where the broker can
+    /// (a user's channel on a one-server Redis), else the registry's count first.
+    async fn publish_counted(
+        &self,
+        channel: &Channel,
+        envelope: Arc<Envelope>,
+    ) -> Result<usize, BackendError> {
+        if let Channel::User(user) = channel
+            && let Some(targets) = self
+                .broker
+                .publish_to_user_counted(user, envelope.clone())
+                .await?
+        {
+            return Ok(targets);
+        }
+        let targets = self.count_targets(channel).await?;
+        self.broker.publish(channel, envelope).await?;
+        Ok(targets)
     }
 
     /// Revokes across the cluster: in the registry (every pod reads it within

@@ -201,6 +201,19 @@ pub trait Broker: Send + Sync + 'static {
     async fn publish(&self, channel: &Channel, envelope: Arc<Envelope>)
     -> Result<(), BackendError>;
 
+    /// Publishes once on `user`'s channel (as [`Broker::publish`]) and counts the user's
+    /// sessions on live pods in the same step, for a backend that holds both and can do
+    /// them at once: one round trip on a one-server Redis. `Ok(None)` when it cannot:
+    /// nothing was published, and the caller counts in the registry and publishes.
+    async fn publish_to_user_counted(
+        &self,
+        user: &str,
+        envelope: Arc<Envelope>,
+    ) -> Result<Option<usize>, BackendError> {
+        let _ = (user, envelope);
+        Ok(None)
+    }
+
     /// Publishes to the stream of `channel` (a user or topic channel) that keeps history
     /// by `policy`: assigns the next offset (a new epoch when the stream was forgotten or
     /// lost), keeps the message (at most `policy.size`, for `policy.ttl` after the last
