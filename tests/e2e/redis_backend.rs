@@ -1,8 +1,8 @@
 //! The Redis backends against real `redis-server` processes: the conformance suite every
 //! backend passes (standalone and Redis Cluster), pod liveness and reaping, the routing
 //! property (a send reaches only the pods that need it), streams with history (the
-//! history cases of the suite, and epochs that start over when Redis loses a stream), and
-//! session events (the event cases of the suite, racing reapers, a log Redis lost).
+//! history cases of the suite, and epochs that start over when Redis loses a stream), a
+//! user's send counted and published in one script, and session events (the event cases of the suite, racing reapers, a log Redis lost).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -467,6 +467,71 @@ async fn a_send_to_a_user_reaches_only_the_pod_that_holds_the_user() {
         &format!("{}:cu:{{alice}}", opts.namespace),
     ]);
     assert!(numsub.trim().ends_with('1'), "PUBSUB NUMSUB: {numsub}");
+}
+
+#[tokio::test]
+async fn a_send_to_a_user_is_counted_and_published_in_one_script() {
+    let redis = RedisServer::start();
+    let opts = options(redis.url(), false);
+    let client = opts.connect().await.unwrap();
+    let registry = RedisRegistry::new(client.clone(), &opts);
+    for pod in ["live", "dead"] {
+        assert_eq!(
+            registry.heartbeat_pod(pod).await.unwrap(),
+            Liveness::Restored
+        );
+    }
+    for pod in ["live", "live", "dead"] {
+        assert!(
+            registry
+                .add_session(&record(pod, "alice"), 0)
+                .await
+                .unwrap()
+        );
+    }
+    // "dead" is gone as after its TTL: its liveness key has expired.
+    let alive = format!("{}:pod:{{dead}}:alive", opts.namespace);
+    assert_eq!(redis.cli(&["DEL", &alive]).trim(), "1");
+    let inbox = Arc::new(Counter::default());
+    let broker = RedisBroker::connect(&opts, client.clone(), "live", inbox.clone())
+        .await
+        .unwrap();
+    broker
+        .subscribe(&Channel::User("alice".into()))
+        .await
+        .unwrap();
+
+    let push = |user: &str| {
+        Arc::new(Envelope::new(
+            "live",
+            Target::User(user.into()),
+            Command::Deliver(Payload::Text("hi".into())),
+        ))
+    };
+    assert_eq!(
+        broker
+            .publish_to_user_counted("alice", push("alice"))
+            .await
+            .unwrap(),
+        Some(2),
+        "the sessions on live pods, not the dead pod's"
+    );
+    assert_eq!(
+        broker
+            .publish_to_user_counted("nobody", push("nobody"))
+            .await
+            .unwrap(),
+        Some(0)
+    );
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while inbox.0.load(Ordering::SeqCst) < 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the push reached the user's channel");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(inbox.0.load(Ordering::SeqCst), 1, "published once");
 }
 
 /// A Redis Sentinel process watching one primary, killed on drop.
