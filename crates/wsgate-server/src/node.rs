@@ -4,6 +4,7 @@
 //! unsubscribes) goes through here, so the hub, the broker subscriptions and the registry
 //! cannot drift apart. The same paths emit the session events ([`crate::events`]): the
 //! registry writes `connected` and `disconnected`, the node queues topic changes.
+//! Sends (`Node::send`: count the targets, publish once) are in `node/send.rs`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,8 +14,7 @@ use wsgate_core::admission::ConnectionGauge;
 use wsgate_core::backend::memory::{MemoryBus, MemoryRegistry};
 use wsgate_core::backend::memory_events::MemoryEventLog;
 use wsgate_core::backend::{
-    BackendError, Broker, Channel, Command, Envelope, EventLog, HistoryPage, Idempotency, Inbox,
-    Liveness, Registry, SessionRecord, StreamPosition, Target,
+    BackendError, Broker, Channel, EventLog, HistoryPage, Inbox, Liveness, Registry, SessionRecord,
 };
 use wsgate_core::events::{Closed, EventKind, Since};
 use wsgate_core::hub::{Hub, SessionHandle, Subscribed};
@@ -24,13 +24,16 @@ use wsgate_core::stream::{HistoryPolicy, HistoryRules};
 use wsgate_core::subscriptions::Subscriptions;
 
 use parking_lot::Mutex;
-use tracing::Instrument;
 
 use crate::events::{EventBatch, EventOptions, Events, EventsError};
 use crate::inbox::HubInbox;
 use crate::metrics::Metrics;
 use crate::removals::{self, PendingRemovals};
 use crate::revocations::Revocations;
+
+mod send;
+
+pub use send::{SendError, Sent};
 
 /// How long an unneeded broker channel stays subscribed before it is dropped.
 const SUBSCRIPTION_LINGER: Duration = Duration::from_secs(2);
@@ -48,27 +51,6 @@ pub enum OpenError {
     /// The backend is unreachable.
     #[error(transparent)]
     Backend(#[from] BackendError),
-}
-
-/// Why a send failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    /// The backend is unreachable.
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-}
-
-/// The result of a send: how many sessions the registry knew as targets, the id of the
-/// published message, and its place in its stream when the target keeps history.
-#[derive(Debug, Clone, Default)]
-pub struct Sent {
-    /// Sessions targeted, as the registry knew them.
-    pub targets: u64,
-    /// The envelope's id.
-    pub message_id: String,
-    /// The message's epoch and offset, when its stream keeps history (for a repeated
-    /// idempotency key: the first publish's).
-    pub position: Option<StreamPosition>,
 }
 
 /// One pod's state.
@@ -94,6 +76,10 @@ pub struct Node {
     /// Sessions that ended while the registry could not be reached: removed (and their
     /// `disconnected` written) by the next liveness refresh that gets through.
     unremoved: PendingRemovals,
+    /// When this pod last found its own liveness lost (the registry had forgotten it, or
+    /// a refresh failed): a Redis stall lapses every pod's liveness at once, so no pod
+    /// reaps until a TTL after that (see [`Node::reap`]).
+    liveness_lapsed: Mutex<Option<std::time::Instant>>,
     /// Session events, unless `events.enabled` is off.
     events: Option<Arc<Events>>,
     /// Keeps the inbox alive: brokers hold it weakly.
@@ -184,6 +170,7 @@ impl Node {
             history,
             records: Mutex::new(HashMap::new()),
             unremoved: PendingRemovals::default(),
+            liveness_lapsed: Mutex::new(None),
             events,
             subscriptions: Subscriptions::new(broker.clone(), SUBSCRIPTION_LINGER),
             pod_id,
@@ -413,129 +400,6 @@ impl Node {
         Ok(Some(page))
     }
 
-    /// Publishes a command for `target` once, on the channel that reaches exactly the pods
-    /// holding matching sessions. Answers how many sessions the registry knew as targets.
-    /// A push to a stream with history gets its offset in the same step; with an
-    /// `idempotency_key`, a repeat within `history.idempotency_window` publishes nothing
-    /// and answers the first publish's position (streams without history ignore the key).
-    pub async fn send(
-        &self,
-        target: Target,
-        command: Command,
-        idempotency_key: Option<String>,
-    ) -> Result<Sent, SendError> {
-        let channel = match &target {
-            Target::User(u) => Channel::User(u.clone()),
-            Target::Topic(t) => Channel::Topic(t.clone()),
-            Target::Broadcast => Channel::Broadcast,
-            Target::Session(s) => match self.registry.session(s).await? {
-                Some(record) => Channel::Pod(record.pod_id),
-                None => return Ok(Sent::default()),
-            },
-        };
-        // Only pushes are kept; a disconnect is never replayed.
-        let policy = match &command {
-            Command::Deliver(_) => self.stream_policy(&channel),
-            Command::Disconnect { .. } => None,
-        };
-        // A push to a user's channel without history is counted by the publish itself
-        // where the broker can (one script on a one-server Redis: one round trip for the
-        // whole send); any other send is counted first, so a failed count publishes
-        // nothing.
-        let counted = match (&channel, &policy) {
-            (Channel::User(_), None) => None,
-            _ => Some(self.count_targets(&channel).await?),
-        };
-        let mut envelope = Envelope::new(self.pod_id.clone(), target, command);
-        let message_id = envelope.id.clone();
-        let span = tracing::info_span!(
-            "broker.publish",
-            otel.kind = "producer",
-            messaging.system = "wsgate",
-            messaging.operation.type = "publish",
-            messaging.message.id = %message_id,
-            messaging.destination.name = channel_kind(&channel),
-            wsgate.targets = tracing::field::Empty,
-            wsgate.stream.offset = tracing::field::Empty,
-            wsgate.stream.duplicate = tracing::field::Empty,
-        );
-        let started = std::time::Instant::now();
-        let (targets, position) = async {
-            envelope.trace_context = crate::telemetry::inject();
-            let envelope = Arc::new(envelope);
-            let span = tracing::Span::current();
-            let (targets, position) = match policy {
-                None => match counted {
-                    Some(targets) => {
-                        self.broker.publish(&channel, envelope).await?;
-                        (targets, None)
-                    }
-                    None => (self.publish_counted(&channel, envelope).await?, None),
-                },
-                Some(policy) => {
-                    let targets = match counted {
-                        Some(targets) => targets,
-                        None => self.count_targets(&channel).await?,
-                    };
-                    let idempotency = idempotency_key.map(|key| Idempotency {
-                        key,
-                        window: self.history.idempotency_window,
-                    });
-                    let appended = self
-                        .broker
-                        .publish_stream(&channel, envelope, &policy, idempotency.as_ref())
-                        .await?;
-                    span.record("wsgate.stream.offset", appended.position.offset as i64);
-                    span.record("wsgate.stream.duplicate", appended.duplicate);
-                    (targets, Some(appended.position))
-                }
-            };
-            span.record("wsgate.targets", targets as i64);
-            Ok::<_, BackendError>((targets, position))
-        }
-        .instrument(span)
-        .await?;
-        self.metrics
-            .broker_publish_seconds
-            .observe(started.elapsed().as_secs_f64());
-        Ok(Sent {
-            targets: targets as u64,
-            message_id,
-            position,
-        })
-    }
-
-    /// How many sessions a send on `channel` reaches, as the registry knows them.
-    async fn count_targets(&self, channel: &Channel) -> Result<usize, BackendError> {
-        match channel {
-            Channel::User(user) => self.registry.count_user_sessions(user).await,
-            Channel::Topic(topic) => self.registry.count_topic_subscribers(topic).await,
-            Channel::Broadcast => self.registry.count_sessions().await,
-            // A send to one session reaches its pod's channel once the session is found.
-            Channel::Pod(_) => Ok(1),
-        }
-    }
-
-    /// Publishes on `channel` and counts its targets: in one step where the broker can
-    /// (a user's channel on a one-server Redis), else the registry's count first.
-    async fn publish_counted(
-        &self,
-        channel: &Channel,
-        envelope: Arc<Envelope>,
-    ) -> Result<usize, BackendError> {
-        if let Channel::User(user) = channel
-            && let Some(targets) = self
-                .broker
-                .publish_to_user_counted(user, envelope.clone())
-                .await?
-        {
-            return Ok(targets);
-        }
-        let targets = self.count_targets(channel).await?;
-        self.broker.publish(channel, envelope).await?;
-        Ok(targets)
-    }
-
     /// Revokes across the cluster: in the registry (every pod reads it within
     /// [`crate::revocations::REFRESH_EVERY`], new pods at start), at once on this pod.
     /// Returns the time in force.
@@ -559,9 +423,16 @@ impl Node {
     /// pod (Redis restarted empty, or the pod was cut off longer than its TTL), registers
     /// every local session and subscription again.
     pub async fn heartbeat(&self) -> Result<(), BackendError> {
-        let liveness = self.registry.heartbeat_pod(&self.pod_id).await?;
+        let liveness = match self.registry.heartbeat_pod(&self.pod_id).await {
+            Ok(liveness) => liveness,
+            Err(e) => {
+                *self.liveness_lapsed.lock() = Some(std::time::Instant::now());
+                return Err(e);
+            }
+        };
         self.retry_removals(removals::PER_REFRESH).await;
         if liveness == Liveness::Restored {
+            *self.liveness_lapsed.lock() = Some(std::time::Instant::now());
             self.reregister().await?;
         }
         Ok(())
@@ -591,14 +462,24 @@ impl Node {
         Ok(())
     }
 
-    /// Cleans up after pods that died without doing it themselves.
-    pub async fn reap(&self) {
+    /// Cleans up after pods that died without doing it themselves (`pod_ttl`: how long
+    /// a pod's liveness lasts without a refresh).
+    pub async fn reap(&self, pod_ttl: Duration) {
         // This pod's own liveness first: after a hang longer than the TTL (Redis stopped,
         // the pod cut off) the registry lists this pod as dead too, and reaping it would
         // write `pod_lost` for sessions that are alive here. The refresh re-registers them
         // and retries pending removals; a pod that cannot refresh itself reaps nothing.
         if let Err(e) = self.heartbeat().await {
             tracing::warn!(error = %e, "not reaping: this pod's liveness refresh failed");
+            return;
+        }
+        // A stall that lapsed this pod's liveness lapsed every pod's: the others are not
+        // dead, they have not refreshed yet. Within a TTL they have.
+        if self
+            .liveness_lapsed
+            .lock()
+            .is_some_and(|at| at.elapsed() < pod_ttl)
+        {
             return;
         }
         match self.registry.reap_dead_pods().await {
@@ -681,15 +562,6 @@ impl Node {
 
 /// The kind of a channel, for spans (names can hold user ids and topics; kinds are
 /// enough to follow a message).
-fn channel_kind(channel: &Channel) -> &'static str {
-    match channel {
-        Channel::User(_) => "user",
-        Channel::Topic(_) => "topic",
-        Channel::Pod(_) => "pod",
-        Channel::Broadcast => "broadcast",
-    }
-}
-
 /// Milliseconds since the Unix epoch.
 pub use wsgate_core::clock::now_ms;
 

@@ -94,7 +94,7 @@ pub async fn run(
                     tracing::warn!(error = %e, "pod liveness refresh failed");
                 }
             }
-            _ = reap.tick() => node.reap().await,
+            _ = reap.tick() => node.reap(pod_ttl).await,
             _ = readiness.tick() => follow_readiness(&node, auth_keys.as_deref(), &health, &mut was_ready).await,
             _ = purge.tick() => limiter.retain_recent(),
             _ = revocations.tick() => match node.refresh_revocations().await {
