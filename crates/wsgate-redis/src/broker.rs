@@ -348,6 +348,10 @@ impl Broker for RedisBroker {
         .await
     }
 
+    fn counts_user_sends(&self) -> bool {
+        !self.sharded
+    }
+
     async fn publish_to_user_counted(
         &self,
         user: &str,

@@ -201,10 +201,18 @@ pub trait Broker: Send + Sync + 'static {
     async fn publish(&self, channel: &Channel, envelope: Arc<Envelope>)
     -> Result<(), BackendError>;
 
+    /// Whether [`Broker::publish_to_user_counted`] counts and publishes in one step here
+    /// (a one-server Redis), so a caller need not count in the registry first.
+    fn counts_user_sends(&self) -> bool {
+        false
+    }
+
     /// Publishes once on `user`'s channel (as [`Broker::publish`]) and counts the user's
     /// sessions on live pods in the same step, for a backend that holds both and can do
     /// them at once: one round trip on a one-server Redis. `Ok(None)` when it cannot:
-    /// nothing was published, and the caller counts in the registry and publishes.
+    /// nothing was published, and the caller counts in the registry and publishes. An
+    /// error means nothing was published, unless the command timed out (as with
+    /// [`Broker::publish`]).
     async fn publish_to_user_counted(
         &self,
         user: &str,
