@@ -5,8 +5,9 @@
 //! sent; [`run`] then drives it on its socket as a [`Session`], one task per connection:
 //! it reads client frames, writes queued pushes (several at a time, one flush), pings
 //! every heartbeat interval (one timer with the pong and token deadlines) and watches the
-//! close signal that the hub, the control plane and shutdown use. The socket is any `Sink`/`Stream` of WebSocket messages, so the unit tests drive a
-//! session over an in-memory pipe.
+//! close signal that the hub, the control plane and shutdown use. The socket is any
+//! `Sink`/`Stream` of WebSocket messages, so the unit tests drive a session over an
+//! in-memory pipe.
 //!
 //! - this file: the public types, registration, cleanup and the event loop;
 //! - `io.rs`: writes under the session's limits, the close handshake, read errors;
@@ -418,7 +419,8 @@ where
     fn deadline_of(&self, exp: Option<u64>) -> Option<tokio::time::Instant> {
         exp.and_then(|exp| {
             let now = crate::node::now_ms() / 1000;
-            let left = Duration::from_secs(exp.saturating_sub(now)) + self.params.token_leeway;
+            let left = Duration::from_secs(exp.saturating_sub(now))
+                .saturating_add(self.params.token_leeway);
             // An `exp` too far ahead for the clock is no deadline at all.
             tokio::time::Instant::now().checked_add(left)
         })
@@ -493,8 +495,9 @@ where
                     let due = timer.deadline();
                     if self.pong_deadline.is_some_and(|d| d <= due) {
                         // Client frames come after the queue in this select, so behind a
-                        // busy queue a pong can be waiting unread: what has arrived
-                        // counts before the session is given up.
+                        // busy queue a pong can be waiting unread: what the socket has
+                        // ready counts before the session is given up (best effort: bytes
+                        // the reactor has not reported readable yet are not seen).
                         match self.ws.next().now_or_never() {
                             Some(incoming) => self.on_incoming(incoming).await,
                             None => close::NO_PONG.into(),
