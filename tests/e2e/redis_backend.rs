@@ -2,7 +2,8 @@
 //! backend passes (standalone and Redis Cluster), pod liveness and reaping, the routing
 //! property (a send reaches only the pods that need it), streams with history (the
 //! history cases of the suite, and epochs that start over when Redis loses a stream), a
-//! user's send counted and published in one script, and session events (the event cases of the suite, racing reapers, a log Redis lost).
+//! user's send counted and published in one script, and session events (the event cases
+//! of the suite, racing reapers, a log Redis lost).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -501,6 +502,8 @@ async fn a_send_to_a_user_is_counted_and_published_in_one_script() {
         .await
         .unwrap();
 
+    // Fresh again: connecting and subscribing can outlast the test's short TTL.
+    assert!(registry.heartbeat_pod("live").await.is_ok());
     let push = |user: &str| {
         Arc::new(Envelope::new(
             "live",
