@@ -244,6 +244,8 @@ async fn every_event_arrives_signed_in_log_order_after_three_failed_attempts() {
         assert_eq!(body["type"], req.kind.as_str());
         assert_eq!(body["pod_id"], "pod-x");
     }
+    // The receiver records a delivery before the sender has its answer and counts it.
+    until("the last delivery counted", || w.count("delivered") == 8).await;
     assert_eq!(
         (
             w.count("delivered"),
