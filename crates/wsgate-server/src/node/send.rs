@@ -7,6 +7,7 @@ use tracing::Instrument;
 use wsgate_core::backend::{
     BackendError, Channel, Command, Envelope, Idempotency, StreamPosition, Target,
 };
+use wsgate_core::stream::HistoryPolicy;
 
 use super::Node;
 
@@ -61,9 +62,17 @@ impl Node {
         // where the broker can (one script on a one-server Redis: one round trip for the
         // whole send); any other send is counted first, so a failed count publishes
         // nothing.
-        let counted = match (&channel, &policy) {
-            (Channel::User(_), None) if self.broker.counts_user_sends() => None,
-            _ => Some(self.count_targets(&channel).await?),
+        let plan = match policy {
+            Some(policy) => Plan::Stream {
+                targets: self.count_targets(&channel).await?,
+                policy,
+            },
+            None if matches!(channel, Channel::User(_)) && self.broker.counts_user_sends() => {
+                Plan::CountedByPublish
+            }
+            None => Plan::Publish {
+                targets: self.count_targets(&channel).await?,
+            },
         };
         let mut envelope = Envelope::new(self.pod_id.clone(), target, command);
         let message_id = envelope.id.clone();
@@ -83,19 +92,13 @@ impl Node {
             envelope.trace_context = crate::telemetry::inject();
             let envelope = Arc::new(envelope);
             let span = tracing::Span::current();
-            let (targets, position) = match policy {
-                None => match counted {
-                    Some(targets) => {
-                        self.broker.publish(&channel, envelope).await?;
-                        (targets, None)
-                    }
-                    None => (self.publish_counted(&channel, envelope).await?, None),
-                },
-                Some(policy) => {
-                    let targets = match counted {
-                        Some(targets) => targets,
-                        None => self.count_targets(&channel).await?,
-                    };
+            let (targets, position) = match plan {
+                Plan::Publish { targets } => {
+                    self.broker.publish(&channel, envelope).await?;
+                    (targets, None)
+                }
+                Plan::CountedByPublish => (self.publish_counted(&channel, envelope).await?, None),
+                Plan::Stream { targets, policy } => {
                     let idempotency = idempotency_key.map(|key| Idempotency {
                         key,
                         window: self.history.idempotency_window,
@@ -154,6 +157,19 @@ impl Node {
         self.broker.publish(channel, envelope).await?;
         Ok(targets)
     }
+}
+
+/// How a send is counted and published.
+enum Plan {
+    /// Counted already; published as it is.
+    Publish { targets: usize },
+    /// A user's channel whose broker counts with the publish.
+    CountedByPublish,
+    /// Counted already; appended to its stream with history.
+    Stream {
+        targets: usize,
+        policy: HistoryPolicy,
+    },
 }
 
 fn channel_kind(channel: &Channel) -> &'static str {
