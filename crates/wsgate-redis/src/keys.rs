@@ -166,10 +166,16 @@ impl Keyspace {
         }
     }
 
+    /// A user's channel name (what [`Keyspace::channel`] gives for `Channel::User`), from
+    /// the id alone.
+    pub fn user_channel(&self, user: &str) -> String {
+        format!("{}:cu:{{{user}}}", self.ns)
+    }
+
     /// The pub/sub channel for `channel`.
     pub fn channel(&self, channel: &Channel) -> String {
         match channel {
-            Channel::User(u) => format!("{}:cu:{{{u}}}", self.ns),
+            Channel::User(u) => self.user_channel(u),
             Channel::Topic(t) => format!("{}:ct:{{{t}}}", self.ns),
             Channel::Pod(p) => format!("{}:cp:{{{p}}}", self.ns),
             Channel::Broadcast => format!("{}:call", self.ns),

@@ -9,7 +9,7 @@
 
 use fred::prelude::*;
 use tokio::sync::OnceCell;
-use wsgate_core::backend::{BackendError, Channel};
+use wsgate_core::backend::BackendError;
 
 use crate::Keyspace;
 use crate::script::{Script, integer};
@@ -64,14 +64,8 @@ impl Presence {
         keys: &Keyspace,
         user: &str,
     ) -> Result<usize, BackendError> {
-        let script = self
-            .count_live
-            .get_or_try_init(|| Script::load(client, COUNT_LIVE))
-            .await?;
-        let (start, end) = keys.pod_alive_affixes();
-        let args = vec![Value::from(start), Value::from(end)];
-        let live = script.run(client, vec![keys.user(user)], args).await?;
-        Ok(integer(live, "presence")?.max(0) as usize)
+        self.run(&self.count_live, COUNT_LIVE, client, keys, user, vec![])
+            .await
     }
 
     /// How many of `user`'s sessions are on a live pod, with `payload` published on the
@@ -83,18 +77,27 @@ impl Presence {
         user: &str,
         payload: bytes::Bytes,
     ) -> Result<usize, BackendError> {
-        let script = self
-            .count_live_and_publish
-            .get_or_try_init(|| Script::load(client, COUNT_LIVE_AND_PUBLISH))
-            .await?;
+        let publish = vec![Value::from(keys.user_channel(user)), Value::Bytes(payload)];
+        let script = &self.count_live_and_publish;
+        self.run(script, COUNT_LIVE_AND_PUBLISH, client, keys, user, publish)
+            .await
+    }
+
+    /// Runs one of the counting scripts (loaded into `cell` on first use) for `user`,
+    /// with `more` after the liveness key's affixes in ARGV.
+    async fn run(
+        &self,
+        cell: &OnceCell<Script>,
+        lua: &'static str,
+        client: &Client,
+        keys: &Keyspace,
+        user: &str,
+        more: Vec<Value>,
+    ) -> Result<usize, BackendError> {
+        let script = cell.get_or_try_init(|| Script::load(client, lua)).await?;
         let (start, end) = keys.pod_alive_affixes();
-        let channel = keys.channel(&Channel::User(user.to_owned()));
-        let args = vec![
-            Value::from(start),
-            Value::from(end),
-            Value::from(channel),
-            Value::Bytes(payload),
-        ];
+        let mut args = vec![Value::from(start), Value::from(end)];
+        args.extend(more);
         let live = script.run(client, vec![keys.user(user)], args).await?;
         Ok(integer(live, "presence")?.max(0) as usize)
     }
