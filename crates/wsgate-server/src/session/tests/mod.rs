@@ -81,6 +81,19 @@ fn pinging_every(interval: Duration) -> SessionParams {
     }
 }
 
+fn now_s() -> u64 {
+    crate::node::now_ms() / 1000
+}
+
+/// A session of `user` whose token expires in `secs` seconds.
+fn expiring(user: &str, secs: u64) -> SessionContext {
+    SessionContext {
+        expires_at: Some(now_s() + secs),
+        token_id: None,
+        ..context(user)
+    }
+}
+
 fn context(user: &str) -> SessionContext {
     SessionContext {
         session_id: SessionId::generate(),
@@ -547,9 +560,7 @@ async fn the_session_closes_when_its_token_expires() {
     let node = node().await;
     let mut params = params();
     params.token_leeway = Duration::from_secs(5);
-    let mut ctx = context("alice");
-    ctx.expires_at = Some(crate::node::now_ms() / 1000 + 20);
-    let mut s = start(&node, ctx, params).await;
+    let mut s = start(&node, expiring("alice", 20), params).await;
     s.welcomed().await;
     let started = tokio::time::Instant::now();
     s.closed_by_server(3005, "token expired; reconnect with a new token")
@@ -569,9 +580,7 @@ async fn answered_pings_go_on_until_the_token_expires() {
     let node = node().await;
     let mut params = pinging_every(Duration::from_secs(3));
     params.token_leeway = Duration::from_secs(5);
-    let mut ctx = context("alice");
-    ctx.expires_at = Some(crate::node::now_ms() / 1000 + 20);
-    let mut s = start(&node, ctx, params).await;
+    let mut s = start(&node, expiring("alice", 20), params).await;
     s.welcomed().await;
     let started = tokio::time::Instant::now();
     let mut pings = 0;

@@ -20,19 +20,6 @@ fn token(user: &str, ttl: Duration, topics: &[&str], publish: &[&str]) -> String
     mint_hs256_with(SECRET, user, ttl, grants, None, None).expect("a token")
 }
 
-fn now_s() -> u64 {
-    crate::node::now_ms() / 1000
-}
-
-/// A session of `user` whose token expires in `secs` seconds.
-fn expiring(user: &str, secs: u64) -> SessionContext {
-    SessionContext {
-        expires_at: Some(now_s() + secs),
-        token_id: None,
-        ..context(user)
-    }
-}
-
 async fn subscribe(s: &mut Running, topic: &str) {
     s.send_text(&format!(r#"{{"op":"subscribe","topic":"{topic}"}}"#))
         .await;
