@@ -481,8 +481,10 @@ where
         tokio::pin!(timer);
 
         loop {
-            let wake = earliest(self.pong_deadline, self.token_deadline)
-                .map_or(next_ping, |deadline| deadline.min(next_ping));
+            let wake = [self.pong_deadline, self.token_deadline]
+                .into_iter()
+                .flatten()
+                .fold(next_ping, std::cmp::min);
             if timer.deadline() != wake {
                 timer.as_mut().reset(wake);
             }
@@ -581,16 +583,5 @@ where
         record_end(&node.metrics, &end);
         tracing::debug!(session = %ctx.session_id, user = %ctx.user_id, ended_by = ?end.ended_by, "session ended");
         end
-    }
-}
-
-/// The earlier of two optional deadlines.
-fn earliest(
-    a: Option<tokio::time::Instant>,
-    b: Option<tokio::time::Instant>,
-) -> Option<tokio::time::Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
